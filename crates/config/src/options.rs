@@ -1,0 +1,121 @@
+//! Every option Tessera reads, in one static registry. Names follow the oslo.config names Nova, Keystone
+//! and Placement operators already know. The sample config (`etc/tessera.conf.sample`) is generated from
+//! this table, so an option exists exactly when it is listed here.
+
+use crate::{OptDef, OptType};
+
+const fn opt(
+    group: &'static str,
+    name: &'static str,
+    ty: OptType,
+    default: &'static str,
+    help: &'static str,
+) -> OptDef {
+    OptDef {
+        group,
+        name,
+        ty,
+        default,
+        help,
+        secret: false,
+    }
+}
+
+const fn secret(
+    group: &'static str,
+    name: &'static str,
+    ty: OptType,
+    default: &'static str,
+    help: &'static str,
+) -> OptDef {
+    OptDef {
+        group,
+        name,
+        ty,
+        default,
+        help,
+        secret: true,
+    }
+}
+
+/// Group order in the sample file.
+pub const GROUPS: &[(&str, &str)] = &[
+    ("DEFAULT", "Options shared by every role."),
+    ("identity", "The Identity (Keystone v3) service."),
+    ("identity_database", "The Identity service's database."),
+    ("token", "Token issue and validation."),
+    ("fernet_tokens", "The Fernet key repository."),
+    ("auth", "Authentication methods."),
+    (
+        "bootstrap",
+        "What `tessera manage bootstrap` and `all-in-one` create on first start.",
+    ),
+    ("database", "The cell database (Nova's [database] group)."),
+    ("api_database", "The API database (Nova's [api_database] group)."),
+];
+
+pub const OPTIONS: &[OptDef] = &[
+    // [DEFAULT]
+    opt("DEFAULT", "state_path", OptType::Str, "./tessera-data",
+        "Directory where Tessera keeps its state (SQLite databases, keys, generated files). `$state_path` in other options expands to it."),
+    opt("DEFAULT", "host", OptType::Str, "",
+        "Name of this host as services report it. Empty means the machine's hostname."),
+    opt("DEFAULT", "bind_host", OptType::Str, "127.0.0.1",
+        "Address the HTTP APIs listen on."),
+    opt("DEFAULT", "public_host", OptType::Str, "",
+        "Host name or address put in catalog endpoint URLs. Empty means bind_host (or 127.0.0.1 when bind_host is a wildcard)."),
+    opt("DEFAULT", "debug", OptType::Bool, "false",
+        "Log at debug level."),
+    opt("DEFAULT", "log_format", OptType::Enum(&["text", "json"]), "text",
+        "Log line format: human-readable text or one JSON object per line."),
+    opt("DEFAULT", "transport_url", OptType::Str, "inproc://",
+        "Message bus of this host's cell: `inproc://` (inside one process) or `rabbit://user:pass@host:5672/vhost`."),
+    // [identity]
+    opt("identity", "bind_port", OptType::Port, "5000",
+        "Port of the Identity API."),
+    opt("identity", "public_endpoint", OptType::Str, "",
+        "Base URL clients use to reach the Identity API (as Keystone's [DEFAULT] public_endpoint). Empty means derived from the request."),
+    opt("identity", "default_domain_id", OptType::Str, "default",
+        "Id of the domain used when a request names none."),
+    opt("identity", "list_limit", OptType::Int { min: 0, max: i64::MAX }, "0",
+        "Maximum number of entities a list returns; 0 means no limit. Truncated lists carry `truncated: true`."),
+    opt("identity", "password_hash_memory_kib", OptType::Int { min: 1024, max: 4_194_304 }, "19456",
+        "Argon2id memory cost in KiB for password and secret hashes."),
+    opt("identity", "password_hash_iterations", OptType::Int { min: 1, max: 100 }, "2",
+        "Argon2id time cost (iterations) for password and secret hashes."),
+    // [identity_database]
+    secret("identity_database", "connection", OptType::Str, "sqlite:///$state_path/identity.sqlite",
+        "Database URL of the Identity service: sqlite:///PATH, postgresql://USER:PASS@HOST/DB or mysql://USER:PASS@HOST/DB (SQLAlchemy forms such as mysql+pymysql:// are accepted)."),
+    opt("identity_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
+        "Maximum number of open database connections."),
+    // [token]
+    opt("token", "expiration", OptType::Int { min: 60, max: 31_536_000 }, "3600",
+        "Lifetime of a token, in seconds."),
+    opt("token", "allow_expired_window", OptType::Int { min: 0, max: 31_536_000 }, "172800",
+        "How long after expiry a token is still accepted by validations that ask for allow_expired, in seconds."),
+    opt("token", "allow_rescope_scoped_token", OptType::Bool, "true",
+        "Whether a scoped token may be exchanged for a token with another scope."),
+    opt("token", "cache_time", OptType::Int { min: 0, max: 86_400 }, "300",
+        "Seconds a validated token stays in the in-memory validation cache. Identity writes and revocations empty the cache at once in this process and within revocation_poll_interval in others."),
+    opt("token", "revocation_poll_interval", OptType::Int { min: 1, max: 3600 }, "2",
+        "Seconds between checks of the database for identity changes made by other processes."),
+    // [fernet_tokens]
+    opt("fernet_tokens", "key_repository", OptType::Str, "$state_path/fernet-keys",
+        "Directory of Fernet keys: 0 is the staged key, the highest number the primary, others secondary."),
+    opt("fernet_tokens", "max_active_keys", OptType::Int { min: 1, max: 1000 }, "3",
+        "Number of keys kept by fernet_rotate (staged + primary + secondaries)."),
+    // [auth]
+    opt("auth", "methods", OptType::List, "password,token,application_credential",
+        "Authentication methods accepted by POST /v3/auth/tokens."),
+    // [bootstrap]
+    opt("bootstrap", "admin_username", OptType::Str, "admin", "Name of the bootstrap admin user."),
+    secret("bootstrap", "admin_password", OptType::Str, "",
+        "Password of the bootstrap admin user. Empty: all-in-one generates one and keeps it in $state_path/admin-password."),
+    opt("bootstrap", "project_name", OptType::Str, "admin", "Name of the bootstrap admin project."),
+    opt("bootstrap", "region_id", OptType::Str, "RegionOne", "Region created by bootstrap."),
+    // [database] / [api_database]: the cell and API databases of the compute service (used from the Cells v2 issue on).
+    secret("database", "connection", OptType::Str, "sqlite:///$state_path/cell1.sqlite",
+        "Database URL of this host's cell."),
+    secret("api_database", "connection", OptType::Str, "sqlite:///$state_path/nova_api.sqlite",
+        "Database URL of the API database."),
+];

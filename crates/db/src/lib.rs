@@ -1,0 +1,216 @@
+//! Storage layer shared by every service: one [`Db`] handle over SQLite, PostgreSQL or MySQL/MariaDB chosen by
+//! URL at run time (sqlx's `Any` driver, so every query runs through the same code path on all three),
+//! placeholder rewriting for PostgreSQL, per-database versioned migrations, and SQLite tuning (WAL, busy
+//! timeout, foreign keys).
+//!
+//! Conventions that keep one SQL text portable: integers (booleans included, as 0/1) are `BIGINT` and read as
+//! `i64`; timestamps are epoch microseconds in `BIGINT`; ids and names are `VARCHAR(n)`; long text is `TEXT`;
+//! placeholders are written `?`.
+
+pub mod identity;
+mod migrate;
+mod url;
+
+pub use migrate::{Migration, MigrationSet};
+pub use sqlx::any::AnyRow;
+pub use sqlx::{Any, Row, Transaction};
+pub use url::{normalize_url, Dialect};
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+use std::borrow::Cow;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database URL '{0}': use sqlite:///PATH, postgresql://… or mysql://…")]
+    BadUrl(String),
+    #[error("cannot open database {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migration {version} ({name}) of the {set} database failed")]
+    Migration {
+        set: &'static str,
+        version: i64,
+        name: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the {set} database is at schema version {found}, newer than this binary knows ({known})")]
+    SchemaTooNew {
+        set: &'static str,
+        found: i64,
+        known: i64,
+    },
+    #[error("database error")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+impl DbError {
+    /// Whether the error is a unique-constraint violation (a duplicate).
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            DbError::Sqlx(e) => is_unique_violation(e),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a sqlx error is a unique-constraint violation, on any of the three engines.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            if d.is_unique_violation() {
+                return true;
+            }
+            // The Any driver does not always carry the kind through; fall back on the engines' codes.
+            let code = d.code().map(|c| c.to_string()).unwrap_or_default();
+            code == "23505" || code == "1062" || code == "2067" || code == "1555" || code == "23000"
+        }
+        _ => false,
+    }
+}
+
+/// A pool on one database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    dialect: Dialect,
+    url_masked: String,
+}
+
+impl Db {
+    /// Open a database by URL (any accepted form), creating the SQLite file if needed.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let (dialect, sqlx_url) = normalize_url(url)?;
+        if dialect == Dialect::Sqlite {
+            if let Some(parent) =
+                url::sqlite_path(&sqlx_url).and_then(|p| p.parent().map(|p| p.to_path_buf()))
+            {
+                if !parent.as_os_str().is_empty() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+            }
+        }
+        let masked = tessera_types_mask(url);
+        let mut opts = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30));
+        if dialect == Dialect::Sqlite {
+            opts = opts.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(&sqlx_url).await.map_err(|source| DbError::Connect {
+            url: masked.clone(),
+            source,
+        })?;
+        Ok(Self {
+            pool,
+            dialect,
+            url_masked: masked,
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The URL with its password masked, for logs.
+    pub fn url_masked(&self) -> &str {
+        &self.url_masked
+    }
+
+    /// Rewrite `?` placeholders for the engine (PostgreSQL wants `$1, $2…`).
+    pub fn sql<'a>(&self, q: &'a str) -> Cow<'a, str> {
+        rewrite_placeholders(self.dialect, q)
+    }
+
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>, DbError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn tessera_types_mask(url: &str) -> String {
+    // Same rule as tessera_config::mask_url, kept here so the db crate does not depend on config.
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{}{}:****@{}", &url[..scheme_end + 3], user, &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// `?` → `$n` for PostgreSQL; unchanged otherwise. Our SQL never has `?` inside string literals.
+pub fn rewrite_placeholders(dialect: Dialect, q: &str) -> Cow<'_, str> {
+    if dialect != Dialect::Postgres || !q.contains('?') {
+        return Cow::Borrowed(q);
+    }
+    let mut out = String::with_capacity(q.len() + 16);
+    let mut n = 0;
+    for ch in q.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(ch);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `IN (?, ?, …)` with `n` placeholders (at least one, so the SQL stays valid for an empty list when the
+/// caller binds a value that matches nothing).
+pub fn in_list(n: usize) -> String {
+    let n = n.max(1);
+    let mut s = String::with_capacity(n * 3 + 2);
+    s.push('(');
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s.push(')');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders() {
+        assert_eq!(
+            rewrite_placeholders(Dialect::Postgres, "a = ? AND b = ?"),
+            "a = $1 AND b = $2"
+        );
+        assert_eq!(rewrite_placeholders(Dialect::MySql, "a = ?"), "a = ?");
+        assert_eq!(in_list(3), "(?, ?, ?)");
+        assert_eq!(in_list(0), "(?)");
+    }
+}

@@ -1,0 +1,99 @@
+//! Versioned schema migrations, one ordered set per database. Applied versions are recorded in
+//! `migrate_version`; each migration's statements run in one transaction (engines with transactional DDL
+//! roll a failed migration back whole).
+
+use crate::{Db, DbError, Dialect};
+use sqlx::Row;
+
+/// One schema change. Statements are portable SQL; `{engine}` at the end of a CREATE TABLE expands to the
+/// MySQL table options and to nothing elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub statements: &'static [&'static str],
+}
+
+/// All migrations of one database.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationSet {
+    pub name: &'static str,
+    pub migrations: &'static [Migration],
+}
+
+impl MigrationSet {
+    pub fn latest(&self) -> i64 {
+        self.migrations.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+}
+
+fn expand(dialect: Dialect, stmt: &str) -> String {
+    let engine = match dialect {
+        Dialect::MySql => " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        _ => "",
+    };
+    stmt.replace("{engine}", engine)
+}
+
+impl Db {
+    /// The schema version recorded in the database (0 when none).
+    pub async fn schema_version(&self) -> Result<i64, DbError> {
+        self.ensure_version_table().await?;
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM migrate_version")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get::<i64, _>("v")?)
+    }
+
+    async fn ensure_version_table(&self) -> Result<(), DbError> {
+        let stmt = expand(
+            self.dialect(),
+            "CREATE TABLE IF NOT EXISTS migrate_version (version BIGINT NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL, applied_at BIGINT NOT NULL){engine}",
+        );
+        sqlx::query(&stmt).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// Apply every migration of `set` not yet applied. Returns the versions applied now.
+    pub async fn migrate(&self, set: &MigrationSet) -> Result<Vec<i64>, DbError> {
+        let current = self.schema_version().await?;
+        if current > set.latest() {
+            return Err(DbError::SchemaTooNew {
+                set: set.name,
+                found: current,
+                known: set.latest(),
+            });
+        }
+        let mut applied = Vec::new();
+        for m in set.migrations.iter().filter(|m| m.version > current) {
+            let wrap = |source| DbError::Migration {
+                set: set.name,
+                version: m.version,
+                name: m.name,
+                source,
+            };
+            let mut tx = self.pool().begin().await.map_err(wrap)?;
+            for stmt in m.statements {
+                let sql = expand(self.dialect(), stmt);
+                sqlx::query(&sql).execute(&mut *tx).await.map_err(wrap)?;
+            }
+            let ins = self.sql("INSERT INTO migrate_version (version, name, applied_at) VALUES (?, ?, ?)");
+            sqlx::query(&ins)
+                .bind(m.version)
+                .bind(m.name)
+                .bind(tessera_types::now_epoch_micros())
+                .execute(&mut *tx)
+                .await
+                .map_err(wrap)?;
+            tx.commit().await.map_err(wrap)?;
+            tracing::info!(
+                database = set.name,
+                version = m.version,
+                name = m.name,
+                "applied migration"
+            );
+            applied.push(m.version);
+        }
+        Ok(applied)
+    }
+}

@@ -1,0 +1,132 @@
+//! `tessera all-in-one`: every available role in one process, all state in one directory, bootstrapped on
+//! first start, with `clouds.yaml` and `openrc` written for the `openstack` CLI.
+
+use crate::roles::{self, IdentityRole};
+use crate::{io_err, Shutdown, StartError};
+use base64::Engine as _;
+use std::path::{Path, PathBuf};
+use tessera_config::Config;
+use tessera_identity::BootstrapParams;
+
+/// A running all-in-one cloud.
+pub struct AllInOne {
+    pub state_dir: PathBuf,
+    pub identity: IdentityRole,
+    pub admin_username: String,
+    pub admin_password: String,
+    pub project_name: String,
+    pub region: String,
+    pub config: Config,
+}
+
+impl AllInOne {
+    pub fn auth_url(&self) -> String {
+        format!("{}/v3", self.identity.base_url)
+    }
+}
+
+/// Absolute form of a path, without requiring it to exist.
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Work out the config all-in-one runs with: the file given, else `DIR/tessera.conf` if present, else
+/// defaults; `state_path` always points at DIR.
+pub fn prepare_config(config_file: Option<&Path>, state_dir: Option<&Path>) -> Result<Config, StartError> {
+    let mut cfg = match config_file {
+        Some(f) => Config::load(f)?,
+        None => Config::defaults(),
+    };
+    let dir = match state_dir {
+        Some(d) => absolute(d),
+        None => absolute(Path::new(&cfg.get_str("DEFAULT", "state_path"))),
+    };
+    if config_file.is_none() {
+        let saved = dir.join("tessera.conf");
+        if saved.exists() {
+            cfg = Config::load(&saved)?;
+        }
+    }
+    cfg.set("DEFAULT", "state_path", dir.display().to_string())
+        .map_err(StartError::Usage)?;
+    Ok(cfg)
+}
+
+fn admin_password(cfg: &Config, dir: &Path) -> Result<String, StartError> {
+    let configured = cfg.get_str("bootstrap", "admin_password");
+    if !configured.is_empty() {
+        return Ok(configured);
+    }
+    let file = dir.join("admin-password");
+    if let Ok(p) = std::fs::read_to_string(&file) {
+        if !p.trim().is_empty() {
+            return Ok(p.trim().to_string());
+        }
+    }
+    let bytes: [u8; 18] = rand::random();
+    let p = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    roles::write_private(&file, &format!("{p}\n"))?;
+    Ok(p)
+}
+
+/// Start everything. `shutdown` stops it.
+pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartError> {
+    let dir = PathBuf::from(cfg.get_str("DEFAULT", "state_path"));
+    std::fs::create_dir_all(&dir).map_err(io_err("cannot create state directory", &dir))?;
+    roles::write_private(&dir.join("tessera.conf"), &cfg.to_ini())?;
+    let password = admin_password(&cfg, &dir)?;
+    let db = roles::open_identity_db(&cfg, true).await?;
+    tessera_identity::fernet::setup(&roles::key_repository(&cfg))?;
+    let identity = roles::start_identity(&cfg, db, shutdown).await?;
+    let auth_url = format!("{}/v3", identity.base_url);
+    let params = BootstrapParams {
+        admin_username: cfg.get_str("bootstrap", "admin_username"),
+        admin_password: password.clone(),
+        project_name: cfg.get_str("bootstrap", "project_name"),
+        region_id: cfg.get_str("bootstrap", "region_id"),
+        identity_endpoints: ["public", "internal", "admin"]
+            .iter()
+            .map(|i| (i.to_string(), auth_url.clone()))
+            .collect(),
+        services: Vec::new(),
+    };
+    identity.identity.bootstrap(&params).await?;
+    let aio = AllInOne {
+        state_dir: dir.clone(),
+        identity,
+        admin_username: params.admin_username,
+        admin_password: password,
+        project_name: params.project_name,
+        region: params.region_id,
+        config: cfg,
+    };
+    write_client_files(&aio)?;
+    Ok(aio)
+}
+
+fn write_client_files(a: &AllInOne) -> Result<(), StartError> {
+    let clouds = format!(
+        "# Written by tessera all-in-one.\nclouds:\n  tessera:\n    auth:\n      auth_url: {}\n      username: {}\n      password: \"{}\"\n      project_name: {}\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: {}\n    identity_api_version: 3\n    interface: public\n",
+        a.auth_url(),
+        a.admin_username,
+        a.admin_password,
+        a.project_name,
+        a.region
+    );
+    roles::write_private(&a.state_dir.join("clouds.yaml"), &clouds)?;
+    let openrc = format!(
+        "# Written by tessera all-in-one: `source` this file to use the openstack CLI as the admin user.\nexport OS_AUTH_URL={}\nexport OS_IDENTITY_API_VERSION=3\nexport OS_USERNAME={}\nexport OS_PASSWORD='{}'\nexport OS_PROJECT_NAME={}\nexport OS_USER_DOMAIN_NAME=Default\nexport OS_PROJECT_DOMAIN_NAME=Default\nexport OS_REGION_NAME={}\nexport OS_INTERFACE=public\nunset OS_CLOUD OS_TOKEN\n",
+        a.auth_url(),
+        a.admin_username,
+        a.admin_password,
+        a.project_name,
+        a.region
+    );
+    roles::write_private(&a.state_dir.join("openrc"), &openrc)
+}

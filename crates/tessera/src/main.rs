@@ -1,0 +1,264 @@
+//! The `tessera` command.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tessera::{aio, manage, roles, Shutdown, StartError};
+use tessera_config::Config;
+use tessera_identity::BootstrapParams;
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "An OpenStack-compatible compute cloud in one binary"
+)]
+struct Cli {
+    /// Configuration file (INI, oslo.config option names).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole cloud in one process, with all state in one directory.
+    #[command(name = "all-in-one")]
+    AllInOne {
+        /// Where state lives (databases, keys, clouds.yaml, openrc). Default: [DEFAULT] state_path.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Run the named roles in this process.
+    Serve {
+        #[arg(required = true, value_name = "ROLE")]
+        roles: Vec<String>,
+    },
+    /// Operator commands (like keystone-manage and nova-manage).
+    Manage {
+        #[command(subcommand)]
+        cmd: ManageCmd,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ManageCmd {
+    /// Database schema commands.
+    Db {
+        #[command(subcommand)]
+        cmd: DbCmd,
+    },
+    /// Create the default domain, roles, admin user and project, region and identity endpoints.
+    Bootstrap {
+        #[arg(long = "bootstrap-username", default_value = "admin")]
+        username: String,
+        #[arg(
+            long = "bootstrap-password",
+            env = "OS_BOOTSTRAP_PASSWORD",
+            hide_env_values = true
+        )]
+        password: String,
+        #[arg(long = "bootstrap-project-name", default_value = "admin")]
+        project: String,
+        #[arg(long = "bootstrap-region-id", default_value = "RegionOne")]
+        region: String,
+        #[arg(long = "bootstrap-public-url")]
+        public_url: Option<String>,
+        #[arg(long = "bootstrap-internal-url")]
+        internal_url: Option<String>,
+        #[arg(long = "bootstrap-admin-url")]
+        admin_url: Option<String>,
+    },
+    /// Create the Fernet key repository (keys 0 and 1).
+    #[command(name = "fernet_setup")]
+    FernetSetup,
+    /// Rotate Fernet keys: staged becomes primary, a new staged key, oldest pruned.
+    #[command(name = "fernet_rotate")]
+    FernetRotate,
+}
+
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Apply pending schema migrations.
+    Sync,
+    /// Print the schema version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the sample configuration (every option, its type, default and help).
+    Sample,
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let level = if cfg.get_bool("DEFAULT", "debug") {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::INFO
+    };
+    let filter = Targets::new()
+        .with_default(level)
+        .with_target("sqlx", LevelFilter::WARN);
+    let json = cfg.get_str("DEFAULT", "log_format") == "json";
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if json {
+        tracing_subscriber::registry()
+            .with(fmt.json().with_filter(filter))
+            .init();
+    } else {
+        tracing_subscriber::registry()
+            .with(fmt.with_filter(filter))
+            .init();
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, StartError> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::defaults()),
+    }
+}
+
+fn signal_shutdown(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        tracing::info!("stopping");
+        shutdown.trigger();
+    });
+}
+
+async fn run(cli: Cli) -> Result<(), StartError> {
+    match cli.command {
+        Command::Config {
+            cmd: ConfigCmd::Sample,
+        } => {
+            print!("{}", tessera_config::sample());
+            Ok(())
+        }
+        Command::AllInOne { state_dir } => {
+            let started = std::time::Instant::now();
+            let cfg = aio::prepare_config(cli.config.as_deref(), state_dir.as_deref())?;
+            init_logging(&cfg);
+            let shutdown = Shutdown::new();
+            signal_shutdown(shutdown.clone());
+            let a = aio::start(cfg, &shutdown).await?;
+            let dir = a.state_dir.display();
+            println!(
+                "tessera all-in-one ready in {} ms: identity {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
+                started.elapsed().as_millis(),
+                a.auth_url()
+            );
+            let _ = a.identity.task.await;
+            Ok(())
+        }
+        Command::Serve { roles: names } => {
+            roles::check_roles(&names)?;
+            let cfg = load(cli.config.as_ref())?;
+            init_logging(&cfg);
+            let shutdown = Shutdown::new();
+            signal_shutdown(shutdown.clone());
+            let db = roles::open_identity_db(&cfg, false).await?;
+            let r = roles::start_identity(&cfg, db, &shutdown).await?;
+            println!("tessera serving {}: identity {}/v3", names.join(", "), r.base_url);
+            let _ = r.task.await;
+            Ok(())
+        }
+        Command::Manage { cmd } => {
+            let cfg = load(cli.config.as_ref())?;
+            match cmd {
+                ManageCmd::Db { cmd: DbCmd::Sync } => manage::db_sync(&cfg).await,
+                ManageCmd::Db { cmd: DbCmd::Version } => {
+                    let db = roles::open_identity_db(&cfg, false).await;
+                    let url = cfg.get_str("identity_database", "connection");
+                    let db = match db {
+                        Ok(db) => db,
+                        Err(_) => tessera_db::Db::connect(&url, 1).await?,
+                    };
+                    println!("identity {}", db.schema_version().await?);
+                    Ok(())
+                }
+                ManageCmd::Bootstrap {
+                    username,
+                    password,
+                    project,
+                    region,
+                    public_url,
+                    internal_url,
+                    admin_url,
+                } => {
+                    let mut eps = Vec::new();
+                    for (i, u) in [
+                        ("public", public_url),
+                        ("internal", internal_url),
+                        ("admin", admin_url),
+                    ] {
+                        if let Some(u) = u {
+                            eps.push((i.to_string(), u));
+                        }
+                    }
+                    let p = BootstrapParams {
+                        admin_username: username,
+                        admin_password: password,
+                        project_name: project,
+                        region_id: region,
+                        identity_endpoints: eps,
+                        services: Vec::new(),
+                    };
+                    manage::bootstrap(&cfg, p).await
+                }
+                ManageCmd::FernetSetup => manage::fernet_setup(&cfg),
+                ManageCmd::FernetRotate => manage::fernet_rotate(&cfg),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tessera: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(StartError::Usage(m)) => {
+            eprintln!("tessera: {m}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("tessera: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

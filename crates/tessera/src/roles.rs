@@ -1,0 +1,136 @@
+//! The roles one binary can play, and starting the ones this build has.
+
+use crate::{io_err, Shutdown, StartError};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tessera_config::Config;
+use tessera_db::Db;
+use tessera_identity::{fernet, Identity, Settings};
+
+/// Every role name `serve` accepts, in start order.
+pub const ALL_ROLES: &[&str] = &[
+    "identity",
+    "placement",
+    "image",
+    "network",
+    "network-agent",
+    "api",
+    "conductor",
+    "scheduler",
+    "compute",
+    "novncproxy",
+];
+
+/// Roles implemented in this build.
+pub const AVAILABLE: &[&str] = &["identity"];
+
+pub fn check_roles(roles: &[String]) -> Result<(), StartError> {
+    for r in roles {
+        if !ALL_ROLES.contains(&r.as_str()) {
+            return Err(StartError::Usage(format!(
+                "unknown role '{r}'; roles are: {}",
+                ALL_ROLES.join(", ")
+            )));
+        }
+        if !AVAILABLE.contains(&r.as_str()) {
+            return Err(StartError::Usage(format!(
+                "role '{r}' is not available in this build of tessera yet (available: {})",
+                AVAILABLE.join(", ")
+            )));
+        }
+    }
+    if roles.is_empty() {
+        return Err(StartError::Usage("name at least one role to serve".into()));
+    }
+    Ok(())
+}
+
+/// Open (and, when `migrate`, bring up to date) the identity database.
+pub async fn open_identity_db(cfg: &Config, migrate: bool) -> Result<Db, StartError> {
+    let url = cfg.get_str("identity_database", "connection");
+    let db = Db::connect(&url, cfg.get_int("identity_database", "max_pool_size") as u32).await?;
+    let set = &tessera_db::identity::MIGRATIONS;
+    if migrate {
+        db.migrate(set).await?;
+    } else {
+        let v = db.schema_version().await?;
+        if v < set.latest() {
+            return Err(StartError::Usage(format!(
+                "the identity database ({}) is at schema version {v}, this binary needs {}; run `tessera manage db sync`",
+                db.url_masked(),
+                set.latest()
+            )));
+        }
+    }
+    Ok(db)
+}
+
+pub fn key_repository(cfg: &Config) -> std::path::PathBuf {
+    std::path::PathBuf::from(cfg.get_str("fernet_tokens", "key_repository"))
+}
+
+/// A running Identity service.
+pub struct IdentityRole {
+    pub identity: Arc<Identity>,
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// The host name put in URLs for a bind address.
+pub fn public_host(cfg: &Config) -> String {
+    let ph = cfg.get_str("DEFAULT", "public_host");
+    if !ph.is_empty() {
+        return ph;
+    }
+    let bh = cfg.get_str("DEFAULT", "bind_host");
+    if bh == "0.0.0.0" || bh == "::" || bh.is_empty() {
+        "127.0.0.1".into()
+    } else {
+        bh
+    }
+}
+
+/// Start the identity role: open its database and key repository, bind, serve until shutdown.
+pub async fn start_identity(cfg: &Config, db: Db, shutdown: &Shutdown) -> Result<IdentityRole, StartError> {
+    let keys = fernet::KeyRing::open(&key_repository(cfg))?;
+    let settings = Settings::from_config(cfg);
+    let identity = Identity::new(db, keys, settings).await?;
+    let bind = format!(
+        "{}:{}",
+        cfg.get_str("DEFAULT", "bind_host"),
+        cfg.get_port("identity", "bind_port")
+    );
+    let (listener, addr) = tessera_http::bind(&bind)
+        .await
+        .map_err(io_err("cannot listen on", bind.clone()))?;
+    let base_url = format!("http://{}:{}", public_host(cfg), addr.port());
+    let router = tessera_identity::api::router(identity.clone(), &base_url);
+    identity.spawn_poller(shutdown.subscribe());
+    let task = tokio::spawn(tessera_http::serve(listener, router, shutdown.wait()));
+    tracing::info!(%addr, "identity listening");
+    Ok(IdentityRole {
+        identity,
+        addr,
+        base_url,
+        task,
+    })
+}
+
+/// Write a file readable only by its owner, atomically.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), StartError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("cannot write", &tmp))?;
+    f.write_all(contents.as_bytes())
+        .map_err(io_err("cannot write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("cannot write", path))
+}
