@@ -439,3 +439,22 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod golden {
+    /// `etc/tessera.conf.sample` must match the registry. Regenerate with
+    /// `UPDATE_GOLDEN=1 cargo test -p tessera-config` (or `tessera config sample > etc/tessera.conf.sample`).
+    #[test]
+    fn sample_file_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc/tessera.conf.sample");
+        let want = super::sample();
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &want).expect("write sample");
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "etc/tessera.conf.sample is stale: run `tessera config sample > etc/tessera.conf.sample`"
+        );
+    }
+}

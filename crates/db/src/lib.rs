@@ -214,3 +214,25 @@ mod tests {
         assert_eq!(in_list(0), "(?)");
     }
 }
+
+/// Read a text column. MySQL reports `TEXT` columns as blobs through the `Any` driver, so fall back on bytes.
+pub fn get_text(row: &AnyRow, col: &str) -> Result<String, sqlx::Error> {
+    match row.try_get::<String, _>(col) {
+        Ok(s) => Ok(s),
+        Err(sqlx::Error::ColumnDecode { .. }) => row
+            .try_get::<Vec<u8>, _>(col)
+            .map(|b| String::from_utf8_lossy(&b).into_owned()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Read a nullable text column (see [`get_text`]).
+pub fn get_opt_text(row: &AnyRow, col: &str) -> Result<Option<String>, sqlx::Error> {
+    match row.try_get::<Option<String>, _>(col) {
+        Ok(s) => Ok(s),
+        Err(sqlx::Error::ColumnDecode { .. }) => row
+            .try_get::<Option<Vec<u8>>, _>(col)
+            .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned())),
+        Err(e) => Err(e),
+    }
+}

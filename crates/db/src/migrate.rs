@@ -29,7 +29,7 @@ impl MigrationSet {
 
 fn expand(dialect: Dialect, stmt: &str) -> String {
     let engine = match dialect {
-        Dialect::MySql => " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        Dialect::MySql => " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         _ => "",
     };
     stmt.replace("{engine}", engine)

@@ -60,9 +60,6 @@ impl IdentityError {
     }
 }
 
-/// Keystone's identity URI for `WWW-Authenticate`, set once at start-up.
-pub static WWW_AUTHENTICATE_URI: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
 impl IntoResponse for IdentityError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -77,10 +74,7 @@ impl IntoResponse for IdentityError {
             }
             other => other.to_string(),
         };
-        let mut e = ApiError::new(Family::Keystone, status, message);
-        if let Some(uri) = WWW_AUTHENTICATE_URI.get() {
-            e = e.with_www_authenticate(uri.clone());
-        }
-        e.into_response()
+        // The router adds `WWW-Authenticate` to every 401 (it knows the service's URI).
+        ApiError::new(Family::Keystone, status, message).into_response()
     }
 }

@@ -80,9 +80,6 @@ impl Identity {
     /// Open the service over an already migrated database and an existing key repository.
     pub async fn new(db: Db, keys: fernet::KeyRing, settings: Settings) -> Result<Arc<Self>> {
         let rev = store::revision(&db).await?;
-        if let Some(pe) = &settings.public_endpoint {
-            let _ = error::WWW_AUTHENTICATE_URI.set(format!("{pe}/v3"));
-        }
         Ok(Arc::new(Self {
             db,
             keys,

@@ -10,10 +10,10 @@ use tessera_db::{in_list, AnyRow, Db, Transaction};
 pub type Tx = Transaction<'static, tessera_db::Any>;
 
 fn s(row: &AnyRow, col: &str) -> Result<String> {
-    Ok(row.try_get::<String, _>(col)?)
+    Ok(tessera_db::get_text(row, col)?)
 }
 fn os(row: &AnyRow, col: &str) -> Result<Option<String>> {
-    Ok(row.try_get::<Option<String>, _>(col)?)
+    Ok(tessera_db::get_opt_text(row, col)?)
 }
 fn i(row: &AnyRow, col: &str) -> Result<i64> {
     Ok(row.try_get::<i64, _>(col)?)

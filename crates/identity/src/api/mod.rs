@@ -31,7 +31,8 @@ pub fn router(id: Arc<Identity>, public_base: &str) -> Router {
         .public_endpoint
         .clone()
         .unwrap_or_else(|| public_base.trim_end_matches('/').to_string());
-    let _ = crate::error::WWW_AUTHENTICATE_URI.set(format!("{base}/v3"));
+    let www_authenticate = http::HeaderValue::from_str(&format!("Keystone uri=\"{base}/v3\""))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("Keystone"));
     let layer = AuthLayer {
         validator: id.validator(),
         family: Family::Keystone,
@@ -196,6 +197,15 @@ pub fn router(id: Arc<Identity>, public_base: &str) -> Router {
         .fallback(not_found)
         .with_state(App { id, base })
         .route_service("/metrics", get(metrics_handler).with_state(metrics.clone()))
+        .layer(axum::middleware::map_response(move |mut r: Response| {
+            let v = www_authenticate.clone();
+            async move {
+                if r.status() == StatusCode::UNAUTHORIZED {
+                    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+                }
+                r
+            }
+        }))
         .layer(from_fn_with_state(metrics, observe))
 }
 
