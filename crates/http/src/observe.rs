@@ -145,7 +145,7 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, mut req: Request, next
     let secs = start.elapsed().as_secs_f64();
     let status = resp.status().as_u16();
     span.in_scope(|| {
-        tracing::info!(%method, %path, status, elapsed_ms = secs * 1000.0, "request");
+        tracing::debug!(%method, %path, status, elapsed_ms = secs * 1000.0, "request");
     });
     metrics.observe(&method, &route, status, secs);
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -78,7 +78,6 @@ impl Identity {
                 pr
             }
         };
-        let hash = self.hash_password(&p.admin_password).await?;
         let user = match store::user_get_by_name(db, &dom, &p.admin_username).await? {
             Some(mut u) => {
                 let same = match &u.password_hash {
@@ -86,7 +85,7 @@ impl Identity {
                     None => false,
                 };
                 if !same || !u.enabled {
-                    u.password_hash = Some(hash);
+                    u.password_hash = Some(self.hash_password(&p.admin_password).await?);
                     u.password_created_at = Some(tessera_types::now_epoch_micros());
                     u.enabled = true;
                     store::user_put(db, &u, false).await?;
@@ -100,7 +99,7 @@ impl Identity {
                     domain_id: dom.clone(),
                     enabled: true,
                     default_project_id: None,
-                    password_hash: Some(hash),
+                    password_hash: Some(self.hash_password(&p.admin_password).await?),
                     password_created_at: Some(tessera_types::now_epoch_micros()),
                     extra: Map::new(),
                 };
