@@ -40,7 +40,8 @@ fn compute(alg: &Argon2<'_>, params: &Params, password: &[u8], salt: &[u8], out:
 
 fn hash_blocking(p: HashParams, password: &str) -> Result<String> {
     let err = |e: argon2::password_hash::Error| IdentityError::Internal(e.to_string());
-    let params = Params::new(p.memory_kib, p.iterations, 1, Some(32)).map_err(|e| IdentityError::Internal(e.to_string()))?;
+    let params = Params::new(p.memory_kib, p.iterations, 1, Some(32))
+        .map_err(|e| IdentityError::Internal(e.to_string()))?;
     let alg = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     let mut salt_buf = [0u8; 64];
@@ -58,13 +59,26 @@ fn hash_blocking(p: HashParams, password: &str) -> Result<String> {
 }
 
 fn verify_blocking(password: &str, stored: &str) -> bool {
-    let Ok(parsed) = PasswordHash::new(stored) else { return false };
-    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
-    let Ok(alg) = Algorithm::try_from(parsed.algorithm) else { return false };
-    let Ok(params) = Params::try_from(&parsed) else { return false };
-    let version = parsed.version.and_then(|v| Version::try_from(v).ok()).unwrap_or_default();
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(alg) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let version = parsed
+        .version
+        .and_then(|v| Version::try_from(v).ok())
+        .unwrap_or_default();
     let mut salt_buf = [0u8; 64];
-    let Ok(salt_raw) = salt.decode_b64(&mut salt_buf) else { return false };
+    let Ok(salt_raw) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
     let mut out = vec![0u8; expected.len()];
     let a = Argon2::new(alg, version, params.clone());
     if compute(&a, &params, password.as_bytes(), salt_raw, &mut out).is_err() {
@@ -87,22 +101,24 @@ fn pool() -> &'static Mutex<mpsc::Sender<Job>> {
         let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         for i in 0..n {
             let rx = rx.clone();
-            let _ = std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || loop {
-                let job = match rx.lock() {
-                    Ok(r) => r.recv(),
-                    Err(_) => return,
-                };
-                match job {
-                    Ok(job) => {
-                        job();
-                        // Nothing else queued: give the working memory back until the next burst.
-                        if PENDING.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            MEMORY.with(|m| *m.borrow_mut() = Vec::new());
+            let _ = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => {
+                            job();
+                            // Nothing else queued: give the working memory back until the next burst.
+                            if PENDING.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                MEMORY.with(|m| *m.borrow_mut() = Vec::new());
+                            }
                         }
+                        Err(_) => return,
                     }
-                    Err(_) => return,
-                }
-            });
+                });
         }
         Mutex::new(tx)
     })
@@ -120,7 +136,8 @@ async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Resul
         .map_err(|_| IdentityError::Internal("hash pool poisoned".into()))?
         .send(job)
         .map_err(|_| IdentityError::Internal("hash pool stopped".into()))?;
-    rx.await.map_err(|_| IdentityError::Internal("hash job dropped".into()))
+    rx.await
+        .map_err(|_| IdentityError::Internal("hash job dropped".into()))
 }
 
 /// Hash a password (PHC string, salt included).
@@ -130,7 +147,9 @@ pub async fn hash(p: HashParams, password: String) -> Result<String> {
 
 /// Check a password against a stored hash. The parameters recorded in the hash are the ones used.
 pub async fn verify(password: String, stored: String) -> bool {
-    run(move || verify_blocking(&password, &stored)).await.unwrap_or(false)
+    run(move || verify_blocking(&password, &stored))
+        .await
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -139,7 +158,10 @@ mod tests {
 
     #[tokio::test]
     async fn hash_and_verify() {
-        let p = HashParams { memory_kib: 1024, iterations: 1 };
+        let p = HashParams {
+            memory_kib: 1024,
+            iterations: 1,
+        };
         let h = hash(p, "s3cret".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
         assert!(verify("s3cret".into(), h.clone()).await);
@@ -148,13 +170,19 @@ mod tests {
         // Hashes made by the argon2 crate's own PHC API verify too (format compatibility).
         use argon2::password_hash::PasswordHasher;
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        let other = Argon2::default().hash_password(b"abc", &salt).unwrap().to_string();
+        let other = Argon2::default()
+            .hash_password(b"abc", &salt)
+            .unwrap()
+            .to_string();
         assert!(verify("abc".into(), other).await);
     }
 
     #[tokio::test]
     async fn production_parameters_round_trip() {
-        let p = HashParams { memory_kib: 19456, iterations: 2 };
+        let p = HashParams {
+            memory_kib: 19456,
+            iterations: 2,
+        };
         let h = hash(p, "pw".into()).await.unwrap();
         assert!(h.contains("m=19456,t=2,p=1"), "{h}");
         assert!(verify("pw".into(), h).await);

@@ -369,18 +369,7 @@ impl Identity {
     /// Add every role implied, transitively, by `ids`.
     pub async fn expand_implied(&self, ids: Vec<String>) -> Result<BTreeSet<String>> {
         let rules = store::implied_all(&self.db).await?;
-        let mut out: BTreeSet<String> = ids.into_iter().collect();
-        loop {
-            let before = out.len();
-            for (prior, implied) in &rules {
-                if out.contains(prior) {
-                    out.insert(implied.clone());
-                }
-            }
-            if out.len() == before {
-                return Ok(out);
-            }
-        }
+        Ok(close_over_implied(&rules, ids.into_iter().collect()))
     }
 
     /// The service catalog, with project id templates filled in.
@@ -453,6 +442,21 @@ impl Identity {
             None,
             now,
         )
+    }
+}
+
+/// `roles` plus every role the `(prior, implied)` rules imply from them, transitively.
+pub fn close_over_implied(rules: &[(String, String)], mut roles: BTreeSet<String>) -> BTreeSet<String> {
+    loop {
+        let before = roles.len();
+        for (prior, implied) in rules {
+            if roles.contains(prior) {
+                roles.insert(implied.clone());
+            }
+        }
+        if roles.len() == before {
+            return roles;
+        }
     }
 }
 

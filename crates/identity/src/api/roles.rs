@@ -589,18 +589,7 @@ pub async fn list_assignments(State(app): S, Caller(ctx): Caller, Query(q): Q) -
             } else {
                 vec![(l.scope_kind, l.target.clone())]
             };
-            let mut roles = BTreeSet::from([l.role.clone()]);
-            loop {
-                let n = roles.len();
-                for (p, i) in &implied {
-                    if roles.contains(p) {
-                        roles.insert(i.clone());
-                    }
-                }
-                if roles.len() == n {
-                    break;
-                }
-            }
+            let roles = crate::token::close_over_implied(&implied, BTreeSet::from([l.role.clone()]));
             for actor in &actors {
                 for (sk, t) in &targets {
                     for r in &roles {
