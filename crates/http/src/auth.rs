@@ -101,3 +101,103 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::observe::{observe, Metrics};
+    use axum::body::Body;
+    use axum::middleware::from_fn_with_state;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt as _;
+
+    struct Fake;
+
+    #[async_trait::async_trait]
+    impl TokenValidator for Fake {
+        async fn validate(&self, token: &str, _allow_expired: bool) -> Result<RequestContext, TokenError> {
+            match token {
+                "good" => Ok(RequestContext {
+                    request_id: String::new(),
+                    user_id: "u1".into(),
+                    user_name: "alice".into(),
+                    user_domain_id: "default".into(),
+                    user_domain_name: "Default".into(),
+                    scope: tessera_types::Scope::Project {
+                        id: "p1".into(),
+                        name: "demo".into(),
+                        domain_id: "default".into(),
+                        domain_name: "Default".into(),
+                    },
+                    roles: vec!["member".into(), "reader".into()],
+                    audit_id: "a".into(),
+                    application_credential_id: None,
+                    expires_at: 0,
+                }),
+                "down" => Err(TokenError::Backend("db gone".into())),
+                _ => Err(TokenError::Invalid),
+            }
+        }
+    }
+
+    fn app(family: Family) -> Router {
+        let layer = AuthLayer {
+            validator: Arc::new(Fake),
+            family,
+            identity_uri: "http://id/v3".into(),
+        };
+        Router::new()
+            .route(
+                "/who",
+                get(|Caller(c): Caller| async move {
+                    format!(
+                        "{} {:?} {} {}",
+                        c.user_id,
+                        c.project_id(),
+                        c.roles.join(","),
+                        c.request_id
+                    )
+                }),
+            )
+            .route_layer(from_fn_with_state(layer, require_token))
+            .layer(from_fn_with_state(Metrics::new("test"), observe))
+    }
+
+    async fn call(r: Router, token: Option<&str>) -> (StatusCode, http::HeaderMap, String) {
+        let mut req = http::Request::get("/who");
+        if let Some(t) = token {
+            req = req.header("x-auth-token", t);
+        }
+        let resp = r.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn handlers_get_the_caller_and_request_id() {
+        let (s, h, body) = call(app(Family::Placement), Some("good")).await;
+        assert_eq!(s, StatusCode::OK);
+        let rid = h.get("x-openstack-request-id").unwrap().to_str().unwrap();
+        assert_eq!(body, format!("u1 Some(\"p1\") member,reader {rid}"));
+    }
+
+    #[tokio::test]
+    async fn refusals_use_the_service_family() {
+        let (s, h, body) = call(app(Family::Placement), None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            h.get("www-authenticate").unwrap(),
+            "Keystone uri=\"http://id/v3\""
+        );
+        assert!(body.contains("\"errors\""), "{body}");
+        let (s, _, body) = call(app(Family::Nova), Some("bad")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("\"unauthorized\""), "{body}");
+        let (s, _, _) = call(app(Family::Keystone), Some("down")).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

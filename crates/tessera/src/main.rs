@@ -189,16 +189,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             let cfg = load(cli.config.as_ref())?;
             match cmd {
                 ManageCmd::Db { cmd: DbCmd::Sync } => manage::db_sync(&cfg).await,
-                ManageCmd::Db { cmd: DbCmd::Version } => {
-                    let db = roles::open_identity_db(&cfg, false).await;
-                    let url = cfg.get_str("identity_database", "connection");
-                    let db = match db {
-                        Ok(db) => db,
-                        Err(_) => tessera_db::Db::connect(&url, 1).await?,
-                    };
-                    println!("identity {}", db.schema_version().await?);
-                    Ok(())
-                }
+                ManageCmd::Db { cmd: DbCmd::Version } => manage::db_version(&cfg).await,
                 ManageCmd::Bootstrap {
                     username,
                     password,

@@ -4,22 +4,31 @@ use crate::{roles, StartError};
 use tessera_config::Config;
 use tessera_identity::{fernet, BootstrapParams, Identity, Settings};
 
+/// Open the identity database without checking its schema (the `db` commands are what fix it).
+async fn identity_db(cfg: &Config) -> Result<tessera_db::Db, StartError> {
+    Ok(tessera_db::Db::connect(&cfg.get_str("identity_database", "connection"), 1).await?)
+}
+
 /// `manage db sync`: bring every database this build owns to the latest schema.
 pub async fn db_sync(cfg: &Config) -> Result<(), StartError> {
-    let db = roles::open_identity_db(cfg, false).await.ok();
-    let db = match db {
-        Some(db) => db,
-        None => {
-            let url = cfg.get_str("identity_database", "connection");
-            tessera_db::Db::connect(&url, 1).await?
-        }
-    };
+    let db = identity_db(cfg).await?;
     let applied = db.migrate(&tessera_db::identity::MIGRATIONS).await?;
     println!(
         "identity database {}: schema version {} ({} migration(s) applied)",
         db.url_masked(),
         db.schema_version().await?,
         applied.len()
+    );
+    Ok(())
+}
+
+/// `manage db version`.
+pub async fn db_version(cfg: &Config) -> Result<(), StartError> {
+    let db = identity_db(cfg).await?;
+    println!(
+        "identity {} (this binary: {})",
+        db.schema_version().await?,
+        tessera_db::identity::MIGRATIONS.latest()
     );
     Ok(())
 }

@@ -328,6 +328,25 @@ async fn crud_assignments_and_member_policy() {
             403,
         );
         keystone_error(&c.req(Method::GET, "/v3/services", Some(&m), None).await, 403);
+        keystone_error(&c.req(Method::GET, "/v3/roles", Some(&m), None).await, 403);
+        keystone_error(
+            &c.req(Method::GET, "/v3/role_assignments", Some(&m), None).await,
+            403,
+        );
+        keystone_error(
+            &c.req(
+                Method::POST,
+                "/v3/regions",
+                Some(&m),
+                Some(json!({"region": {"id": "X"}})),
+            )
+            .await,
+            403,
+        );
+        assert_eq!(
+            c.req(Method::GET, "/v3/regions", Some(&m), None).await.status,
+            StatusCode::OK
+        );
         let admin_project = c
             .req(Method::GET, "/v3/projects?name=admin", Some(&admin), None)
             .await

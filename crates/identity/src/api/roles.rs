@@ -34,14 +34,7 @@ async fn role_or_404(app: &App, id: &str) -> Result<RoleRow> {
 const ROLE_KNOWN: &[&str] = &["id", "name", "domain_id", "description", "options", "links"];
 
 pub async fn list_roles(State(app): S, Caller(ctx): Caller, Query(q): Q) -> Result<Response> {
-    policy::require_reader_of_domain(&ctx, ctx.domain_id(), "list_roles").or_else(|e| {
-        // Project members may read role names too (Keystone lets domain and project readers list roles).
-        if ctx.has_role("reader") {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
+    policy::require_reader_of_domain(&ctx, ctx.domain_id(), "list_roles")?;
     let rows = store::role_list(
         &app.id.db,
         q.get("name").map(String::as_str),
@@ -57,9 +50,7 @@ pub async fn list_roles(State(app): S, Caller(ctx): Caller, Query(q): Q) -> Resu
 }
 
 pub async fn get_role(State(app): S, Caller(ctx): Caller, Path(id): Path<String>) -> Result<Response> {
-    if !(policy::admin(&ctx) || ctx.has_role("reader")) {
-        return Err(IdentityError::forbidden("get_role"));
-    }
+    policy::require_reader_of_domain(&ctx, ctx.domain_id(), "get_role")?;
     let r = role_or_404(&app, &id).await?;
     ok(json!({"role": role_json(&app.base, &r)}))
 }
