@@ -11,8 +11,9 @@ command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; ex
 cargo build --release -p tessera --quiet
 bin=target/release/tessera
 dir=$(mktemp -d /tmp/tessera-bench-XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf '[identity]\nbind_port = %s\n' "$port" > "$dir/bench.conf"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+printf '[identity]\nbind_port = %s\n[image]\nbind_port = %s\n' "$port" "$(free_port)" > "$dir/bench.conf"
 "$bin" --config "$dir/bench.conf" all-in-one --state-dir "$dir" > "$dir/out" 2> "$dir/log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT

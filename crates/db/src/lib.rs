@@ -8,6 +8,7 @@
 //! placeholders are written `?`.
 
 pub mod identity;
+pub mod image;
 mod migrate;
 mod url;
 
@@ -138,6 +139,16 @@ impl Db {
     /// Rewrite `?` placeholders for the engine (PostgreSQL wants `$1, $2…`).
     pub fn sql<'a>(&self, q: &'a str) -> Cow<'a, str> {
         rewrite_placeholders(self.dialect, q)
+    }
+
+    /// `expr` cast to a 64-bit integer (aggregates like SUM return NUMERIC/DECIMAL on PostgreSQL and MySQL,
+    /// which the `Any` driver cannot decode).
+    pub fn bigint(&self, expr: &str) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("CAST({expr} AS BIGINT)"),
+            Dialect::MySql => format!("CAST({expr} AS SIGNED)"),
+            Dialect::Sqlite => format!("CAST({expr} AS INTEGER)"),
+        }
     }
 
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, DbError> {

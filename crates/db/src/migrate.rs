@@ -36,19 +36,24 @@ fn expand(dialect: Dialect, stmt: &str) -> String {
 }
 
 impl Db {
-    /// The schema version recorded in the database (0 when none).
-    pub async fn schema_version(&self) -> Result<i64, DbError> {
+    /// The schema version of one migration set recorded in the database (0 when none). Several sets may share
+    /// a database (each service's tables are distinct), so versions are kept per set.
+    pub async fn schema_version(&self, set: &MigrationSet) -> Result<i64, DbError> {
         self.ensure_version_table().await?;
-        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM migrate_version")
-            .fetch_one(self.pool())
-            .await?;
+        let row = sqlx::query(
+            &self.sql("SELECT COALESCE(MAX(version), 0) AS v FROM migrate_version WHERE set_name = ?"),
+        )
+        .bind(set.name)
+        .fetch_one(self.pool())
+        .await?;
         Ok(row.try_get::<i64, _>("v")?)
     }
 
     async fn ensure_version_table(&self) -> Result<(), DbError> {
         let stmt = expand(
             self.dialect(),
-            "CREATE TABLE IF NOT EXISTS migrate_version (version BIGINT NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL, applied_at BIGINT NOT NULL){engine}",
+            "CREATE TABLE IF NOT EXISTS migrate_version (set_name VARCHAR(64) NOT NULL, version BIGINT NOT NULL, name VARCHAR(255) NOT NULL, \
+             applied_at BIGINT NOT NULL, PRIMARY KEY (set_name, version)){engine}",
         );
         sqlx::query(&stmt).execute(self.pool()).await?;
         Ok(())
@@ -56,7 +61,7 @@ impl Db {
 
     /// Apply every migration of `set` not yet applied. Returns the versions applied now.
     pub async fn migrate(&self, set: &MigrationSet) -> Result<Vec<i64>, DbError> {
-        let current = self.schema_version().await?;
+        let current = self.schema_version(set).await?;
         if current > set.latest() {
             return Err(DbError::SchemaTooNew {
                 set: set.name,
@@ -77,8 +82,10 @@ impl Db {
                 let sql = expand(self.dialect(), stmt);
                 sqlx::query(&sql).execute(&mut *tx).await.map_err(wrap)?;
             }
-            let ins = self.sql("INSERT INTO migrate_version (version, name, applied_at) VALUES (?, ?, ?)");
+            let ins = self
+                .sql("INSERT INTO migrate_version (set_name, version, name, applied_at) VALUES (?, ?, ?, ?)");
             sqlx::query(&ins)
+                .bind(set.name)
                 .bind(m.version)
                 .bind(m.name)
                 .bind(tessera_types::now_epoch_micros())

@@ -1,17 +1,18 @@
 //! `tessera all-in-one`: every available role in one process, all state in one directory, bootstrapped on
 //! first start, with `clouds.yaml` and `openrc` written for the `openstack` CLI.
 
-use crate::roles::{self, IdentityRole};
+use crate::roles::{self, IdentityRole, ImageRole};
 use crate::{io_err, Shutdown, StartError};
 use base64::Engine as _;
 use std::path::{Path, PathBuf};
 use tessera_config::Config;
-use tessera_identity::BootstrapParams;
+use tessera_identity::{BootstrapParams, CatalogService};
 
 /// A running all-in-one cloud.
 pub struct AllInOne {
     pub state_dir: PathBuf,
     pub identity: IdentityRole,
+    pub image: ImageRole,
     pub admin_username: String,
     pub admin_password: String,
     pub project_name: String,
@@ -85,6 +86,8 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     tessera_identity::fernet::setup(&roles::key_repository(&cfg))?;
     let identity = roles::start_identity(&cfg, db, shutdown).await?;
     let auth_url = format!("{}/v3", identity.base_url);
+    let image_db = roles::open_image_db(&cfg, true).await?;
+    let image = roles::start_image(&cfg, image_db, &identity.identity, &auth_url, shutdown).await?;
     let params = BootstrapParams {
         admin_username: cfg.get_str("bootstrap", "admin_username"),
         admin_password: password.clone(),
@@ -94,12 +97,20 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
             .iter()
             .map(|i| (i.to_string(), auth_url.clone()))
             .collect(),
-        services: Vec::new(),
+        services: vec![CatalogService {
+            service_type: "image".into(),
+            name: "glance".into(),
+            endpoints: ["public", "internal", "admin"]
+                .iter()
+                .map(|i| (i.to_string(), image.base_url.clone()))
+                .collect(),
+        }],
     };
     identity.identity.bootstrap(&params).await?;
     let aio = AllInOne {
         state_dir: dir.clone(),
         identity,
+        image,
         admin_username: params.admin_username,
         admin_password: password,
         project_name: params.project_name,

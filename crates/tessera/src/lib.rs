@@ -17,6 +17,8 @@ pub enum StartError {
     Keys(#[from] tessera_identity::fernet::KeyError),
     #[error("identity: {0}")]
     Identity(#[from] tessera_identity::error::IdentityError),
+    #[error("image: {0}")]
+    Image(#[from] tessera_image::error::ImageError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -166,9 +166,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             let a = aio::start(cfg, &shutdown).await?;
             let dir = a.state_dir.display();
             println!(
-                "tessera all-in-one ready in {} ms: identity {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
+                "tessera all-in-one ready in {} ms: identity {} | image {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
                 started.elapsed().as_millis(),
-                a.auth_url()
+                a.auth_url(),
+                a.image.base_url
             );
             let _ = a.identity.task.await;
             Ok(())
@@ -179,10 +180,41 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             init_logging(&cfg);
             let shutdown = Shutdown::new();
             signal_shutdown(shutdown.clone());
+            // Every role validates tokens with the identity service's validator (shared key repository and
+            // identity database); only `identity` serves the Identity API.
             let db = roles::open_identity_db(&cfg, false).await?;
-            let r = roles::start_identity(&cfg, db, &shutdown).await?;
-            println!("tessera serving {}: identity {}/v3", names.join(", "), r.base_url);
-            let _ = r.task.await;
+            let mut tasks = Vec::new();
+            let id = if names.iter().any(|n| n == "identity") {
+                let r = roles::start_identity(&cfg, db, &shutdown).await?;
+                println!("tessera: identity {}/v3", r.base_url);
+                tasks.push(r.task);
+                r.identity
+            } else {
+                let keys = tessera_identity::fernet::KeyRing::open(&roles::key_repository(&cfg))?;
+                let id =
+                    tessera_identity::Identity::new(db, keys, tessera_identity::Settings::from_config(&cfg))
+                        .await?;
+                id.spawn_poller(shutdown.subscribe());
+                id
+            };
+            let identity_uri = match id.settings.public_endpoint.clone() {
+                Some(pe) => format!("{pe}/v3"),
+                None => format!(
+                    "http://{}:{}/v3",
+                    roles::public_host(&cfg),
+                    cfg.get_port("identity", "bind_port")
+                ),
+            };
+            if names.iter().any(|n| n == "image") {
+                let db = roles::open_image_db(&cfg, false).await?;
+                let r = roles::start_image(&cfg, db, &id, &identity_uri, &shutdown).await?;
+                println!("tessera: image {}", r.base_url);
+                tasks.push(r.task);
+            }
+            println!("tessera serving {}", names.join(", "));
+            for t in tasks {
+                let _ = t.await;
+            }
             Ok(())
         }
         Command::Manage { cmd } => {

@@ -4,32 +4,41 @@ use crate::{roles, StartError};
 use tessera_config::Config;
 use tessera_identity::{fernet, BootstrapParams, Identity, Settings};
 
-/// Open the identity database without checking its schema (the `db` commands are what fix it).
-async fn identity_db(cfg: &Config) -> Result<tessera_db::Db, StartError> {
-    Ok(tessera_db::Db::connect(&cfg.get_str("identity_database", "connection"), 1).await?)
-}
+/// Every database this build owns: (config group, migrations).
+const DATABASES: &[(&str, &tessera_db::MigrationSet)] = &[
+    ("identity_database", &tessera_db::identity::MIGRATIONS),
+    ("image_database", &tessera_db::image::MIGRATIONS),
+];
 
 /// `manage db sync`: bring every database this build owns to the latest schema.
 pub async fn db_sync(cfg: &Config) -> Result<(), StartError> {
-    let db = identity_db(cfg).await?;
-    let applied = db.migrate(&tessera_db::identity::MIGRATIONS).await?;
-    println!(
-        "identity database {}: schema version {} ({} migration(s) applied)",
-        db.url_masked(),
-        db.schema_version().await?,
-        applied.len()
-    );
+    for (group, set) in DATABASES {
+        let db = tessera_db::Db::connect(&cfg.get_str(group, "connection"), 1).await?;
+        let applied = db.migrate(set).await?;
+        println!(
+            "{} database {}: schema version {} ({} migration(s) applied)",
+            set.name,
+            db.url_masked(),
+            db.schema_version(set).await?,
+            applied.len()
+        );
+        db.close().await;
+    }
     Ok(())
 }
 
 /// `manage db version`.
 pub async fn db_version(cfg: &Config) -> Result<(), StartError> {
-    let db = identity_db(cfg).await?;
-    println!(
-        "identity {} (this binary: {})",
-        db.schema_version().await?,
-        tessera_db::identity::MIGRATIONS.latest()
-    );
+    for (group, set) in DATABASES {
+        let db = tessera_db::Db::connect(&cfg.get_str(group, "connection"), 1).await?;
+        println!(
+            "{} {} (this binary: {})",
+            set.name,
+            db.schema_version(set).await?,
+            set.latest()
+        );
+        db.close().await;
+    }
     Ok(())
 }
 

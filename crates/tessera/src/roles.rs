@@ -23,7 +23,7 @@ pub const ALL_ROLES: &[&str] = &[
 ];
 
 /// Roles implemented in this build.
-pub const AVAILABLE: &[&str] = &["identity"];
+pub const AVAILABLE: &[&str] = &["identity", "image"];
 
 pub fn check_roles(roles: &[String]) -> Result<(), StartError> {
     for r in roles {
@@ -46,24 +46,45 @@ pub fn check_roles(roles: &[String]) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Open (and, when `migrate`, bring up to date) the identity database.
-pub async fn open_identity_db(cfg: &Config, migrate: bool) -> Result<Db, StartError> {
-    let url = cfg.get_str("identity_database", "connection");
-    let db = Db::connect(&url, cfg.get_int("identity_database", "max_pool_size") as u32).await?;
-    let set = &tessera_db::identity::MIGRATIONS;
+/// Open a service database, migrating it (all-in-one) or checking it is current (`serve`).
+pub async fn open_db(
+    cfg: &Config,
+    group: &str,
+    set: &tessera_db::MigrationSet,
+    migrate: bool,
+) -> Result<Db, StartError> {
+    let url = cfg.get_str(group, "connection");
+    let db = Db::connect(&url, cfg.get_int(group, "max_pool_size") as u32).await?;
     if migrate {
         db.migrate(set).await?;
     } else {
-        let v = db.schema_version().await?;
+        let v = db.schema_version(set).await?;
         if v < set.latest() {
             return Err(StartError::Usage(format!(
-                "the identity database ({}) is at schema version {v}, this binary needs {}; run `tessera manage db sync`",
+                "the {} database ({}) is at schema version {v}, this binary needs {}; run `tessera manage db sync`",
+                set.name,
                 db.url_masked(),
                 set.latest()
             )));
         }
     }
     Ok(db)
+}
+
+/// Open (and, when `migrate`, bring up to date) the identity database.
+pub async fn open_identity_db(cfg: &Config, migrate: bool) -> Result<Db, StartError> {
+    open_db(
+        cfg,
+        "identity_database",
+        &tessera_db::identity::MIGRATIONS,
+        migrate,
+    )
+    .await
+}
+
+/// Open (and, when `migrate`, bring up to date) the image database.
+pub async fn open_image_db(cfg: &Config, migrate: bool) -> Result<Db, StartError> {
+    open_db(cfg, "image_database", &tessera_db::image::MIGRATIONS, migrate).await
 }
 
 pub fn key_repository(cfg: &Config) -> std::path::PathBuf {
@@ -112,6 +133,46 @@ pub async fn start_identity(cfg: &Config, db: Db, shutdown: &Shutdown) -> Result
     tracing::info!(%addr, "identity listening");
     Ok(IdentityRole {
         identity,
+        addr,
+        base_url,
+        task,
+    })
+}
+
+/// A running Image service.
+pub struct ImageRole {
+    pub service: Arc<tessera_image::ImageService>,
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Start the image role behind the auth layer of `identity` (same process: validation reads the shared key
+/// repository and the identity database).
+pub async fn start_image(
+    cfg: &Config,
+    db: Db,
+    identity: &Arc<Identity>,
+    identity_uri: &str,
+    shutdown: &Shutdown,
+) -> Result<ImageRole, StartError> {
+    let dir = std::path::PathBuf::from(cfg.get_str("image", "filesystem_store_datadir"));
+    let service =
+        tessera_image::ImageService::new(db, dir, tessera_image::Settings::from_config(cfg)).await?;
+    let bind = format!(
+        "{}:{}",
+        cfg.get_str("DEFAULT", "bind_host"),
+        cfg.get_port("image", "bind_port")
+    );
+    let (listener, addr) = tessera_http::bind(&bind)
+        .await
+        .map_err(io_err("cannot listen on", bind.clone()))?;
+    let base_url = format!("http://{}:{}", public_host(cfg), addr.port());
+    let router = tessera_image::api::router(service.clone(), identity.validator(), identity_uri, &base_url);
+    let task = tokio::spawn(tessera_http::serve(listener, router, shutdown.wait()));
+    tracing::info!(%addr, "image listening");
+    Ok(ImageRole {
+        service,
         addr,
         base_url,
         task,

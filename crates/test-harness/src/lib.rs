@@ -160,6 +160,11 @@ pub fn test_config(dir: &std::path::Path, db_url: &str) -> Config {
         .unwrap();
     cfg.set("identity", "bind_port", "0").unwrap();
     cfg.set("identity_database", "connection", db_url).unwrap();
+    cfg.set("image", "bind_port", "0").unwrap();
+    if !db_url.starts_with("sqlite") {
+        // Services keep distinct tables, so one test database serves both.
+        cfg.set("image_database", "connection", db_url).unwrap();
+    }
     // Cheap hashes keep tests fast; production defaults are tested in the hash module.
     cfg.set("identity", "password_hash_memory_kib", "1024").unwrap();
     cfg.set("identity", "password_hash_iterations", "1").unwrap();
@@ -208,6 +213,11 @@ impl Cloud {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.aio.identity.base_url, path)
+    }
+
+    /// URL of the Image API.
+    pub fn image_url(&self, path: &str) -> String {
+        format!("{}{}", self.aio.image.base_url, path)
     }
 
     /// Send a request with an optional token and JSON body.
@@ -350,6 +360,7 @@ impl Cloud {
         self.shutdown.trigger();
         let Cloud { aio, .. } = self;
         let _ = tokio::time::timeout(Duration::from_secs(10), aio.identity.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), aio.image.task).await;
     }
 }
 

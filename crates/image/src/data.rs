@@ -1,0 +1,271 @@
+//! Image data: streaming upload into a temporary file (hashing as it goes, never holding the image in
+//! memory), renamed into place only when complete and recorded; streaming download with ranges.
+//!
+//! Crash safety: the image is `saving` while data flows; the final file appears (by rename, after fsync)
+//! before the row says `active`. A process killed mid-upload leaves `saving` and a `.partial` file; on start,
+//! [`crate::ImageService::recover`] puts such images back to `queued` and removes partial files, so no image is
+//! ever `active` without its complete, verified data.
+
+use crate::error::{ImageError, Result};
+use crate::store::{self, ImageRow};
+use crate::ImageService;
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use md5::Digest as _;
+use std::path::PathBuf;
+use tessera_types::RequestContext;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Virtual size from a qcow2 header (big-endian u64 at offset 24 after the `QFI\xfb` magic); raw images are
+/// their own size.
+pub async fn virtual_size(path: &std::path::Path, disk_format: Option<&str>, size: i64) -> Option<i64> {
+    match disk_format {
+        Some("raw") | Some("iso") => Some(size),
+        Some("qcow2") => {
+            let mut f = tokio::fs::File::open(path).await.ok()?;
+            let mut hdr = [0u8; 32];
+            f.read_exact(&mut hdr).await.ok()?;
+            if &hdr[0..4] != b"QFI\xfb" {
+                return None;
+            }
+            let v = u64::from_be_bytes(hdr[24..32].try_into().ok()?);
+            i64::try_from(v).ok()
+        }
+        _ => None,
+    }
+}
+
+impl ImageService {
+    pub fn data_path(&self, id: &str) -> PathBuf {
+        self.store_dir.join(id)
+    }
+
+    /// `PUT /v2/images/{id}/file`.
+    pub async fn upload(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response> {
+        let ct = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.starts_with("application/octet-stream") {
+            return Err(ImageError::UnsupportedMediaType(format!(
+                "Content-Type {ct:?} is not supported for image data; use application/octet-stream"
+            )));
+        }
+        let mut image = self.get_modifiable(ctx, id).await?;
+        if image.status != "queued" {
+            return Err(ImageError::Conflict(format!(
+                "Image status transition from {} to saving is not allowed",
+                image.status
+            )));
+        }
+        if image.disk_format.is_none() || image.container_format.is_none() {
+            return Err(ImageError::BadRequest(
+                "Properties disk_format, container_format must be set prior to saving data.".into(),
+            ));
+        }
+        let owner = image.owner.clone().unwrap_or_default();
+        let (_, used) = store::project_usage(&self.db, &owner).await?;
+        let quota = self.settings.user_storage_quota;
+        let room = if quota > 0 {
+            (quota - used).max(0) as u64
+        } else {
+            u64::MAX
+        };
+        let limit = room.min(self.settings.image_size_cap);
+        image.status = "saving".into();
+        image.updated_at = tessera_types::now_epoch_micros();
+        if !store::image_put(&self.db, &image, false, Some("queued")).await? {
+            return Err(ImageError::Conflict(
+                "Image status transition from queued to saving is not allowed".into(),
+            ));
+        }
+        let tmp = self
+            .store_dir
+            .join(format!(".{id}.{}.partial", uuid::Uuid::new_v4().simple()));
+        match self
+            .receive(
+                &tmp,
+                body,
+                limit,
+                quota > 0 && room < self.settings.image_size_cap,
+            )
+            .await
+        {
+            Ok((size, md5, sha512)) => {
+                let dst = self.data_path(id);
+                tokio::fs::rename(&tmp, &dst).await?;
+                image.size = Some(size as i64);
+                image.checksum = Some(md5);
+                image.os_hash_algo = Some("sha512".into());
+                image.os_hash_value = Some(sha512);
+                image.virtual_size = virtual_size(&dst, image.disk_format.as_deref(), size as i64).await;
+                image.status = "active".into();
+                image.updated_at = tessera_types::now_epoch_micros();
+                if !store::image_put(&self.db, &image, false, Some("saving")).await? {
+                    // Deleted while we were receiving.
+                    let _ = tokio::fs::remove_file(&dst).await;
+                    return Err(ImageError::Conflict(
+                        "The image was deleted during the upload.".into(),
+                    ));
+                }
+                tracing::info!(image_id = %id, size, "image data stored");
+                Ok(StatusCode::NO_CONTENT.into_response())
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                image.status = "queued".into();
+                image.updated_at = tessera_types::now_epoch_micros();
+                let _ = store::image_put(&self.db, &image, false, Some("saving")).await;
+                tracing::warn!(image_id = %id, error = %e, "upload failed; image back to queued");
+                Err(e)
+            }
+        }
+    }
+
+    /// Stream the body into `tmp`, hashing; fails past `limit` bytes.
+    async fn receive(
+        &self,
+        tmp: &std::path::Path,
+        body: Body,
+        limit: u64,
+        quota_bound: bool,
+    ) -> Result<(u64, String, String)> {
+        let mut file = tokio::fs::File::create(tmp).await?;
+        let mut md5 = md5::Md5::new();
+        let mut sha = sha2::Sha512::new();
+        let mut size: u64 = 0;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ImageError::BadRequest(format!("Error reading the image data: {e}")))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(ImageError::TooLarge(if quota_bound {
+                    "Denying attempt to upload image because it exceeds the quota".into()
+                } else {
+                    format!(
+                        "Image exceeds the storage quota or the size cap of {} bytes.",
+                        self.settings.image_size_cap
+                    )
+                }));
+            }
+            md5.update(&chunk);
+            sha.update(&chunk);
+            file.write_all(&chunk).await?;
+        }
+        file.flush().await?;
+        file.sync_all().await?;
+        Ok((size, hex(&md5.finalize()), hex(&sha.finalize())))
+    }
+
+    /// `GET /v2/images/{id}/file`.
+    pub async fn download(&self, ctx: &RequestContext, id: &str, headers: &HeaderMap) -> Result<Response> {
+        let image = self.get_visible(ctx, id).await?;
+        if image.status == "deactivated" && !ctx.is_admin() {
+            return Err(ImageError::Forbidden(
+                "The requested image has been deactivated. Image data download is forbidden.".into(),
+            ));
+        }
+        let Some(size) = image
+            .size
+            .filter(|_| image.status == "active" || image.status == "deactivated")
+        else {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        };
+        let size = size as u64;
+        let mut file = tokio::fs::File::open(self.data_path(id)).await?;
+        let range = headers
+            .get(http::header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(|r| parse_range(r, size))
+            .transpose()?;
+        let (start, len, status) = match range {
+            Some((s, e)) => (s, e - s + 1, StatusCode::PARTIAL_CONTENT),
+            None => (0, size, StatusCode::OK),
+        };
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024);
+        let mut resp = (status, Body::from_stream(stream)).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        if status == StatusCode::PARTIAL_CONTENT {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1)) {
+                h.insert(http::header::CONTENT_RANGE, v);
+            }
+        } else if let Some(c) = image
+            .checksum
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            h.insert("content-md5", c);
+        }
+        Ok(resp)
+    }
+
+    /// Remove an image's data (after its row is marked deleted).
+    pub async fn remove_data(&self, image: &ImageRow) {
+        if let Err(e) = tokio::fs::remove_file(self.data_path(&image.id)).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(image_id = %image.id, error = %e, "cannot remove image data");
+            }
+        }
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` → inclusive (start, end).
+fn parse_range(r: &str, size: u64) -> Result<(u64, u64)> {
+    let bad =
+        || ImageError::RangeNotSatisfiable(format!("Requested range {r} not satisfiable for {size} bytes"));
+    let spec = r.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| bad())?;
+        if n == 0 || size == 0 {
+            return Err(bad());
+        }
+        (size.saturating_sub(n), size - 1)
+    } else {
+        let s: u64 = a.parse().map_err(|_| bad())?;
+        let e: u64 = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse().map_err(|_| bad())?
+        };
+        (s, e.min(size.saturating_sub(1)))
+    };
+    if size == 0 || start > end || start >= size {
+        return Err(bad());
+    }
+    Ok((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100).unwrap(), (0, 9));
+        assert_eq!(parse_range("bytes=90-", 100).unwrap(), (90, 99));
+        assert_eq!(parse_range("bytes=-10", 100).unwrap(), (90, 99));
+        assert_eq!(parse_range("bytes=50-500", 100).unwrap(), (50, 99));
+        assert!(parse_range("bytes=100-", 100).is_err());
+        assert!(parse_range("items=1-2", 100).is_err());
+    }
+}
