@@ -291,21 +291,7 @@ impl Config {
     }
 }
 
-/// Mask the password in a URL such as `mysql://user:secret@host/db` → `mysql://user:****@host/db`.
-pub fn mask_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_string();
-    };
-    let creds = &rest[..at];
-    match creds.split_once(':') {
-        Some((user, _)) => format!("{}{}:****@{}", &url[..scheme_end + 3], user, &rest[at + 1..]),
-        None => url.to_string(),
-    }
-}
+pub use tessera_types::mask_url;
 
 /// The sample configuration file: every option with its help, type and default, commented out.
 pub fn sample() -> String {

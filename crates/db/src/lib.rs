@@ -97,7 +97,7 @@ impl Db {
                 }
             }
         }
-        let masked = tessera_types_mask(url);
+        let masked = tessera_types::mask_url(url);
         let mut opts = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30));
@@ -157,21 +157,6 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-fn tessera_types_mask(url: &str) -> String {
-    // Same rule as tessera_config::mask_url, kept here so the db crate does not depend on config.
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_string();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{}{}:****@{}", &url[..scheme_end + 3], user, &rest[at + 1..]),
-        None => url.to_string(),
     }
 }
 

@@ -1303,21 +1303,22 @@ pub async fn revocation_add(db: &Db, tx: &mut Tx, ev: &RevocationEvent) -> Resul
     Ok(())
 }
 
-/// Record one revocation event (in its own transaction).
-pub async fn revoke(db: &Db, ev: &RevocationEvent) -> Result<()> {
+/// Record one revocation event (in its own transaction), dropping events revoked before `prune_before`
+/// (they can no longer match a token that validates).
+pub async fn revoke(db: &Db, ev: &RevocationEvent, prune_before: i64) -> Result<()> {
     let mut tx = db.begin().await?;
+    sqlx::query(&db.sql("DELETE FROM revocation_events WHERE revoked_at < ?"))
+        .bind(prune_before)
+        .execute(&mut *tx)
+        .await?;
     revocation_add(db, &mut tx, ev).await?;
     bump_revision(db, &mut tx).await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// Events that can still matter (revoked after `since`), pruning older ones.
+/// Events that can still matter (revoked after `since`).
 pub async fn revocation_list(db: &Db, since: i64) -> Result<Vec<RevocationEvent>> {
-    sqlx::query(&db.sql("DELETE FROM revocation_events WHERE revoked_at < ?"))
-        .bind(since)
-        .execute(db.pool())
-        .await?;
     sqlx::query(&db.sql("SELECT audit_id, user_id, project_id, domain_id, issued_before FROM revocation_events WHERE revoked_at >= ?"))
         .bind(since)
         .fetch_all(db.pool())

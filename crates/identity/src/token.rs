@@ -200,8 +200,7 @@ impl Identity {
                 return Ok(r.1.clone());
             }
         }
-        let window = (self.settings.expiration + self.settings.allow_expired_window).as_micros() as i64;
-        let events = Arc::new(store::revocation_list(&self.db, now_epoch_micros() - window).await?);
+        let events = Arc::new(store::revocation_list(&self.db, self.revocation_horizon()).await?);
         if let Ok(mut r) = self.revocations.write() {
             *r = (gen, events.clone());
         }
@@ -400,6 +399,13 @@ impl Identity {
         Ok((token, model))
     }
 
+    /// Events revoked before this instant cannot match any token that is still valid (even with
+    /// `allow_expired`).
+    fn revocation_horizon(&self) -> i64 {
+        now_epoch_micros()
+            - (self.settings.expiration + self.settings.allow_expired_window).as_micros() as i64
+    }
+
     /// Revoke one token (by its audit id).
     pub async fn revoke_token(&self, model: &TokenModel) -> Result<()> {
         let ev = RevocationEvent {
@@ -407,7 +413,7 @@ impl Identity {
             issued_before: now_epoch_micros(),
             ..Default::default()
         };
-        store::revoke(&self.db, &ev).await?;
+        store::revoke(&self.db, &ev, self.revocation_horizon()).await?;
         self.changed();
         Ok(())
     }
@@ -419,7 +425,7 @@ impl Identity {
             issued_before: now_epoch_micros(),
             ..Default::default()
         };
-        store::revoke(&self.db, &ev).await?;
+        store::revoke(&self.db, &ev, self.revocation_horizon()).await?;
         self.changed();
         Ok(())
     }

@@ -113,20 +113,29 @@ pub fn public_host(cfg: &Config) -> String {
     }
 }
 
-/// Start the identity role: open its database and key repository, bind, serve until shutdown.
-pub async fn start_identity(cfg: &Config, db: Db, shutdown: &Shutdown) -> Result<IdentityRole, StartError> {
-    let keys = fernet::KeyRing::open(&key_repository(cfg))?;
-    let settings = Settings::from_config(cfg);
-    let identity = Identity::new(db, keys, settings).await?;
+/// Bind `[DEFAULT] bind_host` : `[group] bind_port`; returns the listener, its address and the public base URL.
+async fn listen(
+    cfg: &Config,
+    group: &str,
+) -> Result<(tokio::net::TcpListener, SocketAddr, String), StartError> {
     let bind = format!(
         "{}:{}",
         cfg.get_str("DEFAULT", "bind_host"),
-        cfg.get_port("identity", "bind_port")
+        cfg.get_port(group, "bind_port")
     );
     let (listener, addr) = tessera_http::bind(&bind)
         .await
         .map_err(io_err("cannot listen on", bind.clone()))?;
     let base_url = format!("http://{}:{}", public_host(cfg), addr.port());
+    Ok((listener, addr, base_url))
+}
+
+/// Start the identity role: open its database and key repository, bind, serve until shutdown.
+pub async fn start_identity(cfg: &Config, db: Db, shutdown: &Shutdown) -> Result<IdentityRole, StartError> {
+    let keys = fernet::KeyRing::open(&key_repository(cfg))?;
+    let settings = Settings::from_config(cfg);
+    let identity = Identity::new(db, keys, settings).await?;
+    let (listener, addr, base_url) = listen(cfg, "identity").await?;
     let router = tessera_identity::api::router(identity.clone(), &base_url);
     identity.spawn_poller(shutdown.subscribe());
     let task = tokio::spawn(tessera_http::serve(listener, router, shutdown.wait()));
@@ -159,15 +168,7 @@ pub async fn start_image(
     let dir = std::path::PathBuf::from(cfg.get_str("image", "filesystem_store_datadir"));
     let service =
         tessera_image::ImageService::new(db, dir, tessera_image::Settings::from_config(cfg)).await?;
-    let bind = format!(
-        "{}:{}",
-        cfg.get_str("DEFAULT", "bind_host"),
-        cfg.get_port("image", "bind_port")
-    );
-    let (listener, addr) = tessera_http::bind(&bind)
-        .await
-        .map_err(io_err("cannot listen on", bind.clone()))?;
-    let base_url = format!("http://{}:{}", public_host(cfg), addr.port());
+    let (listener, addr, base_url) = listen(cfg, "image").await?;
     let router = tessera_image::api::router(service.clone(), identity.validator(), identity_uri, &base_url);
     let task = tokio::spawn(tessera_http::serve(listener, router, shutdown.wait()));
     tracing::info!(%addr, "image listening");

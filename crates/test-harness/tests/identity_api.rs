@@ -199,7 +199,7 @@ async fn expired_tokens_are_refused_unless_allowed() {
         None,
         0,
     );
-    let now = tessera_types_now();
+    let now = tessera_types::now_epoch_micros();
     p.7 = now - 7_200_000_000;
     p.4 = now - 3_600_000_000;
     let old = id.keys.encrypt(&p.encode(), (p.7 / 1_000_000) as u64);
@@ -228,13 +228,6 @@ async fn expired_tokens_are_refused_unless_allowed() {
         .await;
     assert_eq!(v.status, StatusCode::OK, "{:?}", v.body);
     c.stop().await;
-}
-
-fn tessera_types_now() -> i64 {
-    (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros()) as i64
 }
 
 #[tokio::test]

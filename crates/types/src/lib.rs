@@ -60,6 +60,22 @@ pub fn parse_iso(s: &str) -> Option<i64> {
         .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
 }
 
+/// Mask the password in a URL such as `mysql://user:secret@host/db` → `mysql://user:****@host/db`, for logs
+/// and listings.
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{}{}:****@{}", &url[..scheme_end + 3], user, &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// Where a token's authority applies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
