@@ -70,6 +70,46 @@ def test_image_lifecycle_with_the_cli(cloud, tmp_path):
     assert cloud.os("image", "show", img["id"], check=False).returncode != 0
 
 
+def wait_image(cloud, name_or_id, status, tries=200):
+    for _ in range(tries):
+        shown = cloud.os("image", "show", name_or_id, "-f", "json")
+        if shown["status"] == status:
+            return shown
+        time.sleep(0.1)
+    raise AssertionError(f"image {name_or_id} never reached {status}: {shown}")
+
+
+def test_glance_direct_import_with_the_cli(cloud, tmp_path):
+    src = tmp_path / "imp.qcow2"
+    make_qcow2(str(src), "32M")
+    # One step: openstacksdk creates, stages and imports.
+    img = cloud.os("image", "create", "--import", "--disk-format", "qcow2", "--container-format", "bare",
+                   "--file", str(src), "imported", "-f", "json")
+    shown = wait_image(cloud, img["id"], "active")
+    assert shown["virtual_size"] == 32 << 20 and shown["properties"]["os_hash_value"] == sha(src)
+    out = tmp_path / "imp.out"
+    cloud.os("image", "save", "--file", str(out), img["id"])
+    assert sha(out) == sha(src)
+    # Step by step: image stage, then image import.
+    # (`image create` without --file reads stdin when it is not a terminal, so the record is made over REST.)
+    token, u = token_and_image_url(cloud)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    c.request("POST", "/v2/images", json.dumps({"name": "staged", "disk_format": "qcow2", "container_format": "bare"}),
+              headers={"X-Auth-Token": token, "Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 201
+    img2 = json.loads(r.read())
+    c.close()
+    cloud.os("image", "stage", "--file", str(src), img2["id"])
+    assert cloud.os("image", "show", img2["id"], "-f", "json")["status"] == "uploading"
+    cloud.os("image", "import", "--method", "glance-direct", img2["id"])
+    wait_image(cloud, img2["id"], "active")
+    r = cloud.os("image", "import", "--method", "web-download", "--uri", "http://127.0.0.1:9/x", img2["id"], check=False)
+    assert r.returncode != 0 and "not supported" in r.stderr
+    for i in (img["id"], img2["id"]):
+        cloud.os("image", "delete", i)
+
+
 def test_private_images_and_sharing(cloud, tmp_path):
     src = tmp_path / "d.raw"
     src.write_bytes(os.urandom(4096))

@@ -23,5 +23,16 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
              created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (image_id, member)){engine}",
             "CREATE INDEX ix_image_members_member ON image_members (member)",
         ],
+    },
+    Migration {
+        version: 2,
+        name: "import tasks",
+        statements: &[
+            "CREATE TABLE image_tasks (id VARCHAR(36) NOT NULL PRIMARY KEY, image_id VARCHAR(36) NOT NULL, \
+             type VARCHAR(30) NOT NULL, status VARCHAR(30) NOT NULL, owner VARCHAR(64), input TEXT NOT NULL, \
+             result TEXT, message TEXT NOT NULL, request_id VARCHAR(64), user_id VARCHAR(64), \
+             created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, expires_at BIGINT){engine}",
+            "CREATE INDEX ix_image_tasks_image ON image_tasks (image_id, created_at)",
+        ],
     }],
 };

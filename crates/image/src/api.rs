@@ -1,6 +1,7 @@
 //! Glance v2 routes (one table), request validation and views.
 
 use crate::error::{ImageError, Result};
+use crate::import::{IMPORT_METHODS, STORE_ID};
 use crate::store::{self, Bind, ImageRow, MemberRow};
 use crate::ImageService;
 use axum::body::{Body, Bytes};
@@ -18,6 +19,9 @@ use tessera_http::Family;
 use tessera_types::RequestContext;
 
 type S = State<Arc<ImageService>>;
+
+/// `IMPORT_METHODS` joined, for the header on image creation.
+pub(crate) const IMPORT_METHODS_HEADER: &str = "glance-direct";
 
 pub const DISK_FORMATS: &[&str] = &[
     "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop",
@@ -79,7 +83,11 @@ pub fn router(
         .route("/v2/schemas/images", get(|| async { axum::Json(images_schema()) }))
         .route("/v2/schemas/member", get(|| async { axum::Json(member_schema()) }))
         .route("/v2/schemas/members", get(|| async { axum::Json(json!({"name": "members", "properties": {"members": {"type": "array", "items": member_schema()}, "schema": {"type": "string"}}})) }))
-        .route("/v2/info/import", get(|| async { axum::Json(json!({"import-methods": {"description": "Import methods available.", "type": "array", "value": []}})) }))
+        .route("/v2/images/{id}/stage", put(stage))
+        .route("/v2/images/{id}/import", post(import))
+        .route("/v2/images/{id}/tasks", get(image_tasks))
+        .route("/v2/info/import", get(|| async { axum::Json(json!({"import-methods": {"description": "Import methods available.", "type": "array", "value": IMPORT_METHODS}})) }))
+        .route("/v2/info/stores", get(|| async { axum::Json(json!({"stores": [{"id": STORE_ID, "description": "Local filesystem store", "default": true}]})) }))
         .route_layer(from_fn_with_state(layer, require_token))
         .with_state(svc);
     Router::new()
@@ -98,7 +106,8 @@ async fn versions(base: String, status: StatusCode) -> Response {
         json!({"id": "v2.17", "status": "CURRENT", "links": [{"rel": "self", "href": format!("{base}/v2/")}]}),
     ];
     for v in [
-        "v2.16", "v2.15", "v2.9", "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0",
+        "v2.16", "v2.15", "v2.14", "v2.13", "v2.12", "v2.11", "v2.10", "v2.9", "v2.8", "v2.7", "v2.6",
+        "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0",
     ] {
         vs.push(json!({"id": v, "status": "SUPPORTED", "links": [{"rel": "self", "href": format!("{base}/v2/")}]}));
     }
@@ -313,6 +322,10 @@ async fn create(State(svc): S, Caller(ctx): Caller, headers: HeaderMap, body: By
     if let Ok(loc) = HeaderValue::from_str(&format!("/v2/images/{}", i.id)) {
         r.headers_mut().insert(http::header::LOCATION, loc);
     }
+    r.headers_mut().insert(
+        "openstack-image-import-methods",
+        HeaderValue::from_static(IMPORT_METHODS_HEADER),
+    );
     Ok(r)
 }
 
@@ -454,6 +467,31 @@ async fn upload(
     body: Body,
 ) -> Result<Response> {
     svc.upload(&ctx, &id, &headers, body).await
+}
+
+async fn stage(
+    State(svc): S,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    svc.stage(&ctx, &id, &headers, body).await
+}
+
+async fn import(
+    State(svc): S,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let v = json_body(&headers, &body)?;
+    svc.import(&ctx, &id, &v).await
+}
+
+async fn image_tasks(State(svc): S, Caller(ctx): Caller, Path(id): Path<String>) -> Result<Response> {
+    svc.image_tasks(&ctx, &id).await
 }
 
 async fn download(

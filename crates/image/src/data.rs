@@ -7,6 +7,7 @@
 //! ever `active` without its complete, verified data.
 
 use crate::error::{ImageError, Result};
+use crate::import::Inspection;
 use crate::store::{self, ImageRow};
 use crate::ImageService;
 use axum::body::Body;
@@ -18,26 +19,39 @@ use std::path::PathBuf;
 use tessera_types::RequestContext;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Virtual size from a qcow2 header (big-endian u64 at offset 24 after the `QFI\xfb` magic); raw images are
-/// their own size.
-pub async fn virtual_size(path: &std::path::Path, disk_format: Option<&str>, size: i64) -> Option<i64> {
-    match disk_format {
-        Some("raw") | Some("iso") => Some(size),
-        Some("qcow2") => {
-            let mut f = tokio::fs::File::open(path).await.ok()?;
-            let mut hdr = [0u8; 32];
-            f.read_exact(&mut hdr).await.ok()?;
-            if &hdr[0..4] != b"QFI\xfb" {
-                return None;
-            }
-            let v = u64::from_be_bytes(hdr[24..32].try_into().ok()?);
-            i64::try_from(v).ok()
-        }
+/// The first 4 KiB of a file (enough for a qcow2 header).
+async fn head(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let f = tokio::fs::File::open(path).await?;
+    let mut head = Vec::with_capacity(4096);
+    f.take(4096).read_to_end(&mut head).await?;
+    Ok(head)
+}
+
+/// Virtual size: from the qcow2 header for qcow2 images; raw images are their own size.
+fn virtual_size(head: &[u8], disk_format: Option<&str>, size: i64) -> Option<i64> {
+    match (disk_format, crate::import::inspect(head)) {
+        (Some("raw") | Some("iso"), _) => Some(size),
+        (Some("qcow2"), Inspection::Qcow2 { virtual_size, .. }) => i64::try_from(virtual_size).ok(),
         _ => None,
+    }
+}
+
+/// Image data must be sent as `application/octet-stream` (415 otherwise).
+pub(crate) fn require_octet_stream(headers: &HeaderMap) -> Result<()> {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with("application/octet-stream") {
+        Ok(())
+    } else {
+        Err(ImageError::UnsupportedMediaType(format!(
+            "Content-Type {ct:?} is not supported for image data; use application/octet-stream"
+        )))
     }
 }
 
@@ -54,15 +68,7 @@ impl ImageService {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Response> {
-        let ct = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !ct.starts_with("application/octet-stream") {
-            return Err(ImageError::UnsupportedMediaType(format!(
-                "Content-Type {ct:?} is not supported for image data; use application/octet-stream"
-            )));
-        }
+        require_octet_stream(headers)?;
         let mut image = self.get_modifiable(ctx, id).await?;
         if image.status != "queued" {
             return Err(ImageError::Conflict(format!(
@@ -75,15 +81,7 @@ impl ImageService {
                 "Properties disk_format, container_format must be set prior to saving data.".into(),
             ));
         }
-        let owner = image.owner.clone().unwrap_or_default();
-        let (_, used) = store::project_usage(&self.db, &owner).await?;
-        let quota = self.settings.user_storage_quota;
-        let room = if quota > 0 {
-            (quota - used).max(0) as u64
-        } else {
-            u64::MAX
-        };
-        let limit = room.min(self.settings.image_size_cap);
+        let (limit, quota_bound) = self.upload_limit(&image, headers).await?;
         image.status = "saving".into();
         image.updated_at = tessera_types::now_epoch_micros();
         if !store::image_put(&self.db, &image, false, Some("queued")).await? {
@@ -94,23 +92,26 @@ impl ImageService {
         let tmp = self
             .store_dir
             .join(format!(".{id}.{}.partial", uuid::Uuid::new_v4().simple()));
-        match self
-            .receive(
-                &tmp,
-                body,
-                limit,
-                quota > 0 && room < self.settings.image_size_cap,
-            )
-            .await
-        {
-            Ok((size, md5, sha512)) => {
+        let received = async {
+            let r = self.receive(&tmp, body, limit, quota_bound).await?;
+            let head = head(&tmp).await?;
+            if let Inspection::Qcow2 { backing: true, .. } = crate::import::inspect(&head) {
+                return Err(ImageError::BadRequest(
+                    "Image data names a backing file or an external data file; refused".into(),
+                ));
+            }
+            Ok((r, head))
+        }
+        .await;
+        match received {
+            Ok(((size, md5, sha512), head)) => {
                 let dst = self.data_path(id);
                 tokio::fs::rename(&tmp, &dst).await?;
                 image.size = Some(size as i64);
                 image.checksum = Some(md5);
                 image.os_hash_algo = Some("sha512".into());
                 image.os_hash_value = Some(sha512);
-                image.virtual_size = virtual_size(&dst, image.disk_format.as_deref(), size as i64).await;
+                image.virtual_size = virtual_size(&head, image.disk_format.as_deref(), size as i64);
                 image.status = "active".into();
                 image.updated_at = tessera_types::now_epoch_micros();
                 if !store::image_put(&self.db, &image, false, Some("saving")).await? {
@@ -134,8 +135,43 @@ impl ImageService {
         }
     }
 
+    /// How many bytes an upload to `image` may bring: the size cap, or less when the owner's storage quota
+    /// leaves less room (then `.1` is true). A client-announced size (`X-OpenStack-Image-Size`, sent by
+    /// openstacksdk) beyond that is refused before any data is read.
+    pub(crate) async fn upload_limit(&self, image: &ImageRow, headers: &HeaderMap) -> Result<(u64, bool)> {
+        let owner = image.owner.clone().unwrap_or_default();
+        let (_, used) = store::project_usage(&self.db, &owner).await?;
+        let quota = self.settings.user_storage_quota;
+        let room = if quota > 0 {
+            (quota - used).max(0) as u64
+        } else {
+            u64::MAX
+        };
+        let quota_bound = quota > 0 && room < self.settings.image_size_cap;
+        let limit = room.min(self.settings.image_size_cap);
+        let announced = headers
+            .get("x-openstack-image-size")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if announced.is_some_and(|n| n > limit) {
+            return Err(self.too_large(quota_bound));
+        }
+        Ok((limit, quota_bound))
+    }
+
+    fn too_large(&self, quota_bound: bool) -> ImageError {
+        ImageError::TooLarge(if quota_bound {
+            "Denying attempt to upload image because it exceeds the quota".into()
+        } else {
+            format!(
+                "Image exceeds the storage quota or the size cap of {} bytes.",
+                self.settings.image_size_cap
+            )
+        })
+    }
+
     /// Stream the body into `tmp`, hashing; fails past `limit` bytes.
-    async fn receive(
+    pub(crate) async fn receive(
         &self,
         tmp: &std::path::Path,
         body: Body,
@@ -152,14 +188,7 @@ impl ImageService {
                 chunk.map_err(|e| ImageError::BadRequest(format!("Error reading the image data: {e}")))?;
             size += chunk.len() as u64;
             if size > limit {
-                return Err(ImageError::TooLarge(if quota_bound {
-                    "Denying attempt to upload image because it exceeds the quota".into()
-                } else {
-                    format!(
-                        "Image exceeds the storage quota or the size cap of {} bytes.",
-                        self.settings.image_size_cap
-                    )
-                }));
+                return Err(self.too_large(quota_bound));
             }
             md5.update(&chunk);
             sha.update(&chunk);
@@ -218,11 +247,13 @@ impl ImageService {
         Ok(resp)
     }
 
-    /// Remove an image's data (after its row is marked deleted).
+    /// Remove an image's data and any staged data (after its row is marked deleted).
     pub async fn remove_data(&self, image: &ImageRow) {
-        if let Err(e) = tokio::fs::remove_file(self.data_path(&image.id)).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(image_id = %image.id, error = %e, "cannot remove image data");
+        for p in [self.data_path(&image.id), self.staging_path(&image.id)] {
+            if let Err(e) = tokio::fs::remove_file(&p).await {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(image_id = %image.id, error = %e, "cannot remove image data");
+                }
             }
         }
     }

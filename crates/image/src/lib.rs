@@ -4,6 +4,7 @@
 pub mod api;
 pub mod data;
 pub mod error;
+pub mod import;
 pub mod store;
 
 use crate::error::{ImageError, Result};
@@ -51,12 +52,13 @@ impl ImageService {
             settings,
         });
         s.recover().await?;
+        s.recover_imports().await?;
         Ok(s)
     }
 
     /// After a crash: uploads that were in flight go back to `queued`, their partial files are removed.
     pub async fn recover(&self) -> Result<()> {
-        for id in store::images_saving(&self.db).await? {
+        for id in store::images_in_status(&self.db, "saving").await? {
             if let Some(mut i) = store::image_get(&self.db, &id).await? {
                 i.status = "queued".into();
                 i.updated_at = tessera_types::now_epoch_micros();

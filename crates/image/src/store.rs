@@ -241,16 +241,6 @@ pub async fn project_usage(db: &Db, owner: &str) -> Result<(i64, i64)> {
     Ok((r.try_get("n")?, r.try_get("b")?))
 }
 
-/// Images left in `saving` (a process died mid-upload).
-pub async fn images_saving(db: &Db) -> Result<Vec<String>> {
-    sqlx::query("SELECT id FROM images WHERE status = 'saving' AND deleted = 0")
-        .fetch_all(db.pool())
-        .await?
-        .iter()
-        .map(|r| Ok(get_text(r, "id")?))
-        .collect()
-}
-
 #[derive(Debug, Clone)]
 pub struct MemberRow {
     pub image_id: String,
@@ -313,4 +303,130 @@ pub async fn member_delete(db: &Db, image_id: &str, member: &str) -> Result<()> 
         .execute(db.pool())
         .await?;
     Ok(())
+}
+
+/// An asynchronous import task (`GET /v2/images/{id}/tasks`).
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub id: String,
+    pub image_id: String,
+    pub kind: String,
+    pub status: String,
+    pub owner: Option<String>,
+    pub input: String,
+    pub result: Option<String>,
+    pub message: String,
+    pub request_id: Option<String>,
+    pub user_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+const TASK_COLS: &str = "id, image_id, type, status, owner, input, result, message, request_id, user_id, \
+    created_at, updated_at, expires_at";
+
+fn task_from(r: &AnyRow) -> Result<TaskRow> {
+    Ok(TaskRow {
+        id: get_text(r, "id")?,
+        image_id: get_text(r, "image_id")?,
+        kind: get_text(r, "type")?,
+        status: get_text(r, "status")?,
+        owner: get_opt_text(r, "owner")?,
+        input: get_text(r, "input")?,
+        result: get_opt_text(r, "result")?,
+        message: get_text(r, "message")?,
+        request_id: get_opt_text(r, "request_id")?,
+        user_id: get_opt_text(r, "user_id")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
+
+/// Move an image from `from` to `importing` and record its import task, atomically; false if the image was
+/// no longer in `from` (another import won the race).
+pub async fn begin_import(db: &Db, image_id: &str, from: &str, t: &TaskRow) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    let n = sqlx::query(&db.sql(
+        "UPDATE images SET status = 'importing', updated_at = ? WHERE id = ? AND status = ? AND deleted = 0",
+    ))
+    .bind(t.created_at)
+    .bind(image_id)
+    .bind(from)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n != 1 {
+        return Ok(false);
+    }
+    let q = format!("INSERT INTO image_tasks ({TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    sqlx::query(&db.sql(&q))
+        .bind(&t.id)
+        .bind(&t.image_id)
+        .bind(&t.kind)
+        .bind(&t.status)
+        .bind(t.owner.clone())
+        .bind(&t.input)
+        .bind(t.result.clone())
+        .bind(&t.message)
+        .bind(t.request_id.clone())
+        .bind(t.user_id.clone())
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .bind(t.expires_at)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub async fn task_update(db: &Db, t: &TaskRow) -> Result<()> {
+    sqlx::query(&db.sql(
+        "UPDATE image_tasks SET status = ?, result = ?, message = ?, updated_at = ?, expires_at = ? WHERE id = ?",
+    ))
+    .bind(&t.status)
+    .bind(t.result.clone())
+    .bind(&t.message)
+    .bind(t.updated_at)
+    .bind(t.expires_at)
+    .bind(&t.id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+pub async fn tasks_for_image(db: &Db, image_id: &str) -> Result<Vec<TaskRow>> {
+    let q = format!("SELECT {TASK_COLS} FROM image_tasks WHERE image_id = ? ORDER BY created_at DESC, id");
+    sqlx::query(&db.sql(&q))
+        .bind(image_id)
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(task_from)
+        .collect()
+}
+
+/// Tasks not finished (pending or processing), oldest first: work a restart must finish.
+pub async fn tasks_unfinished(db: &Db) -> Result<Vec<TaskRow>> {
+    let q = format!(
+        "SELECT {TASK_COLS} FROM image_tasks WHERE status IN ('pending', 'processing') ORDER BY created_at, id"
+    );
+    sqlx::query(&q)
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(task_from)
+        .collect()
+}
+
+/// Images in the given status.
+pub async fn images_in_status(db: &Db, status: &str) -> Result<Vec<String>> {
+    sqlx::query(&db.sql("SELECT id FROM images WHERE status = ? AND deleted = 0"))
+        .bind(status)
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| Ok(get_text(r, "id")?))
+        .collect()
 }
