@@ -52,6 +52,10 @@ pub const GROUPS: &[(&str, &str)] = &[
     ),
     ("image", "The Image (Glance v2) service."),
     ("image_database", "The Image service's database."),
+    (
+        "image_cache",
+        "Compute hosts' cache of base images (Nova's [image_cache] group).",
+    ),
     ("database", "The cell database (Nova's [database] group)."),
     ("api_database", "The API database (Nova's [api_database] group)."),
 ];
@@ -66,6 +70,8 @@ pub const OPTIONS: &[OptDef] = &[
         "Address the HTTP APIs listen on."),
     opt("DEFAULT", "public_host", OptType::Str, "",
         "Host name or address put in catalog endpoint URLs. Empty means bind_host (or 127.0.0.1 when bind_host is a wildcard)."),
+    opt("DEFAULT", "instances_path", OptType::Str, "$state_path/instances",
+        "Directory where a compute host keeps instance disks; the image cache lives in its [image_cache] subdirectory_name."),
     opt("DEFAULT", "debug", OptType::Bool, "false",
         "Log at debug level."),
     opt("DEFAULT", "log_format", OptType::Enum(&["text", "json"]), "text",
@@ -129,6 +135,15 @@ pub const OPTIONS: &[OptDef] = &[
         "Page size of image lists when the request names no limit."),
     opt("image", "api_limit_max", OptType::Int { min: 1, max: 100_000 }, "1000",
         "Largest page size of image lists."),
+    // [image_cache]
+    opt("image_cache", "subdirectory_name", OptType::Str, "_base",
+        "Subdirectory of instances_path holding cached base images, one file per image data hash."),
+    opt("image_cache", "manager_interval", OptType::Int { min: 0, max: 86_400 * 365 }, "2400",
+        "Seconds between passes of the cache cleaner on a compute host; 0 disables it."),
+    opt("image_cache", "remove_unused_base_images", OptType::Bool, "true",
+        "Whether the cleaner removes cached images that no instance disk on the host uses."),
+    opt("image_cache", "remove_unused_original_minimum_age_seconds", OptType::Int { min: 0, max: i64::MAX }, "86400",
+        "An unused cached image is removed only when it was last used at least this many seconds ago."),
     // [image_database]
     secret("image_database", "connection", OptType::Str, "sqlite:///$state_path/image.sqlite",
         "Database URL of the Image service."),

@@ -7,7 +7,6 @@
 //! ever `active` without its complete, verified data.
 
 use crate::error::{ImageError, Result};
-use crate::import::Inspection;
 use crate::store::{self, ImageRow};
 use crate::ImageService;
 use axum::body::Body;
@@ -16,6 +15,7 @@ use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use md5::Digest as _;
 use std::path::PathBuf;
+use tessera_types::qcow2::{inspect, Inspection};
 use tessera_types::RequestContext;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
@@ -33,7 +33,7 @@ async fn head(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
 
 /// Virtual size: from the qcow2 header for qcow2 images; raw images are their own size.
 fn virtual_size(head: &[u8], disk_format: Option<&str>, size: i64) -> Option<i64> {
-    match (disk_format, crate::import::inspect(head)) {
+    match (disk_format, inspect(head)) {
         (Some("raw") | Some("iso"), _) => Some(size),
         (Some("qcow2"), Inspection::Qcow2 { virtual_size, .. }) => i64::try_from(virtual_size).ok(),
         _ => None,
@@ -95,7 +95,7 @@ impl ImageService {
         let received = async {
             let r = self.receive(&tmp, body, limit, quota_bound).await?;
             let head = head(&tmp).await?;
-            if let Inspection::Qcow2 { backing: true, .. } = crate::import::inspect(&head) {
+            if let Inspection::Qcow2 { backing: true, .. } = inspect(&head) {
                 return Err(ImageError::BadRequest(
                     "Image data names a backing file or an external data file; refused".into(),
                 ));

@@ -20,6 +20,7 @@ use md5::Digest as _;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tessera_types::qcow2::{inspect, Inspection, HEAD_LEN};
 use tessera_types::RequestContext;
 use tokio::io::AsyncReadExt as _;
 
@@ -30,41 +31,6 @@ pub const IMPORT_METHODS: &[&str] = &["glance-direct"];
 pub const STORE_ID: &str = "file";
 /// How long finished tasks are kept (Glance's `task_time_to_live`, 48 h).
 const TASK_TTL_MICROS: i64 = 48 * 3600 * 1_000_000;
-
-/// What the data of an image looks like, from its first bytes.
-#[derive(Debug, PartialEq)]
-pub enum Inspection {
-    /// A qcow2 image; `backing` is set when its header names a backing file or an external data file.
-    Qcow2 {
-        virtual_size: u64,
-        backing: bool,
-    },
-    Other,
-}
-
-/// Read a qcow2 header (all fields big-endian): magic `QFI\xfb`, version at 4, backing file offset at 8,
-/// size at 24; version 3 headers carry incompatible feature bits at 72 (bit 2: external data file).
-pub fn inspect(head: &[u8]) -> Inspection {
-    let be64 = |o: usize| {
-        head.get(o..o + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-    };
-    if head.len() < 32 || &head[0..4] != b"QFI\xfb" {
-        return Inspection::Other;
-    }
-    let version = head
-        .get(4..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
-        .unwrap_or(0);
-    let backing_offset = be64(8).unwrap_or(0);
-    let external_data = version >= 3 && be64(72).is_some_and(|f| f & 0b100 != 0);
-    Inspection::Qcow2 {
-        virtual_size: be64(24).unwrap_or(0),
-        backing: backing_offset != 0 || external_data,
-    }
-}
 
 fn task_json(t: &TaskRow) -> Value {
     let iso = |m: i64| format!("{}Z", &tessera_types::iso_micros(m)[..19]);
@@ -389,7 +355,7 @@ impl ImageService {
     }
 }
 
-/// Size, md5, sha512 and the first 4 KiB of a file, read in 1 MiB blocks.
+/// Size, md5, sha512 and the first 64 KiB of a file, read in 1 MiB blocks.
 async fn hash_file(path: &Path) -> Result<(u64, String, String, Vec<u8>)> {
     let mut f = tokio::fs::File::open(path).await?;
     let mut md5 = md5::Md5::new();
@@ -402,8 +368,8 @@ async fn hash_file(path: &Path) -> Result<(u64, String, String, Vec<u8>)> {
         if n == 0 {
             break;
         }
-        if head.len() < 4096 {
-            let take = (4096 - head.len()).min(n);
+        if head.len() < HEAD_LEN {
+            let take = (HEAD_LEN - head.len()).min(n);
             head.extend_from_slice(&buf[..take]);
         }
         md5.update(&buf[..n]);
@@ -422,53 +388,8 @@ async fn hash_file(path: &Path) -> Result<(u64, String, String, Vec<u8>)> {
 mod tests {
     use super::*;
 
-    fn qcow2(version: u32, backing_offset: u64, size: u64, incompat: u64) -> Vec<u8> {
-        let mut h = vec![0u8; 104];
-        h[0..4].copy_from_slice(b"QFI\xfb");
-        h[4..8].copy_from_slice(&version.to_be_bytes());
-        h[8..16].copy_from_slice(&backing_offset.to_be_bytes());
-        h[24..32].copy_from_slice(&size.to_be_bytes());
-        h[72..80].copy_from_slice(&incompat.to_be_bytes());
-        h
-    }
-
     #[test]
     fn import_methods_header_lists_the_methods() {
         assert_eq!(crate::api::IMPORT_METHODS_HEADER, IMPORT_METHODS.join(","));
-    }
-
-    #[test]
-    fn inspects_qcow2_headers() {
-        assert_eq!(
-            inspect(&qcow2(3, 0, 1 << 30, 0)),
-            Inspection::Qcow2 {
-                virtual_size: 1 << 30,
-                backing: false
-            }
-        );
-        assert_eq!(
-            inspect(&qcow2(3, 512, 1 << 30, 0)),
-            Inspection::Qcow2 {
-                virtual_size: 1 << 30,
-                backing: true
-            }
-        );
-        assert_eq!(
-            inspect(&qcow2(3, 0, 10, 0b100)),
-            Inspection::Qcow2 {
-                virtual_size: 10,
-                backing: true
-            }
-        );
-        // Version 2 headers have no feature bits: the same bytes mean nothing there.
-        assert_eq!(
-            inspect(&qcow2(2, 0, 10, 0b100)),
-            Inspection::Qcow2 {
-                virtual_size: 10,
-                backing: false
-            }
-        );
-        assert_eq!(inspect(b"not an image"), Inspection::Other);
-        assert_eq!(inspect(&[]), Inspection::Other);
     }
 }

@@ -387,3 +387,66 @@ async fn glance_direct_import_inspection_and_quotas() {
         c.stop().await;
     });
 }
+
+/// The compute-host cache against the real Image API: one verified download, overlays from it.
+#[tokio::test]
+async fn image_cache_fetches_through_the_image_api() {
+    let b = Backend::Sqlite;
+    let c = Cloud::start(&b).await;
+    let t = c.admin_token().await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&src)
+        .arg("48M")
+        .status()
+        .expect("qemu-img is needed (apt-get install qemu-utils)");
+    assert!(st.success());
+    let (s, v) = call(
+        &c,
+        http::Method::POST,
+        "/v2/images",
+        &t,
+        Some(json!({"name": "cached", "disk_format": "qcow2", "container_format": "bare"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let id = v["id"].as_str().unwrap().to_string();
+    let source = tessera_imagecache::GlanceSource::new(c.http.clone(), &c.image_url(""), &t);
+    let cache = tessera_imagecache::ImageCache::open(work.path().join("_base"))
+        .await
+        .unwrap();
+    // Not active yet: a clear error, nothing cached.
+    let e = cache.fetch(&source, &id).await.unwrap_err();
+    assert!(
+        matches!(e, tessera_imagecache::CacheError::NotActive { .. }),
+        "{e}"
+    );
+    assert_eq!(
+        put_data(&c, &t, &id, "file", std::fs::read(&src).unwrap(), &[]).await,
+        204
+    );
+    let base = cache.fetch(&source, &id).await.unwrap();
+    assert!(base.downloaded);
+    assert_eq!(base.virtual_size, 48 << 20);
+    let (_, v) = call(&c, http::Method::GET, &format!("/v2/images/{id}"), &t, None).await;
+    assert_eq!(
+        base.path.file_name().unwrap().to_string_lossy(),
+        v["os_hash_value"].as_str().unwrap()
+    );
+    for i in 0..3 {
+        let again = cache.fetch(&source, &id).await.unwrap();
+        assert!(!again.downloaded);
+        cache
+            .create_overlay(&again, &work.path().join(format!("i{i}/disk")), Some(1 << 30))
+            .await
+            .unwrap();
+    }
+    let e = cache
+        .fetch(&source, "00000000-0000-0000-0000-000000000000")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, tessera_imagecache::CacheError::NotFound(_)), "{e}");
+    c.stop().await;
+}

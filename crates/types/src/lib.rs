@@ -1,6 +1,8 @@
 //! Types shared by every Tessera crate: the request context that handlers receive from the auth layer,
 //! id helpers and timestamp formatting in the forms OpenStack APIs use.
 
+pub mod qcow2;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
