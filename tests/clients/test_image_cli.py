@@ -11,7 +11,7 @@ import tempfile
 import time
 import urllib.parse
 
-from conftest import Cloud, start_cloud, stop
+from conftest import TESSERA as TESSERA_BIN, Cloud, start_cloud, stop
 
 
 def sha(path):
@@ -235,3 +235,52 @@ def test_upload_over_the_size_cap_and_a_killed_upload_leave_no_active_image():
     finally:
         stop(c.proc)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def boots(disk, fmt, timeout=150):
+    """Boot a disk in QEMU (software emulation, one NIC) until the test image's marker reaches the serial
+    console; returns the serial log."""
+    d = tempfile.mkdtemp(prefix="tessera-boot-")
+    log = os.path.join(d, "serial.log")
+    p = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-display", "none", "-no-reboot",
+         "-serial", f"file:{log}", "-drive", f"file={disk},format={fmt},if=virtio,snapshot=on",
+         "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        text = ""
+        while time.time() < deadline and p.poll() is None:
+            time.sleep(1)
+            with open(log, "rb") as f:
+                text = f.read().decode(errors="replace")
+            if "TESSERA-TEST-IMAGE BOOTED" in text and "eth0" in text.split("TESSERA-TEST-IMAGE BOOTED")[1]:
+                return text
+        raise AssertionError(f"the test image did not boot:\n{text[-2000:]}")
+    finally:
+        p.kill()
+        p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_create_test_image_uploads_a_disk_that_boots(cloud, tmp_path):
+    env = cloud.openrc_env()
+    p = subprocess.run([TESSERA_BIN, "manage", "image", "create-test-image", "--name", "tiny", "--disk-format", "qcow2"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    iid = p.stdout.strip()
+    img = cloud.os("image", "show", iid, "-f", "json")
+    assert img["name"] == "tiny" and img["status"] == "active" and img["visibility"] == "public"
+    assert img["disk_format"] == "qcow2" and img["virtual_size"] >= img["size"] > 1 << 20
+    out = tmp_path / "tiny.qcow2"
+    cloud.os("image", "save", "--file", str(out), iid)
+    log = boots(str(out), "qcow2")
+    assert "10.0.2.15" in log, "the NIC got its DHCP lease"
+
+
+def test_create_test_image_names_missing_packages(tmp_path):
+    p = subprocess.run([TESSERA_BIN, "manage", "image", "create-test-image", "--boot-dir", str(tmp_path),
+                        "--busybox", str(tmp_path / "busybox"), "--output", str(tmp_path / "x"), "--no-upload"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert "linux-image-cloud-amd64" in p.stderr and "busybox-static" in p.stderr, p.stderr

@@ -4,6 +4,7 @@
 pub mod aio;
 pub mod manage;
 pub mod roles;
+pub mod testimage;
 
 use std::path::PathBuf;
 
@@ -28,6 +29,9 @@ pub enum StartError {
     },
     #[error("{0}")]
     Usage(String),
+    /// A command that could not do its job (exit status 1).
+    #[error("{0}")]
+    Failed(String),
 }
 
 pub fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StartError {

@@ -81,6 +81,42 @@ enum ManageCmd {
     /// Rotate Fernet keys: staged becomes primary, a new staged key, oldest pruned.
     #[command(name = "fernet_rotate")]
     FernetRotate,
+    /// Image commands.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build a tiny bootable Linux disk from this machine's kernel and busybox, upload it, print its id.
+    ///
+    /// Credentials come from the OS_* environment, or from the openrc in the state directory.
+    CreateTestImage {
+        #[arg(long, default_value = "tessera-test-image")]
+        name: String,
+        #[arg(long, value_parser = ["raw", "qcow2"], default_value = "raw")]
+        disk_format: String,
+        /// Visible to the uploading project only (default: public).
+        #[arg(long)]
+        private: bool,
+        /// Where to look for vmlinuz-* (the newest is used).
+        #[arg(long, default_value = "/boot", value_name = "DIR")]
+        boot_dir: PathBuf,
+        /// Use this kernel instead.
+        #[arg(long, value_name = "FILE")]
+        kernel: Option<PathBuf>,
+        /// A statically linked busybox (default /bin/busybox).
+        #[arg(long, value_name = "FILE")]
+        busybox: Option<PathBuf>,
+        /// Also write the disk to this file.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Only build (with --output).
+        #[arg(long)]
+        no_upload: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -253,6 +289,32 @@ async fn run(cli: Cli) -> Result<(), StartError> {
                 }
                 ManageCmd::FernetSetup => manage::fernet_setup(&cfg),
                 ManageCmd::FernetRotate => manage::fernet_rotate(&cfg),
+                ManageCmd::Image {
+                    cmd:
+                        ImageCmd::CreateTestImage {
+                            name,
+                            disk_format,
+                            private,
+                            boot_dir,
+                            kernel,
+                            busybox,
+                            output,
+                            no_upload,
+                        },
+                } => {
+                    let o = tessera::testimage::Options {
+                        name,
+                        disk_format,
+                        visibility: if private { "private" } else { "public" }.into(),
+                        boot_dir,
+                        kernel,
+                        busybox,
+                        output,
+                        no_upload,
+                        ..Default::default()
+                    };
+                    tessera::testimage::create_test_image(&cfg, o).await
+                }
             }
         }
     }
