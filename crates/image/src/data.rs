@@ -40,6 +40,18 @@ fn virtual_size(head: &[u8], disk_format: Option<&str>, size: i64) -> Option<i64
     }
 }
 
+/// Remove the `.partial` files a killed process left in `dir`.
+pub(crate) async fn remove_partials(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut rd = tokio::fs::read_dir(dir).await?;
+    while let Some(e) = rd.next_entry().await? {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".partial") {
+            tokio::fs::remove_file(e.path()).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Image data must be sent as `application/octet-stream` (415 otherwise).
 pub(crate) fn require_octet_stream(headers: &HeaderMap) -> Result<()> {
     let ct = headers
@@ -52,6 +64,24 @@ pub(crate) fn require_octet_stream(headers: &HeaderMap) -> Result<()> {
         Err(ImageError::UnsupportedMediaType(format!(
             "Content-Type {ct:?} is not supported for image data; use application/octet-stream"
         )))
+    }
+}
+
+/// Where received data goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transfer {
+    /// `PUT /file`: into the store; the image turns `active`.
+    Upload,
+    /// `PUT /stage`: into staging, for a later import.
+    Stage,
+}
+
+impl Transfer {
+    fn status(self) -> &'static str {
+        match self {
+            Transfer::Upload => "saving",
+            Transfer::Stage => "uploading",
+        }
     }
 }
 
@@ -68,31 +98,49 @@ impl ImageService {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Response> {
+        self.transfer(ctx, id, headers, body, Transfer::Upload).await
+    }
+
+    /// Receive image data for an image in `queued`: into the store (`Upload`, the image turns `active`) or
+    /// into staging (`Stage`, it stays `uploading` until imported). While data flows the image is in the
+    /// transfer's status; on any failure the partial file goes and the image returns to `queued`.
+    pub(crate) async fn transfer(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        headers: &HeaderMap,
+        body: Body,
+        kind: Transfer,
+    ) -> Result<Response> {
         require_octet_stream(headers)?;
         let mut image = self.get_modifiable(ctx, id).await?;
+        let status = kind.status();
         if image.status != "queued" {
             return Err(ImageError::Conflict(format!(
-                "Image status transition from {} to saving is not allowed",
+                "Image status transition from {} to {status} is not allowed",
                 image.status
             )));
         }
-        if image.disk_format.is_none() || image.container_format.is_none() {
+        if kind == Transfer::Upload && (image.disk_format.is_none() || image.container_format.is_none()) {
             return Err(ImageError::BadRequest(
                 "Properties disk_format, container_format must be set prior to saving data.".into(),
             ));
         }
         let (limit, quota_bound) = self.upload_limit(&image, headers).await?;
-        image.status = "saving".into();
+        image.status = status.into();
         image.updated_at = tessera_types::now_epoch_micros();
         if !store::image_put(&self.db, &image, false, Some("queued")).await? {
-            return Err(ImageError::Conflict(
-                "Image status transition from queued to saving is not allowed".into(),
-            ));
+            return Err(ImageError::Conflict(format!(
+                "Image status transition from queued to {status} is not allowed"
+            )));
         }
-        let tmp = self
-            .store_dir
-            .join(format!(".{id}.{}.partial", uuid::Uuid::new_v4().simple()));
+        let (dir, dst) = match kind {
+            Transfer::Upload => (self.store_dir.clone(), self.data_path(id)),
+            Transfer::Stage => (self.store_dir.join("staging"), self.staging_path(id)),
+        };
+        let tmp = dir.join(format!(".{id}.{}.partial", uuid::Uuid::new_v4().simple()));
         let received = async {
+            tokio::fs::create_dir_all(&dir).await?;
             let r = self.receive(&tmp, body, limit, quota_bound).await?;
             let head = head(&tmp).await?;
             if let Inspection::Qcow2 { backing: true, .. } = inspect(&head) {
@@ -103,36 +151,37 @@ impl ImageService {
             Ok((r, head))
         }
         .await;
-        match received {
-            Ok(((size, md5, sha512), head)) => {
-                let dst = self.data_path(id);
-                tokio::fs::rename(&tmp, &dst).await?;
-                image.size = Some(size as i64);
-                image.checksum = Some(md5);
-                image.os_hash_algo = Some("sha512".into());
-                image.os_hash_value = Some(sha512);
-                image.virtual_size = virtual_size(&head, image.disk_format.as_deref(), size as i64);
-                image.status = "active".into();
-                image.updated_at = tessera_types::now_epoch_micros();
-                if !store::image_put(&self.db, &image, false, Some("saving")).await? {
-                    // Deleted while we were receiving.
-                    let _ = tokio::fs::remove_file(&dst).await;
-                    return Err(ImageError::Conflict(
-                        "The image was deleted during the upload.".into(),
-                    ));
-                }
-                tracing::info!(image_id = %id, size, "image data stored");
-                Ok(StatusCode::NO_CONTENT.into_response())
-            }
+        let ((size, md5, sha512), head) = match received {
+            Ok(r) => r,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 image.status = "queued".into();
                 image.updated_at = tessera_types::now_epoch_micros();
-                let _ = store::image_put(&self.db, &image, false, Some("saving")).await;
-                tracing::warn!(image_id = %id, error = %e, "upload failed; image back to queued");
-                Err(e)
+                let _ = store::image_put(&self.db, &image, false, Some(status)).await;
+                tracing::warn!(image_id = %id, error = %e, "receiving image data failed; image back to queued");
+                return Err(e);
             }
+        };
+        tokio::fs::rename(&tmp, &dst).await?;
+        image.size = Some(size as i64);
+        if kind == Transfer::Upload {
+            // Staged data is hashed again, and inspected, by the import job.
+            image.checksum = Some(md5);
+            image.os_hash_algo = Some("sha512".into());
+            image.os_hash_value = Some(sha512);
+            image.virtual_size = virtual_size(&head, image.disk_format.as_deref(), size as i64);
+            image.status = "active".into();
         }
+        image.updated_at = tessera_types::now_epoch_micros();
+        if !store::image_put(&self.db, &image, false, Some(status)).await? {
+            // Deleted while we were receiving.
+            let _ = tokio::fs::remove_file(&dst).await;
+            return Err(ImageError::Conflict(
+                "The image was deleted while its data was being received.".into(),
+            ));
+        }
+        tracing::info!(image_id = %id, size, status = %image.status, "image data received");
+        Ok(StatusCode::NO_CONTENT.into_response())
     }
 
     /// How many bytes an upload to `image` may bring: the size cap, or less when the owner's storage quota

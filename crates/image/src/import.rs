@@ -66,53 +66,8 @@ impl ImageService {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Response> {
-        crate::data::require_octet_stream(headers)?;
-        let mut image = self.get_modifiable(ctx, id).await?;
-        if image.status != "queued" {
-            return Err(ImageError::Conflict(format!(
-                "Image status transition from {} to uploading is not allowed",
-                image.status
-            )));
-        }
-        let (limit, quota_bound) = self.upload_limit(&image, headers).await?;
-        image.status = "uploading".into();
-        image.updated_at = tessera_types::now_epoch_micros();
-        if !store::image_put(&self.db, &image, false, Some("queued")).await? {
-            return Err(ImageError::Conflict(
-                "Image status transition from queued to uploading is not allowed".into(),
-            ));
-        }
-        let dir = self.store_dir.join("staging");
-        let tmp = dir.join(format!(".{id}.{}.partial", uuid::Uuid::new_v4().simple()));
-        let received = async {
-            tokio::fs::create_dir_all(&dir).await?;
-            self.receive(&tmp, body, limit, quota_bound).await
-        }
-        .await;
-        match received {
-            Ok((size, _, _)) => {
-                let dst = self.staging_path(id);
-                tokio::fs::rename(&tmp, &dst).await?;
-                image.size = Some(size as i64);
-                image.updated_at = tessera_types::now_epoch_micros();
-                if !store::image_put(&self.db, &image, false, Some("uploading")).await? {
-                    let _ = tokio::fs::remove_file(&dst).await;
-                    return Err(ImageError::Conflict(
-                        "The image was deleted during staging.".into(),
-                    ));
-                }
-                tracing::info!(image_id = %id, size, "image data staged");
-                Ok(StatusCode::NO_CONTENT.into_response())
-            }
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                image.status = "queued".into();
-                image.updated_at = tessera_types::now_epoch_micros();
-                let _ = store::image_put(&self.db, &image, false, Some("uploading")).await;
-                tracing::warn!(image_id = %id, error = %e, "staging failed; image back to queued");
-                Err(e)
-            }
-        }
+        self.transfer(ctx, id, headers, body, crate::data::Transfer::Stage)
+            .await
     }
 
     /// `POST /v2/images/{id}/import`.
@@ -305,13 +260,7 @@ impl ImageService {
     pub(crate) async fn recover_imports(self: &Arc<Self>) -> Result<()> {
         let dir = self.store_dir.join("staging");
         tokio::fs::create_dir_all(&dir).await?;
-        let mut rd = tokio::fs::read_dir(&dir).await?;
-        while let Some(e) = rd.next_entry().await? {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.ends_with(".partial") {
-                tokio::fs::remove_file(e.path()).await?;
-            }
-        }
+        crate::data::remove_partials(&dir).await?;
         let mut resumed = std::collections::HashSet::new();
         for task in store::tasks_unfinished(&self.db).await? {
             let importing = store::image_get(&self.db, &task.image_id)

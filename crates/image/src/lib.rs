@@ -66,13 +66,7 @@ impl ImageService {
                 tracing::warn!(image_id = %id, "upload interrupted by a restart; image back to queued");
             }
         }
-        let mut rd = tokio::fs::read_dir(&self.store_dir).await?;
-        while let Some(e) = rd.next_entry().await? {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.ends_with(".partial") {
-                tokio::fs::remove_file(e.path()).await?;
-            }
-        }
+        data::remove_partials(&self.store_dir).await?;
         Ok(())
     }
 
