@@ -63,7 +63,8 @@ class Cloud:
 def start_cloud(state_dir, extra_conf=""):
     conf = os.path.join(state_dir, "test.conf")
     with open(conf, "w") as f:
-        f.write(f"[identity]\nbind_port = {free_port()}\n[image]\nbind_port = {free_port()}\n{extra_conf}")
+        f.write(f"[identity]\nbind_port = {free_port()}\n[image]\nbind_port = {free_port()}\n"
+                f"[placement]\nbind_port = {free_port()}\n{extra_conf}")
     proc = subprocess.Popen(
         [TESSERA, "--config", conf, "all-in-one", "--state-dir", state_dir],
         stdout=subprocess.PIPE, stderr=open(os.path.join(state_dir, "tessera.log"), "w"), text=True,

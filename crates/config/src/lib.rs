@@ -345,6 +345,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_option_belongs_to_a_listed_group() {
+        for o in options::OPTIONS {
+            assert!(
+                options::GROUPS.iter().any(|(g, _)| *g == o.group),
+                "[{}] {} is in a group missing from GROUPS",
+                o.group,
+                o.name
+            );
+        }
+    }
+
+    #[test]
     fn defaults_and_expansion() {
         let c = Config::parse("[DEFAULT]\nstate_path = /var/lib/t\n", "t.conf").unwrap();
         assert_eq!(

@@ -56,6 +56,8 @@ pub const GROUPS: &[(&str, &str)] = &[
         "image_cache",
         "Compute hosts' cache of base images (Nova's [image_cache] group).",
     ),
+    ("placement", "The Placement service."),
+    ("placement_database", "The Placement service's database."),
     ("database", "The cell database (Nova's [database] group)."),
     ("api_database", "The API database (Nova's [api_database] group)."),
 ];
@@ -144,6 +146,21 @@ pub const OPTIONS: &[OptDef] = &[
         "Whether the cleaner removes cached images that no instance disk on the host uses."),
     opt("image_cache", "remove_unused_original_minimum_age_seconds", OptType::Int { min: 0, max: i64::MAX }, "86400",
         "An unused cached image is removed only when it was last used at least this many seconds ago."),
+    // [placement]
+    opt("placement", "bind_port", OptType::Port, "8778", "Port of the Placement API."),
+    opt("placement", "max_allocation_candidates", OptType::Int { min: -1, max: i64::MAX }, "-1",
+        "Most allocation candidates generated per request before `limit` applies; -1 means no cap."),
+    opt("placement", "allocation_conflict_retry_count", OptType::Int { min: 0, max: 1000 }, "10",
+        "Times a claim is retried when a concurrent write to one of its providers wins the race."),
+    opt("placement", "incomplete_consumer_project_id", OptType::Str, "00000000-0000-0000-0000-000000000000",
+        "Project recorded for consumers written before microversion 1.8 (which carries none)."),
+    opt("placement", "incomplete_consumer_user_id", OptType::Str, "00000000-0000-0000-0000-000000000000",
+        "User recorded for consumers written before microversion 1.8 (which carries none)."),
+    // [placement_database]
+    secret("placement_database", "connection", OptType::Str, "sqlite:///$state_path/placement.sqlite",
+        "Database URL of the Placement service."),
+    opt("placement_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
+        "Connections kept to the placement database."),
     // [image_database]
     secret("image_database", "connection", OptType::Str, "sqlite:///$state_path/image.sqlite",
         "Database URL of the Image service."),

@@ -10,6 +10,7 @@
 pub mod identity;
 pub mod image;
 mod migrate;
+pub mod placement;
 mod url;
 
 pub use migrate::{Migration, MigrationSet};

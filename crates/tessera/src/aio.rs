@@ -1,7 +1,7 @@
 //! `tessera all-in-one`: every available role in one process, all state in one directory, bootstrapped on
 //! first start, with `clouds.yaml` and `openrc` written for the `openstack` CLI.
 
-use crate::roles::{self, IdentityRole, ImageRole};
+use crate::roles::{self, IdentityRole, ImageRole, PlacementRole};
 use crate::{io_err, Shutdown, StartError};
 use base64::Engine as _;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ pub struct AllInOne {
     pub state_dir: PathBuf,
     pub identity: IdentityRole,
     pub image: ImageRole,
+    pub placement: PlacementRole,
     pub admin_username: String,
     pub admin_password: String,
     pub project_name: String,
@@ -88,6 +89,9 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     let auth_url = format!("{}/v3", identity.base_url);
     let image_db = roles::open_image_db(&cfg, true).await?;
     let image = roles::start_image(&cfg, image_db, &identity.identity, &auth_url, shutdown).await?;
+    let placement_db = roles::open_placement_db(&cfg, true).await?;
+    let placement =
+        roles::start_placement(&cfg, placement_db, &identity.identity, &auth_url, shutdown).await?;
     let params = BootstrapParams {
         admin_username: cfg.get_str("bootstrap", "admin_username"),
         admin_password: password.clone(),
@@ -97,20 +101,27 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
             .iter()
             .map(|i| (i.to_string(), auth_url.clone()))
             .collect(),
-        services: vec![CatalogService {
-            service_type: "image".into(),
-            name: "glance".into(),
+        services: [
+            ("image", "glance", &image.base_url),
+            ("placement", "placement", &placement.base_url),
+        ]
+        .into_iter()
+        .map(|(t, n, url)| CatalogService {
+            service_type: t.into(),
+            name: n.into(),
             endpoints: ["public", "internal", "admin"]
                 .iter()
-                .map(|i| (i.to_string(), image.base_url.clone()))
+                .map(|i| (i.to_string(), url.clone()))
                 .collect(),
-        }],
+        })
+        .collect(),
     };
     identity.identity.bootstrap(&params).await?;
     let aio = AllInOne {
         state_dir: dir.clone(),
         identity,
         image,
+        placement,
         admin_username: params.admin_username,
         admin_password: password,
         project_name: params.project_name,

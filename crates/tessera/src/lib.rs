@@ -20,6 +20,8 @@ pub enum StartError {
     Identity(#[from] tessera_identity::error::IdentityError),
     #[error("image: {0}")]
     Image(#[from] tessera_image::error::ImageError),
+    #[error("placement: {0}")]
+    Placement(#[from] tessera_placement::error::PlacementError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

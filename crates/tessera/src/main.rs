@@ -202,10 +202,11 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             let a = aio::start(cfg, &shutdown).await?;
             let dir = a.state_dir.display();
             println!(
-                "tessera all-in-one ready in {} ms: identity {} | image {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
+                "tessera all-in-one ready in {} ms: identity {} | image {} | placement {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
                 started.elapsed().as_millis(),
                 a.auth_url(),
-                a.image.base_url
+                a.image.base_url,
+                a.placement.base_url
             );
             let _ = a.identity.task.await;
             Ok(())
@@ -245,6 +246,12 @@ async fn run(cli: Cli) -> Result<(), StartError> {
                 let db = roles::open_image_db(&cfg, false).await?;
                 let r = roles::start_image(&cfg, db, &id, &identity_uri, &shutdown).await?;
                 println!("tessera: image {}", r.base_url);
+                tasks.push(r.task);
+            }
+            if names.iter().any(|n| n == "placement") {
+                let db = roles::open_placement_db(&cfg, false).await?;
+                let r = roles::start_placement(&cfg, db, &id, &identity_uri, &shutdown).await?;
+                println!("tessera: placement {}", r.base_url);
                 tasks.push(r.task);
             }
             println!("tessera serving {}", names.join(", "));

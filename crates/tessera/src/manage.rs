@@ -8,6 +8,7 @@ use tessera_identity::{fernet, BootstrapParams, Identity, Settings};
 const DATABASES: &[(&str, &tessera_db::MigrationSet)] = &[
     ("identity_database", &tessera_db::identity::MIGRATIONS),
     ("image_database", &tessera_db::image::MIGRATIONS),
+    ("placement_database", &tessera_db::placement::MIGRATIONS),
 ];
 
 /// `manage db sync`: bring every database this build owns to the latest schema.

@@ -23,7 +23,7 @@ pub const ALL_ROLES: &[&str] = &[
 ];
 
 /// Roles implemented in this build.
-pub const AVAILABLE: &[&str] = &["identity", "image"];
+pub const AVAILABLE: &[&str] = &["identity", "image", "placement"];
 
 pub fn check_roles(roles: &[String]) -> Result<(), StartError> {
     for r in roles {
@@ -173,6 +173,46 @@ pub async fn start_image(
     let task = tokio::spawn(tessera_http::serve(listener, router, shutdown.wait()));
     tracing::info!(%addr, "image listening");
     Ok(ImageRole {
+        service,
+        addr,
+        base_url,
+        task,
+    })
+}
+
+pub async fn open_placement_db(cfg: &Config, migrate: bool) -> Result<Db, StartError> {
+    open_db(
+        cfg,
+        "placement_database",
+        &tessera_db::placement::MIGRATIONS,
+        migrate,
+    )
+    .await
+}
+
+/// A running Placement service.
+pub struct PlacementRole {
+    pub service: Arc<tessera_placement::PlacementService>,
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Start the placement role behind the auth layer of `identity`.
+pub async fn start_placement(
+    cfg: &Config,
+    db: Db,
+    identity: &Arc<Identity>,
+    identity_uri: &str,
+    shutdown: &Shutdown,
+) -> Result<PlacementRole, StartError> {
+    let service =
+        tessera_placement::PlacementService::new(db, tessera_placement::Settings::from_config(cfg)).await?;
+    let (listener, addr, base_url) = listen(cfg, "placement").await?;
+    let router = tessera_placement::api::router(service.clone(), identity.validator(), identity_uri);
+    let task = tokio::spawn(tessera_http::serve(listener, router, shutdown.wait()));
+    tracing::info!(%addr, "placement listening");
+    Ok(PlacementRole {
         service,
         addr,
         base_url,

@@ -161,9 +161,11 @@ pub fn test_config(dir: &std::path::Path, db_url: &str) -> Config {
     cfg.set("identity", "bind_port", "0").unwrap();
     cfg.set("identity_database", "connection", db_url).unwrap();
     cfg.set("image", "bind_port", "0").unwrap();
+    cfg.set("placement", "bind_port", "0").unwrap();
     if !db_url.starts_with("sqlite") {
-        // Services keep distinct tables, so one test database serves both.
+        // Services keep distinct tables, so one test database serves them all.
         cfg.set("image_database", "connection", db_url).unwrap();
+        cfg.set("placement_database", "connection", db_url).unwrap();
     }
     // Cheap hashes keep tests fast; production defaults are tested in the hash module.
     cfg.set("identity", "password_hash_memory_kib", "1024").unwrap();
@@ -218,6 +220,11 @@ impl Cloud {
     /// URL of the Image API.
     pub fn image_url(&self, path: &str) -> String {
         format!("{}{}", self.aio.image.base_url, path)
+    }
+
+    /// URL of the Placement API.
+    pub fn placement_url(&self, path: &str) -> String {
+        format!("{}{}", self.aio.placement.base_url, path)
     }
 
     /// Send a request with an optional token and JSON body.

@@ -1,0 +1,903 @@
+//! Placement datastore. Every write runs in one transaction that also bumps `placement_revision`; provider
+//! and consumer generations are compare-and-swap updates inside those transactions, which is what keeps two
+//! concurrent claims from both succeeding against the same capacity.
+
+use crate::error::{concurrent, PlacementError, Result};
+use sqlx::Row;
+use std::collections::{BTreeMap, BTreeSet};
+use tessera_db::{get_opt_text, get_text, Any, AnyRow, Db, Transaction};
+
+pub type Tx = Transaction<'static, Any>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provider {
+    pub uuid: String,
+    pub name: String,
+    pub generation: i64,
+    pub parent_uuid: Option<String>,
+    pub root_uuid: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inventory {
+    pub total: i64,
+    pub reserved: i64,
+    pub min_unit: i64,
+    pub max_unit: i64,
+    pub step_size: i64,
+    pub allocation_ratio: f64,
+}
+
+impl Inventory {
+    /// What may be allocated in all: (total − reserved) × allocation_ratio, rounded down.
+    pub fn capacity(&self) -> i64 {
+        ((self.total - self.reserved) as f64 * self.allocation_ratio).floor() as i64
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Consumer {
+    pub uuid: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub generation: i64,
+    pub consumer_type: Option<String>,
+}
+
+pub const RP_COLS: &str = "uuid, name, generation, parent_uuid, root_uuid, created_at, updated_at";
+
+pub fn provider_from(r: &AnyRow) -> Result<Provider> {
+    Ok(Provider {
+        uuid: get_text(r, "uuid")?,
+        name: get_text(r, "name")?,
+        generation: r.try_get("generation")?,
+        parent_uuid: get_opt_text(r, "parent_uuid")?,
+        root_uuid: get_text(r, "root_uuid")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+pub async fn bump_revision(db: &Db, tx: &mut Tx) -> Result<()> {
+    sqlx::query(&db.sql("UPDATE placement_revision SET revision = revision + 1 WHERE id = 1"))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn revision(db: &Db) -> Result<i64> {
+    let r = sqlx::query("SELECT revision FROM placement_revision WHERE id = 1")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(r.try_get("revision")?)
+}
+
+// ---------------------------------------------------------------- resource classes and traits
+
+/// Insert the names that are missing (standard classes or traits at start-up).
+pub async fn ensure_names(db: &Db, table: &str, names: &[&str], standard: bool) -> Result<usize> {
+    let existing: BTreeSet<String> = sqlx::query(&format!("SELECT name FROM {table}"))
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| get_text(r, "name"))
+        .collect::<Result<_, _>>()?;
+    let now = tessera_types::now_epoch_micros();
+    let mut tx = db.begin().await?;
+    let mut n = 0;
+    for name in names.iter().filter(|n| !existing.contains(**n)) {
+        sqlx::query(&db.sql(&format!(
+            "INSERT INTO {table} (name, standard, created_at, updated_at) VALUES (?, ?, ?, ?)"
+        )))
+        .bind(*name)
+        .bind(standard as i64)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        n += 1;
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// (name, standard) of every class or trait.
+pub async fn names(db: &Db, table: &str) -> Result<Vec<(String, bool)>> {
+    sqlx::query(&format!("SELECT name, standard FROM {table} ORDER BY name"))
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| Ok((get_text(r, "name")?, r.try_get::<i64, _>("standard")? != 0)))
+        .collect()
+}
+
+pub async fn name_get(db: &Db, table: &str, name: &str) -> Result<Option<bool>> {
+    let r = sqlx::query(&db.sql(&format!("SELECT standard FROM {table} WHERE name = ?")))
+        .bind(name)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(r.map(|r| r.try_get::<i64, _>("standard").map(|s| s != 0))
+        .transpose()?)
+}
+
+/// Insert one custom name; false if it exists.
+pub async fn name_create(db: &Db, table: &str, name: &str) -> Result<bool> {
+    let now = tessera_types::now_epoch_micros();
+    let mut tx = db.begin().await?;
+    let r = sqlx::query(&db.sql(&format!(
+        "INSERT INTO {table} (name, standard, created_at, updated_at) VALUES (?, 0, ?, ?)"
+    )))
+    .bind(name)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await;
+    match r {
+        Ok(_) => {
+            bump_revision(db, &mut tx).await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        Err(e) if tessera_db::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn name_delete(db: &Db, table: &str, name: &str) -> Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query(&db.sql(&format!("DELETE FROM {table} WHERE name = ?")))
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    bump_revision(db, &mut tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn count_where(db: &Db, q: &str, arg: &str) -> Result<i64> {
+    let r = sqlx::query(&db.sql(q)).bind(arg).fetch_one(db.pool()).await?;
+    Ok(r.try_get::<i64, _>(0)?)
+}
+
+/// Which of `names` are unknown in `table`.
+pub async fn unknown_names(db: &Db, table: &str, names: &BTreeSet<String>) -> Result<Vec<String>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = format!(
+        "SELECT name FROM {table} WHERE name IN {}",
+        tessera_db::in_list(names.len())
+    );
+    let sql = db.sql(&q);
+    let mut query = sqlx::query(&sql);
+    for n in names {
+        query = query.bind(n);
+    }
+    let found: BTreeSet<String> = query
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| get_text(r, "name"))
+        .collect::<Result<_, _>>()?;
+    Ok(names.difference(&found).cloned().collect())
+}
+
+// ---------------------------------------------------------------- providers
+
+pub async fn provider_get(db: &Db, uuid: &str) -> Result<Option<Provider>> {
+    let q = format!("SELECT {RP_COLS} FROM resource_providers WHERE uuid = ?");
+    sqlx::query(&db.sql(&q))
+        .bind(uuid)
+        .fetch_optional(db.pool())
+        .await?
+        .as_ref()
+        .map(provider_from)
+        .transpose()
+}
+
+pub async fn provider_get_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<Option<Provider>> {
+    let q = format!("SELECT {RP_COLS} FROM resource_providers WHERE uuid = ?");
+    sqlx::query(&db.sql(&q))
+        .bind(uuid)
+        .fetch_optional(&mut **tx)
+        .await?
+        .as_ref()
+        .map(provider_from)
+        .transpose()
+}
+
+pub async fn provider_query(db: &Db, q: &str, binds: &[String]) -> Result<Vec<Provider>> {
+    let sql = db.sql(q);
+    let mut query = sqlx::query(&sql);
+    for b in binds {
+        query = query.bind(b);
+    }
+    query
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(provider_from)
+        .collect()
+}
+
+fn map_dup(e: sqlx::Error, what: &str) -> PlacementError {
+    if tessera_db::is_unique_violation(&e) {
+        PlacementError::Conflict(
+            format!("Conflicting resource provider {what} already exists."),
+            Some(crate::error::DUPLICATE_NAME),
+        )
+    } else {
+        e.into()
+    }
+}
+
+pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let q = format!("INSERT INTO resource_providers ({RP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
+    sqlx::query(&db.sql(&q))
+        .bind(&p.uuid)
+        .bind(&p.name)
+        .bind(p.generation)
+        .bind(p.parent_uuid.clone())
+        .bind(&p.root_uuid)
+        .bind(p.created_at)
+        .bind(p.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_dup(e, &p.name))?;
+    bump_revision(db, &mut tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Rename and/or re-parent; when the root changes, the whole subtree moves with it.
+pub async fn provider_update(db: &Db, old: &Provider, new: &Provider) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let n = sqlx::query(&db.sql(
+        "UPDATE resource_providers SET name = ?, parent_uuid = ?, root_uuid = ?, generation = generation + 1, \
+         updated_at = ? WHERE uuid = ? AND generation = ?",
+    ))
+    .bind(&new.name)
+    .bind(new.parent_uuid.clone())
+    .bind(&new.root_uuid)
+    .bind(new.updated_at)
+    .bind(&old.uuid)
+    .bind(old.generation)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| map_dup(e, &new.name))?
+    .rows_affected();
+    if n != 1 {
+        return Err(concurrent(format!(
+            "resource provider {} was updated by another request",
+            old.uuid
+        )));
+    }
+    if new.root_uuid != old.root_uuid {
+        // Descendants follow: walk the subtree breadth-first.
+        let mut frontier = vec![old.uuid.clone()];
+        while let Some(parent) = frontier.pop() {
+            let kids: Vec<String> =
+                sqlx::query(&db.sql("SELECT uuid FROM resource_providers WHERE parent_uuid = ?"))
+                    .bind(&parent)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| get_text(r, "uuid"))
+                    .collect::<Result<_, _>>()?;
+            for k in kids {
+                sqlx::query(&db.sql("UPDATE resource_providers SET root_uuid = ? WHERE uuid = ?"))
+                    .bind(&new.root_uuid)
+                    .bind(&k)
+                    .execute(&mut *tx)
+                    .await?;
+                frontier.push(k);
+            }
+        }
+    }
+    bump_revision(db, &mut tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn provider_delete(db: &Db, p: &Provider) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let kids = sqlx::query(&db.sql("SELECT COUNT(*) AS n FROM resource_providers WHERE parent_uuid = ?"))
+        .bind(&p.uuid)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>("n")?;
+    if kids > 0 {
+        return Err(PlacementError::Conflict(
+            format!(
+                "Unable to delete parent resource provider {}: It has child resource providers.",
+                p.uuid
+            ),
+            Some(crate::error::CANNOT_DELETE_PARENT),
+        ));
+    }
+    let allocs = sqlx::query(&db.sql("SELECT COUNT(*) AS n FROM allocations WHERE rp_uuid = ?"))
+        .bind(&p.uuid)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>("n")?;
+    if allocs > 0 {
+        return Err(PlacementError::Conflict(
+            format!(
+                "Unable to delete resource provider {}: Resource provider has allocations.",
+                p.uuid
+            ),
+            Some(crate::error::PROVIDER_INUSE),
+        ));
+    }
+    for t in ["inventories", "rp_traits", "rp_aggregates"] {
+        sqlx::query(&db.sql(&format!("DELETE FROM {t} WHERE rp_uuid = ?")))
+            .bind(&p.uuid)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let n = sqlx::query(&db.sql("DELETE FROM resource_providers WHERE uuid = ? AND generation = ?"))
+        .bind(&p.uuid)
+        .bind(p.generation)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n != 1 {
+        return Err(concurrent(format!(
+            "resource provider {} was updated by another request",
+            p.uuid
+        )));
+    }
+    bump_revision(db, &mut tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Bump a provider's generation, checking it still is `expected`; a concurrent-update 409 otherwise.
+pub async fn bump_generation(db: &Db, tx: &mut Tx, uuid: &str, expected: i64) -> Result<i64> {
+    let n = sqlx::query(&db.sql(
+        "UPDATE resource_providers SET generation = generation + 1, updated_at = ? WHERE uuid = ? AND generation = ?",
+    ))
+    .bind(tessera_types::now_epoch_micros())
+    .bind(uuid)
+    .bind(expected)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if n != 1 {
+        return Err(concurrent(format!(
+            "resource provider generation conflict: another request updated {uuid}; get it again and retry"
+        )));
+    }
+    Ok(expected + 1)
+}
+
+// ---------------------------------------------------------------- inventories, usages
+
+fn inventory_from(r: &AnyRow) -> Result<Inventory> {
+    Ok(Inventory {
+        total: r.try_get("total")?,
+        reserved: r.try_get("reserved")?,
+        min_unit: r.try_get("min_unit")?,
+        max_unit: r.try_get("max_unit")?,
+        step_size: r.try_get("step_size")?,
+        allocation_ratio: r.try_get("allocation_ratio")?,
+    })
+}
+
+pub async fn inventories(db: &Db, uuid: &str) -> Result<BTreeMap<String, Inventory>> {
+    let q = "SELECT resource_class, total, reserved, min_unit, max_unit, step_size, allocation_ratio \
+             FROM inventories WHERE rp_uuid = ?";
+    sqlx::query(&db.sql(q))
+        .bind(uuid)
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| Ok((get_text(r, "resource_class")?, inventory_from(r)?)))
+        .collect()
+}
+
+pub async fn inventories_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<BTreeMap<String, Inventory>> {
+    let q = "SELECT resource_class, total, reserved, min_unit, max_unit, step_size, allocation_ratio \
+             FROM inventories WHERE rp_uuid = ?";
+    sqlx::query(&db.sql(q))
+        .bind(uuid)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| Ok((get_text(r, "resource_class")?, inventory_from(r)?)))
+        .collect()
+}
+
+/// Usage per class of one provider (inside a transaction when `tx` is given).
+pub async fn usages_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<BTreeMap<String, i64>> {
+    let q = format!(
+        "SELECT resource_class, {} AS used FROM allocations WHERE rp_uuid = ? GROUP BY resource_class",
+        db.bigint("SUM(used)")
+    );
+    sqlx::query(&db.sql(&q))
+        .bind(uuid)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| Ok((get_text(r, "resource_class")?, r.try_get("used")?)))
+        .collect()
+}
+
+pub async fn usages(db: &Db, uuid: &str) -> Result<BTreeMap<String, i64>> {
+    let mut tx = db.begin().await?;
+    let u = usages_tx(db, &mut tx, uuid).await?;
+    tx.rollback().await?;
+    Ok(u)
+}
+
+/// Replace a provider's inventories (all of them, or only `only` classes), checking its generation. Classes
+/// removed while they have allocations are refused; a total below current usage is accepted with a warning.
+pub async fn inventories_write(
+    db: &Db,
+    uuid: &str,
+    expected_generation: i64,
+    set: &BTreeMap<String, Inventory>,
+    remove: &BTreeSet<String>,
+    replace_all: bool,
+) -> Result<i64> {
+    let mut tx = db.begin().await?;
+    let gen = bump_generation(db, &mut tx, uuid, expected_generation).await?;
+    let current = inventories_tx(db, &mut tx, uuid).await?;
+    let used = usages_tx(db, &mut tx, uuid).await?;
+    let removed: Vec<&String> = current
+        .keys()
+        .filter(|rc| remove.contains(*rc) || (replace_all && !set.contains_key(*rc)))
+        .collect();
+    for rc in &removed {
+        if used.get(*rc).copied().unwrap_or(0) > 0 {
+            return Err(PlacementError::Conflict(
+                format!("Inventory for '{rc}' on resource provider '{uuid}' in use."),
+                Some(crate::error::INVENTORY_INUSE),
+            ));
+        }
+        sqlx::query(&db.sql("DELETE FROM inventories WHERE rp_uuid = ? AND resource_class = ?"))
+            .bind(uuid)
+            .bind(rc.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (rc, inv) in set {
+        if let Some(u) = used.get(rc).filter(|u| **u > inv.capacity()) {
+            tracing::warn!(provider = %uuid, resource_class = %rc, used = u, capacity = inv.capacity(),
+                "inventory set below current usage: the provider is over capacity");
+        }
+        let q = if current.contains_key(rc) {
+            "UPDATE inventories SET total = ?, reserved = ?, min_unit = ?, max_unit = ?, step_size = ?, \
+             allocation_ratio = ? WHERE rp_uuid = ? AND resource_class = ?"
+        } else {
+            "INSERT INTO inventories (total, reserved, min_unit, max_unit, step_size, allocation_ratio, rp_uuid, \
+             resource_class) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        };
+        sqlx::query(&db.sql(q))
+            .bind(inv.total)
+            .bind(inv.reserved)
+            .bind(inv.min_unit)
+            .bind(inv.max_unit)
+            .bind(inv.step_size)
+            .bind(inv.allocation_ratio)
+            .bind(uuid)
+            .bind(rc.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    bump_revision(db, &mut tx).await?;
+    tx.commit().await?;
+    Ok(gen)
+}
+
+// ---------------------------------------------------------------- traits and aggregates of providers
+
+pub async fn provider_links(db: &Db, table: &str, col: &str, uuid: &str) -> Result<Vec<String>> {
+    sqlx::query(&db.sql(&format!(
+        "SELECT {col} FROM {table} WHERE rp_uuid = ? ORDER BY {col}"
+    )))
+    .bind(uuid)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|r| Ok(get_text(r, col)?))
+    .collect()
+}
+
+/// Replace a provider's traits or aggregates; bumps (and with `expected`, checks) its generation.
+pub async fn provider_links_set(
+    db: &Db,
+    table: &str,
+    col: &str,
+    uuid: &str,
+    expected: i64,
+    values: &BTreeSet<String>,
+) -> Result<i64> {
+    let mut tx = db.begin().await?;
+    let gen = bump_generation(db, &mut tx, uuid, expected).await?;
+    sqlx::query(&db.sql(&format!("DELETE FROM {table} WHERE rp_uuid = ?")))
+        .bind(uuid)
+        .execute(&mut *tx)
+        .await?;
+    for v in values {
+        sqlx::query(&db.sql(&format!("INSERT INTO {table} (rp_uuid, {col}) VALUES (?, ?)")))
+            .bind(uuid)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
+    }
+    bump_revision(db, &mut tx).await?;
+    tx.commit().await?;
+    Ok(gen)
+}
+
+// ---------------------------------------------------------------- consumers and allocations
+
+fn consumer_from(r: &AnyRow) -> Result<Consumer> {
+    Ok(Consumer {
+        uuid: get_text(r, "uuid")?,
+        project_id: get_text(r, "project_id")?,
+        user_id: get_text(r, "user_id")?,
+        generation: r.try_get("generation")?,
+        consumer_type: get_opt_text(r, "consumer_type")?,
+    })
+}
+
+pub async fn consumer_get(db: &Db, uuid: &str) -> Result<Option<Consumer>> {
+    sqlx::query(
+        &db.sql("SELECT uuid, project_id, user_id, generation, consumer_type FROM consumers WHERE uuid = ?"),
+    )
+    .bind(uuid)
+    .fetch_optional(db.pool())
+    .await?
+    .as_ref()
+    .map(consumer_from)
+    .transpose()
+}
+
+async fn consumer_get_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<Option<Consumer>> {
+    sqlx::query(
+        &db.sql("SELECT uuid, project_id, user_id, generation, consumer_type FROM consumers WHERE uuid = ?"),
+    )
+    .bind(uuid)
+    .fetch_optional(&mut **tx)
+    .await?
+    .as_ref()
+    .map(consumer_from)
+    .transpose()
+}
+
+/// (provider, class) → amount.
+pub type Amounts = BTreeMap<(String, String), i64>;
+
+pub async fn consumer_allocations(db: &Db, uuid: &str) -> Result<Amounts> {
+    sqlx::query(&db.sql("SELECT rp_uuid, resource_class, used FROM allocations WHERE consumer_uuid = ?"))
+        .bind(uuid)
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                (get_text(r, "rp_uuid")?, get_text(r, "resource_class")?),
+                r.try_get("used")?,
+            ))
+        })
+        .collect()
+}
+
+/// consumer → (class → amount), and each consumer's generation, for one provider.
+pub async fn provider_allocations(
+    db: &Db,
+    uuid: &str,
+) -> Result<BTreeMap<String, (BTreeMap<String, i64>, Option<i64>)>> {
+    let rows = sqlx::query(&db.sql(
+        "SELECT a.consumer_uuid, a.resource_class, a.used, c.generation FROM allocations a \
+         LEFT JOIN consumers c ON c.uuid = a.consumer_uuid WHERE a.rp_uuid = ?",
+    ))
+    .bind(uuid)
+    .fetch_all(db.pool())
+    .await?;
+    let mut out: BTreeMap<String, (BTreeMap<String, i64>, Option<i64>)> = BTreeMap::new();
+    for r in rows {
+        let e = out.entry(get_text(&r, "consumer_uuid")?).or_default();
+        e.0.insert(get_text(&r, "resource_class")?, r.try_get("used")?);
+        e.1 = r.try_get("generation")?;
+    }
+    Ok(out)
+}
+
+/// The new allocations of one consumer in a write.
+#[derive(Debug, Clone)]
+pub struct ConsumerWrite {
+    pub consumer: String,
+    pub project_id: String,
+    pub user_id: String,
+    /// `Some(None)`: expected to have no allocations (`consumer_generation: null`); `Some(Some(g))`: expected
+    /// generation; `None`: not checked (microversions before 1.28).
+    pub expected_generation: Option<Option<i64>>,
+    pub consumer_type: Option<String>,
+    pub amounts: Amounts,
+}
+
+/// Why an allocation write could not be done; `Retry` is a lost race on a provider generation.
+enum Attempt {
+    Done,
+    Retry,
+}
+
+/// Replace the allocations of every consumer in `writes`, atomically, checking capacity and unit rules.
+/// Lost races on provider generations are retried up to `retries` times.
+pub async fn allocations_write(db: &Db, writes: &[ConsumerWrite], retries: u32) -> Result<()> {
+    for attempt in 0..=retries {
+        match allocations_attempt(db, writes).await {
+            Ok(Attempt::Done) => return Ok(()),
+            Ok(Attempt::Retry) => {
+                tracing::debug!(
+                    attempt,
+                    "allocation write lost a provider generation race; retrying"
+                );
+            }
+            Err(PlacementError::Db(e)) if is_busy(&e) => {
+                tracing::debug!(attempt, "allocation write hit a locked database; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1 + (attempt as u64 * 3) % 17)).await;
+    }
+    Err(concurrent(
+        "Unable to allocate inventory: another request updated the same resource providers; retry.",
+    ))
+}
+
+fn is_busy(e: &tessera_db::DbError) -> bool {
+    let tessera_db::DbError::Sqlx(sqlx::Error::Database(d)) = e else {
+        return false;
+    };
+    let code = d.code().map(|c| c.to_string()).unwrap_or_default();
+    // SQLite BUSY / BUSY_SNAPSHOT / LOCKED, PostgreSQL serialization failure / deadlock, MySQL deadlock /
+    // lock wait timeout.
+    matches!(
+        code.as_str(),
+        "5" | "517" | "6" | "40001" | "40P01" | "1213" | "1205"
+    ) || d.message().contains("database is locked")
+}
+
+async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attempt> {
+    let mut tx = db.begin().await?;
+    let now = tessera_types::now_epoch_micros();
+    // Consumers first: generation checks, then their old allocations go.
+    for w in writes {
+        let existing = consumer_get_tx(db, &mut tx, &w.consumer).await?;
+        match (&w.expected_generation, &existing) {
+            (Some(None), Some(c)) => {
+                return Err(concurrent(format!(
+                    "consumer generation conflict - expected null but got {}",
+                    c.generation
+                )))
+            }
+            (Some(Some(g)), None) => {
+                return Err(concurrent(format!(
+                    "consumer generation conflict - expected {g} but got None"
+                )))
+            }
+            (Some(Some(g)), Some(c)) if *g != c.generation => {
+                return Err(concurrent(format!(
+                    "consumer generation conflict - expected {g} but got {}",
+                    c.generation
+                )))
+            }
+            _ => {}
+        }
+        sqlx::query(&db.sql("DELETE FROM allocations WHERE consumer_uuid = ?"))
+            .bind(&w.consumer)
+            .execute(&mut *tx)
+            .await?;
+        match (&existing, w.amounts.is_empty()) {
+            (Some(c), true) => {
+                let n = sqlx::query(&db.sql("DELETE FROM consumers WHERE uuid = ? AND generation = ?"))
+                    .bind(&w.consumer)
+                    .bind(c.generation)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n != 1 {
+                    return Err(concurrent("consumer was updated by another request"));
+                }
+            }
+            (Some(c), false) => {
+                let n = sqlx::query(&db.sql(
+                    "UPDATE consumers SET generation = generation + 1, project_id = ?, user_id = ?, \
+                     consumer_type = COALESCE(?, consumer_type), updated_at = ? WHERE uuid = ? AND generation = ?",
+                ))
+                .bind(&w.project_id)
+                .bind(&w.user_id)
+                .bind(w.consumer_type.clone())
+                .bind(now)
+                .bind(&w.consumer)
+                .bind(c.generation)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n != 1 {
+                    return Err(concurrent("consumer was updated by another request"));
+                }
+            }
+            (None, false) => {
+                sqlx::query(&db.sql(
+                    "INSERT INTO consumers (uuid, project_id, user_id, generation, consumer_type, created_at, \
+                     updated_at) VALUES (?, ?, ?, 1, ?, ?, ?)",
+                ))
+                .bind(&w.consumer)
+                .bind(&w.project_id)
+                .bind(&w.user_id)
+                .bind(w.consumer_type.clone())
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    if tessera_db::is_unique_violation(&e) {
+                        concurrent("consumer was created by another request")
+                    } else {
+                        e.into()
+                    }
+                })?;
+            }
+            (None, true) => {}
+        }
+    }
+    // Capacity: per provider, the sum of what this write asks plus what others hold.
+    let mut asked: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
+    for w in writes {
+        for ((rp, rc), n) in &w.amounts {
+            *asked.entry(rp).or_default().entry(rc).or_default() += n;
+        }
+    }
+    for (rp, classes) in &asked {
+        let Some(p) = provider_get_tx(db, &mut tx, rp).await? else {
+            return Err(PlacementError::BadRequest(
+                format!("Allocation for resource provider '{rp}' that does not exist."),
+                None,
+            ));
+        };
+        let inv = inventories_tx(db, &mut tx, rp).await?;
+        let used = usages_tx(db, &mut tx, rp).await?;
+        for (rc, n) in classes {
+            let Some(i) = inv.get(*rc) else {
+                return Err(PlacementError::Conflict(
+                    format!(
+                        "Unable to allocate inventory: Inventory for '{rc}' on resource provider '{rp}' invalid."
+                    ),
+                    None,
+                ));
+            };
+            let u = used.get(*rc).copied().unwrap_or(0);
+            if u + n > i.capacity() {
+                return Err(PlacementError::Conflict(
+                    format!(
+                        "Unable to allocate inventory: Unable to create allocation for '{rc}' on resource \
+                         provider '{rp}'. The requested amount would exceed the capacity."
+                    ),
+                    None,
+                ));
+            }
+        }
+        for w in writes {
+            for ((wrp, rc), n) in &w.amounts {
+                if wrp != rp {
+                    continue;
+                }
+                let Some(i) = inv.get(rc) else { continue };
+                if *n < i.min_unit || *n > i.max_unit || (i.step_size > 0 && n % i.step_size != 0) {
+                    return Err(PlacementError::Conflict(
+                        format!(
+                            "Unable to allocate inventory: Unable to create allocation for '{rc}' on resource \
+                             provider '{rp}'. The requested amount would violate inventory constraints."
+                        ),
+                        None,
+                    ));
+                }
+            }
+        }
+        // The race guard: if another write touched this provider since we read it, start over.
+        let n = sqlx::query(&db.sql(
+            "UPDATE resource_providers SET generation = generation + 1, updated_at = ? WHERE uuid = ? AND generation = ?",
+        ))
+        .bind(now)
+        .bind(*rp)
+        .bind(p.generation)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            tx.rollback().await?;
+            return Ok(Attempt::Retry);
+        }
+    }
+    for w in writes {
+        for ((rp, rc), n) in &w.amounts {
+            sqlx::query(&db.sql(
+                "INSERT INTO allocations (consumer_uuid, rp_uuid, resource_class, used, created_at) VALUES (?, ?, ?, ?, ?)",
+            ))
+            .bind(&w.consumer)
+            .bind(rp)
+            .bind(rc)
+            .bind(*n)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    bump_revision(db, &mut tx).await?;
+    tx.commit().await?;
+    Ok(Attempt::Done)
+}
+
+/// `DELETE /allocations/{consumer}`: false when it had none.
+pub async fn consumer_delete(db: &Db, uuid: &str) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    let n = sqlx::query(&db.sql("DELETE FROM allocations WHERE consumer_uuid = ?"))
+        .bind(uuid)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query(&db.sql("DELETE FROM consumers WHERE uuid = ?"))
+        .bind(uuid)
+        .execute(&mut *tx)
+        .await?;
+    if n == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    bump_revision(db, &mut tx).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Usage of a project (optionally one user) as (consumer type or None) → (class → amount, consumer count).
+pub async fn project_usages(
+    db: &Db,
+    project: &str,
+    user: Option<&str>,
+) -> Result<BTreeMap<Option<String>, (BTreeMap<String, i64>, i64)>> {
+    let mut q = format!(
+        "SELECT c.consumer_type, a.resource_class, {} AS used, COUNT(DISTINCT a.consumer_uuid) AS consumers \
+         FROM allocations a JOIN consumers c ON c.uuid = a.consumer_uuid WHERE c.project_id = ?",
+        db.bigint("SUM(a.used)")
+    );
+    if user.is_some() {
+        q.push_str(" AND c.user_id = ?");
+    }
+    q.push_str(" GROUP BY c.consumer_type, a.resource_class");
+    let sql = db.sql(&q);
+    let mut query = sqlx::query(&sql).bind(project);
+    if let Some(u) = user {
+        query = query.bind(u);
+    }
+    let mut out: BTreeMap<Option<String>, (BTreeMap<String, i64>, i64)> = BTreeMap::new();
+    for r in query.fetch_all(db.pool()).await? {
+        let e = out.entry(get_opt_text(&r, "consumer_type")?).or_default();
+        e.0.insert(get_text(&r, "resource_class")?, r.try_get("used")?);
+        e.1 = e.1.max(r.try_get::<i64, _>("consumers")?);
+    }
+    // Consumer counts per type must count consumers, not the largest per-class count.
+    let mut q = "SELECT consumer_type, COUNT(*) AS n FROM consumers WHERE project_id = ?".to_string();
+    if user.is_some() {
+        q.push_str(" AND user_id = ?");
+    }
+    q.push_str(" GROUP BY consumer_type");
+    let sql = db.sql(&q);
+    let mut query = sqlx::query(&sql).bind(project);
+    if let Some(u) = user {
+        query = query.bind(u);
+    }
+    for r in query.fetch_all(db.pool()).await? {
+        if let Some(e) = out.get_mut(&get_opt_text(&r, "consumer_type")?) {
+            e.1 = r.try_get("n")?;
+        }
+    }
+    Ok(out)
+}
