@@ -1,0 +1,421 @@
+//! Placement API over HTTP on every configured database backend: microversions, error codes, generations,
+//! and concurrent claims that must never oversubscribe a provider.
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{json, Value};
+use tessera_test_harness::{each_backend, Backend, Cloud};
+
+struct P<'a> {
+    c: &'a Cloud,
+    token: String,
+}
+
+impl P<'_> {
+    async fn call(
+        &self,
+        mv: &str,
+        method: http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, http::HeaderMap) {
+        let mut rb = self
+            .c
+            .http
+            .request(method, self.c.placement_url(path))
+            .header("X-Auth-Token", &self.token)
+            .header("OpenStack-API-Version", format!("placement {mv}"));
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.unwrap();
+        let s = r.status().as_u16();
+        let h = r.headers().clone();
+        (s, r.json::<Value>().await.unwrap_or(Value::Null), h)
+    }
+    async fn ok(&self, mv: &str, method: http::Method, path: &str, body: Option<Value>) -> Value {
+        let (s, v, _) = self.call(mv, method.clone(), path, body).await;
+        assert!((200..300).contains(&s), "{method} {path} -> {s}: {v}");
+        v
+    }
+}
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn code(v: &Value) -> &str {
+    v["errors"][0]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn microversions_errors_and_generations() {
+    each_backend!(|b: Backend| async move {
+        let c = Cloud::start(&b).await;
+        let p = P {
+            c: &c,
+            token: c.admin_token().await,
+        };
+        // The root needs no token.
+        let r = c.http.get(c.placement_url("/")).send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["versions"][0]["max_version"], "1.39");
+        let (s, v, _) = p
+            .call("1.99", http::Method::GET, "/resource_providers", None)
+            .await;
+        assert_eq!(s, 406);
+        assert_eq!(v["errors"][0]["max_version"], "1.39");
+        let (s, _, _) = p
+            .call("one", http::Method::GET, "/resource_providers", None)
+            .await;
+        assert_eq!(s, 400);
+        let (s, _, h) = p
+            .call("1.30", http::Method::GET, "/resource_providers", None)
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(h["openstack-api-version"], "placement 1.30");
+        assert_eq!(h["vary"], "openstack-api-version");
+        // Microversion-gated routes are 404 below their version.
+        let (s, _, _) = p.call("1.5", http::Method::GET, "/traits", None).await;
+        assert_eq!(s, 404);
+
+        // Provider create: 201 without a body before 1.20, 200 with one from 1.20.
+        let rp = uuid();
+        let (s, v, h) = p
+            .call(
+                "1.19",
+                http::Method::POST,
+                "/resource_providers",
+                Some(json!({"name": "cn1", "uuid": rp})),
+            )
+            .await;
+        assert_eq!((s, v), (201, Value::Null));
+        assert_eq!(h["location"], format!("/resource_providers/{rp}"));
+        let (s, v, _) = p
+            .call(
+                "1.20",
+                http::Method::POST,
+                "/resource_providers",
+                Some(json!({"name": "cn1"})),
+            )
+            .await;
+        assert_eq!(s, 409);
+        assert_eq!(code(&v), "placement.duplicate_name");
+        let child = p
+            .ok(
+                "1.39",
+                http::Method::POST,
+                "/resource_providers",
+                Some(json!({"name": "numa0", "parent_provider_uuid": rp})),
+            )
+            .await;
+        assert_eq!(child["root_provider_uuid"], rp.as_str());
+        let child = child["uuid"].as_str().unwrap().to_string();
+
+        // Inventories: bad input, generations.
+        let inv = |gen: i64, vcpu: i64| {
+            json!({"resource_provider_generation": gen, "inventories": {
+                "VCPU": {"total": vcpu, "allocation_ratio": 1.0}, "MEMORY_MB": {"total": 2048, "max_unit": 1024, "step_size": 256}}})
+        };
+        let path = format!("/resource_providers/{rp}/inventories");
+        let (s, _, _) = p
+            .call(
+                "1.39",
+                http::Method::PUT,
+                &path,
+                Some(json!({"resource_provider_generation": 0, "inventories": {"NOPE": {"total": 1}}})),
+            )
+            .await;
+        assert_eq!(s, 400, "unknown resource class");
+        let (s, _, _) = p
+            .call(
+                "1.39",
+                http::Method::PUT,
+                &path,
+                Some(json!({"resource_provider_generation": 0, "inventories": {"VCPU": {"total": -1}}})),
+            )
+            .await;
+        assert_eq!(s, 400, "negative total");
+        let (s, v, _) = p.call("1.39", http::Method::PUT, &path, Some(inv(7, 4))).await;
+        assert_eq!(s, 409);
+        assert_eq!(code(&v), "placement.concurrent_update");
+        let v = p.ok("1.39", http::Method::PUT, &path, Some(inv(0, 4))).await;
+        assert_eq!(v["resource_provider_generation"], 1);
+        let (s, _, _) = p
+            .call(
+                "1.39",
+                http::Method::GET,
+                "/resource_providers?resources=VCPU:x",
+                None,
+            )
+            .await;
+        assert_eq!(s, 400, "malformed query");
+        let (s, _, _) = p
+            .call("1.39", http::Method::GET, "/resource_providers?bogus=1", None)
+            .await;
+        assert_eq!(s, 400);
+        let (s, v, _) = p
+            .call(
+                "1.39",
+                http::Method::GET,
+                "/resource_providers?name=a&name=b",
+                None,
+            )
+            .await;
+        assert_eq!((s, code(&v)), (400, "placement.query.duplicate_key"));
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::GET,
+                "/resource_providers?resources=VCPU:4,MEMORY_MB:512",
+                None,
+            )
+            .await;
+        assert_eq!(v["resource_providers"].as_array().unwrap().len(), 1);
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::GET,
+                "/resource_providers?resources=VCPU:5",
+                None,
+            )
+            .await;
+        assert_eq!(v["resource_providers"].as_array().unwrap().len(), 0);
+
+        // Allocations with consumer generations.
+        let (pr, us) = (uuid(), uuid());
+        let consumer = uuid();
+        let alloc = |gen: Value, vcpu: i64| {
+            json!({"allocations": {rp.clone(): {"resources": {"VCPU": vcpu, "MEMORY_MB": 512}}},
+                "project_id": pr, "user_id": us, "consumer_generation": gen, "consumer_type": "INSTANCE"})
+        };
+        let apath = format!("/allocations/{consumer}");
+        let (s, v, _) = p
+            .call("1.38", http::Method::PUT, &apath, Some(alloc(Value::Null, 5)))
+            .await;
+        assert_eq!(
+            (s, code(&v)),
+            (409, "placement.undefined_code"),
+            "beyond capacity: {v}"
+        );
+        let (s, _, _) = p
+            .call(
+                "1.38",
+                http::Method::PUT,
+                &apath,
+                Some(
+                    json!({"allocations": {rp.clone(): {"resources": {"MEMORY_MB": 300}}},
+                "project_id": pr, "user_id": us, "consumer_generation": null, "consumer_type": "INSTANCE"}),
+                ),
+            )
+            .await;
+        assert_eq!(s, 409, "not a multiple of step_size");
+        p.ok("1.38", http::Method::PUT, &apath, Some(alloc(Value::Null, 2)))
+            .await;
+        let (s, v, _) = p
+            .call("1.38", http::Method::PUT, &apath, Some(alloc(Value::Null, 2)))
+            .await;
+        assert_eq!((s, code(&v)), (409, "placement.concurrent_update"));
+        let v = p.ok("1.38", http::Method::GET, &apath, None).await;
+        assert_eq!(v["consumer_generation"], 1);
+        assert_eq!(v["consumer_type"], "INSTANCE");
+        assert_eq!(v["allocations"][&rp]["resources"]["VCPU"], 2);
+        p.ok("1.38", http::Method::PUT, &apath, Some(alloc(json!(1), 3)))
+            .await;
+        // Pre-1.12 GET has no project; unknown consumers are 200 with nothing.
+        let v = p.ok("1.11", http::Method::GET, &apath, None).await;
+        assert!(v.get("project_id").is_none());
+        let v = p
+            .ok(
+                "1.38",
+                http::Method::GET,
+                &format!("/allocations/{}", uuid()),
+                None,
+            )
+            .await;
+        assert_eq!(v, json!({"allocations": {}}));
+        // In-use rules.
+        let (s, v, _) = p
+            .call(
+                "1.39",
+                http::Method::DELETE,
+                &format!("/resource_providers/{rp}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, code(&v)),
+            (409, "placement.resource_provider.cannot_delete_parent")
+        );
+        p.ok(
+            "1.39",
+            http::Method::DELETE,
+            &format!("/resource_providers/{child}"),
+            None,
+        )
+        .await;
+        let (s, v, _) = p
+            .call(
+                "1.39",
+                http::Method::DELETE,
+                &format!("/resource_providers/{rp}"),
+                None,
+            )
+            .await;
+        assert_eq!((s, code(&v)), (409, "placement.resource_provider.inuse"));
+        let gen = p.ok("1.39", http::Method::GET, &path, None).await["resource_provider_generation"]
+            .as_i64()
+            .unwrap();
+        let (s, v, _) = p
+            .call("1.39", http::Method::PUT, &path, Some(json!({"resource_provider_generation": gen, "inventories": {"MEMORY_MB": {"total": 2048}}})))
+            .await;
+        assert_eq!((s, code(&v)), (409, "placement.inventory.inuse"));
+        // A total below usage is accepted (the provider is over capacity).
+        p.ok("1.39", http::Method::PUT, &path, Some(inv(gen, 1))).await;
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::GET,
+                &format!("/resource_providers/{rp}/usages"),
+                None,
+            )
+            .await;
+        assert_eq!(v["usages"]["VCPU"], 3);
+        p.ok("1.39", http::Method::PUT, &path, Some(inv(gen + 1, 4))).await;
+        // Usages per project, by consumer type.
+        let v = p
+            .ok(
+                "1.38",
+                http::Method::GET,
+                &format!("/usages?project_id={pr}"),
+                None,
+            )
+            .await;
+        assert_eq!(v["usages"]["INSTANCE"]["consumer_count"], 1);
+        assert_eq!(v["usages"]["INSTANCE"]["VCPU"], 3);
+        let v = p
+            .ok(
+                "1.9",
+                http::Method::GET,
+                &format!("/usages?project_id={pr}"),
+                None,
+            )
+            .await;
+        assert_eq!(v["usages"]["MEMORY_MB"], 512);
+        // Move the allocations to another consumer atomically (as Nova does for migrations).
+        let migration = uuid();
+        p.ok("1.38", http::Method::POST, "/allocations", Some(json!({
+            consumer.clone(): {"allocations": {}, "project_id": pr, "user_id": us, "consumer_generation": 2, "consumer_type": "INSTANCE"},
+            migration.clone(): {"allocations": {rp.clone(): {"resources": {"VCPU": 3, "MEMORY_MB": 512}}},
+                "project_id": pr, "user_id": us, "consumer_generation": null, "consumer_type": "MIGRATION"},
+        }))).await;
+        assert_eq!(
+            p.ok("1.38", http::Method::GET, &apath, None).await,
+            json!({"allocations": {}})
+        );
+        p.ok(
+            "1.38",
+            http::Method::DELETE,
+            &format!("/allocations/{migration}"),
+            None,
+        )
+        .await;
+        let (s, _, _) = p
+            .call(
+                "1.38",
+                http::Method::DELETE,
+                &format!("/allocations/{migration}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 404);
+        p.ok(
+            "1.39",
+            http::Method::DELETE,
+            &format!("/resource_providers/{rp}"),
+            None,
+        )
+        .await;
+
+        // Members of a project are refused.
+        let admin = c.admin_token().await;
+        c.project_with_member(&admin, "p", "m", "m-pass").await;
+        let member = P {
+            c: &c,
+            token: c.login("m", "m-pass", Some("p")).await.subject_token(),
+        };
+        let (s, _, _) = member
+            .call("1.39", http::Method::GET, "/resource_providers", None)
+            .await;
+        assert_eq!(s, 403);
+        c.stop().await;
+    });
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_oversubscribe() {
+    each_backend!(|b: Backend| async move {
+        let c = Cloud::start(&b).await;
+        let p = std::sync::Arc::new(P {
+            c: &c,
+            token: c.admin_token().await,
+        });
+        let rp = p
+            .ok(
+                "1.39",
+                http::Method::POST,
+                "/resource_providers",
+                Some(json!({"name": "small"})),
+            )
+            .await["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        p.ok(
+            "1.39",
+            http::Method::PUT,
+            &format!("/resource_providers/{rp}/inventories"),
+            Some(json!({"resource_provider_generation": 0, "inventories": {"VCPU": {"total": 10}}})),
+        )
+        .await;
+        let (pr, us) = (uuid(), uuid());
+        let claims = (0..40).map(|_| {
+            let body = json!({"allocations": {rp.clone(): {"resources": {"VCPU": 1}}}, "project_id": pr,
+                "user_id": us, "consumer_generation": null, "consumer_type": "INSTANCE"});
+            let p = p.clone();
+            async move {
+                p.call(
+                    "1.38",
+                    http::Method::PUT,
+                    &format!("/allocations/{}", uuid()),
+                    Some(body),
+                )
+                .await
+                .0
+            }
+        });
+        let results = futures_util::future::join_all(claims).await;
+        let ok = results.iter().filter(|s| **s == 204).count();
+        assert!(results.iter().all(|s| *s == 204 || *s == 409), "{results:?}");
+        assert_eq!(ok, 10, "{results:?}");
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::GET,
+                &format!("/resource_providers/{rp}/usages"),
+                None,
+            )
+            .await;
+        assert_eq!(v["usages"]["VCPU"], 10);
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::GET,
+                &format!("/resource_providers/{rp}/allocations"),
+                None,
+            )
+            .await;
+        assert_eq!(v["allocations"].as_object().unwrap().len(), 10);
+        c.stop().await;
+    });
+}
