@@ -41,6 +41,9 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
             // capacity index compare it to know their copy is current.
             "CREATE TABLE placement_revision (id BIGINT NOT NULL PRIMARY KEY, revision BIGINT NOT NULL){engine}",
             "INSERT INTO placement_revision (id, revision) VALUES (1, 0)",
+            // Which providers each revision touched, so those processes reload only what changed.
+            "CREATE TABLE placement_changes (revision BIGINT NOT NULL, rp_uuid VARCHAR(36) NOT NULL, \
+             PRIMARY KEY (revision, rp_uuid)){engine}",
         ],
     }],
 };

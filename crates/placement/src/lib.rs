@@ -3,7 +3,9 @@
 //! openstack-placement up to microversion 1.39 over its own database.
 
 pub mod api;
+pub mod candidates;
 pub mod error;
+pub mod index;
 pub mod microversion;
 pub mod store;
 
@@ -68,6 +70,8 @@ impl Settings {
 pub struct PlacementService {
     pub db: Db,
     pub settings: Settings,
+    /// The capacity index allocation candidates are computed from.
+    pub index: index::IndexHandle,
 }
 
 impl PlacementService {
@@ -82,7 +86,13 @@ impl PlacementService {
                 "standard resource classes and traits synced"
             );
         }
-        Ok(Arc::new(Self { db, settings }))
+        let svc = Arc::new(Self {
+            db,
+            settings,
+            index: index::IndexHandle::default(),
+        });
+        svc.index.fresh(&svc.db).await?;
+        Ok(svc)
     }
 }
 

@@ -60,11 +60,55 @@ pub fn provider_from(r: &AnyRow) -> Result<Provider> {
     })
 }
 
-pub async fn bump_revision(db: &Db, tx: &mut Tx) -> Result<()> {
+/// Count a write: bump the revision and record which providers it touched (see `crate::index`). Called last
+/// in every write transaction, so the revision row's lock is taken after the providers' and commits happen in
+/// revision order.
+pub async fn bump_revision(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()> {
     sqlx::query(&db.sql("UPDATE placement_revision SET revision = revision + 1 WHERE id = 1"))
         .execute(&mut **tx)
         .await?;
+    let rev: i64 = sqlx::query("SELECT revision FROM placement_revision WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("revision")?;
+    let touched: BTreeSet<&str> = touched.iter().copied().collect();
+    for rp in touched {
+        sqlx::query(&db.sql("INSERT INTO placement_changes (revision, rp_uuid) VALUES (?, ?)"))
+            .bind(rev)
+            .bind(rp)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if rev % 1000 == 0 {
+        sqlx::query(&db.sql("DELETE FROM placement_changes WHERE revision < ?"))
+            .bind(rev - CHANGES_KEPT)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
+}
+
+/// Revisions of change records kept; a process further behind reloads everything.
+pub const CHANGES_KEPT: i64 = 20_000;
+
+/// Providers touched after `since` (None when the records no longer reach back that far).
+pub async fn changes_since(db: &Db, since: i64) -> Result<Option<BTreeSet<String>>> {
+    let oldest: Option<i64> = sqlx::query("SELECT MIN(revision) AS r FROM placement_changes")
+        .fetch_one(db.pool())
+        .await?
+        .try_get("r")?;
+    if oldest.is_some_and(|o| o > since + 1) {
+        return Ok(None);
+    }
+    let rows = sqlx::query(&db.sql("SELECT DISTINCT rp_uuid FROM placement_changes WHERE revision > ?"))
+        .bind(since)
+        .fetch_all(db.pool())
+        .await?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| get_text(r, "rp_uuid"))
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
 pub async fn revision(db: &Db) -> Result<i64> {
@@ -136,7 +180,7 @@ pub async fn name_create(db: &Db, table: &str, name: &str) -> Result<bool> {
     .await;
     match r {
         Ok(_) => {
-            bump_revision(db, &mut tx).await?;
+            bump_revision(db, &mut tx, &[]).await?;
             tx.commit().await?;
             Ok(true)
         }
@@ -151,7 +195,7 @@ pub async fn name_delete(db: &Db, table: &str, name: &str) -> Result<()> {
         .bind(name)
         .execute(&mut *tx)
         .await?;
-    bump_revision(db, &mut tx).await?;
+    bump_revision(db, &mut tx, &[]).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -247,7 +291,7 @@ pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
         .execute(&mut *tx)
         .await
         .map_err(|e| map_dup(e, &p.name))?;
-    bump_revision(db, &mut tx).await?;
+    bump_revision(db, &mut tx, &[&p.uuid]).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -275,6 +319,7 @@ pub async fn provider_update(db: &Db, old: &Provider, new: &Provider) -> Result<
             old.uuid
         )));
     }
+    let mut moved = vec![old.uuid.clone()];
     if new.root_uuid != old.root_uuid {
         // Descendants follow: walk the subtree breadth-first.
         let mut frontier = vec![old.uuid.clone()];
@@ -293,11 +338,13 @@ pub async fn provider_update(db: &Db, old: &Provider, new: &Provider) -> Result<
                     .bind(&k)
                     .execute(&mut *tx)
                     .await?;
+                moved.push(k.clone());
                 frontier.push(k);
             }
         }
     }
-    bump_revision(db, &mut tx).await?;
+    let moved: Vec<&str> = moved.iter().map(String::as_str).collect();
+    bump_revision(db, &mut tx, &moved).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -350,7 +397,7 @@ pub async fn provider_delete(db: &Db, p: &Provider) -> Result<()> {
             p.uuid
         )));
     }
-    bump_revision(db, &mut tx).await?;
+    bump_revision(db, &mut tx, &[&p.uuid]).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -488,7 +535,7 @@ pub async fn inventories_write(
             .execute(&mut *tx)
             .await?;
     }
-    bump_revision(db, &mut tx).await?;
+    bump_revision(db, &mut tx, &[uuid]).await?;
     tx.commit().await?;
     Ok(gen)
 }
@@ -529,7 +576,7 @@ pub async fn provider_links_set(
             .execute(&mut *tx)
             .await?;
     }
-    bump_revision(db, &mut tx).await?;
+    bump_revision(db, &mut tx, &[uuid]).await?;
     tx.commit().await?;
     Ok(gen)
 }
@@ -668,6 +715,7 @@ fn is_busy(e: &tessera_db::DbError) -> bool {
 async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attempt> {
     let mut tx = db.begin().await?;
     let now = tessera_types::now_epoch_micros();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
     // Consumers first: generation checks, then their old allocations go.
     for w in writes {
         let existing = consumer_get_tx(db, &mut tx, &w.consumer).await?;
@@ -690,6 +738,13 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
                 )))
             }
             _ => {}
+        }
+        for r in sqlx::query(&db.sql("SELECT DISTINCT rp_uuid FROM allocations WHERE consumer_uuid = ?"))
+            .bind(&w.consumer)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            touched.insert(get_text(&r, "rp_uuid")?);
         }
         sqlx::query(&db.sql("DELETE FROM allocations WHERE consumer_uuid = ?"))
             .bind(&w.consumer)
@@ -831,7 +886,9 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
             .await?;
         }
     }
-    bump_revision(db, &mut tx).await?;
+    touched.extend(asked.keys().map(|k| k.to_string()));
+    let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
+    bump_revision(db, &mut tx, &touched).await?;
     tx.commit().await?;
     Ok(Attempt::Done)
 }
@@ -839,6 +896,14 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
 /// `DELETE /allocations/{consumer}`: false when it had none.
 pub async fn consumer_delete(db: &Db, uuid: &str) -> Result<bool> {
     let mut tx = db.begin().await?;
+    let rps: Vec<String> =
+        sqlx::query(&db.sql("SELECT DISTINCT rp_uuid FROM allocations WHERE consumer_uuid = ?"))
+            .bind(uuid)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| get_text(r, "rp_uuid"))
+            .collect::<Result<_, _>>()?;
     let n = sqlx::query(&db.sql("DELETE FROM allocations WHERE consumer_uuid = ?"))
         .bind(uuid)
         .execute(&mut *tx)
@@ -852,7 +917,8 @@ pub async fn consumer_delete(db: &Db, uuid: &str) -> Result<bool> {
         tx.rollback().await?;
         return Ok(false);
     }
-    bump_revision(db, &mut tx).await?;
+    let rps: Vec<&str> = rps.iter().map(String::as_str).collect();
+    bump_revision(db, &mut tx, &rps).await?;
     tx.commit().await?;
     Ok(true)
 }

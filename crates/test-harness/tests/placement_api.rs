@@ -281,7 +281,8 @@ async fn microversions_errors_and_generations() {
             )
             .await;
         assert_eq!(v["usages"]["VCPU"], 3);
-        p.ok("1.39", http::Method::PUT, &path, Some(inv(gen + 1, 4))).await;
+        p.ok("1.39", http::Method::PUT, &path, Some(inv(gen + 1, 4)))
+            .await;
         // Usages per project, by consumer type.
         let v = p
             .ok(
@@ -416,6 +417,218 @@ async fn concurrent_claims_never_oversubscribe() {
             )
             .await;
         assert_eq!(v["allocations"].as_object().unwrap().len(), 10);
+        c.stop().await;
+    });
+}
+
+#[tokio::test]
+async fn allocation_candidates() {
+    each_backend!(|b: Backend| async move {
+        let c = Cloud::start(&b).await;
+        let p = P {
+            c: &c,
+            token: c.admin_token().await,
+        };
+        let agg = uuid();
+        let mk = |name: &'static str, parent: Option<String>| {
+            let p = &p;
+            async move {
+                let mut body = json!({"name": name});
+                if let Some(pp) = parent {
+                    body["parent_provider_uuid"] = json!(pp);
+                }
+                p.ok("1.39", http::Method::POST, "/resource_providers", Some(body))
+                    .await["uuid"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+        };
+        let setup = |rp: String, inv: Value, traits: Vec<&'static str>, aggs: Vec<String>| {
+            let p = &p;
+            async move {
+                p.ok(
+                    "1.39",
+                    http::Method::PUT,
+                    &format!("/resource_providers/{rp}/inventories"),
+                    Some(json!({"resource_provider_generation": 0, "inventories": inv})),
+                )
+                .await;
+                p.ok(
+                    "1.39",
+                    http::Method::PUT,
+                    &format!("/resource_providers/{rp}/traits"),
+                    Some(json!({"resource_provider_generation": 1, "traits": traits})),
+                )
+                .await;
+                p.ok(
+                    "1.39",
+                    http::Method::PUT,
+                    &format!("/resource_providers/{rp}/aggregates"),
+                    Some(json!({"resource_provider_generation": 2, "aggregates": aggs})),
+                )
+                .await;
+            }
+        };
+        p.ok("1.39", http::Method::PUT, "/traits/CUSTOM_PHYSNET1", None)
+            .await;
+        p.ok("1.39", http::Method::PUT, "/traits/CUSTOM_PHYSNET2", None)
+            .await;
+        let cn1 = mk("cn1", None).await;
+        let pf0 = mk("cn1_pf0", Some(cn1.clone())).await;
+        let pf1 = mk("cn1_pf1", Some(cn1.clone())).await;
+        let cn2 = mk("cn2", None).await;
+        let ss = mk("shared-disk", None).await;
+        setup(
+            cn1.clone(),
+            json!({"VCPU": {"total": 8}, "MEMORY_MB": {"total": 4096}}),
+            vec!["HW_CPU_X86_AVX2"],
+            vec![agg.clone()],
+        )
+        .await;
+        setup(
+            pf0.clone(),
+            json!({"SRIOV_NET_VF": {"total": 4}}),
+            vec!["CUSTOM_PHYSNET1"],
+            vec![],
+        )
+        .await;
+        setup(
+            pf1.clone(),
+            json!({"SRIOV_NET_VF": {"total": 4}}),
+            vec!["CUSTOM_PHYSNET2"],
+            vec![],
+        )
+        .await;
+        setup(
+            cn2.clone(),
+            json!({"VCPU": {"total": 2}, "MEMORY_MB": {"total": 1024}}),
+            vec!["COMPUTE_STATUS_DISABLED"],
+            vec![],
+        )
+        .await;
+        setup(
+            ss.clone(),
+            json!({"DISK_GB": {"total": 1000}}),
+            vec!["MISC_SHARES_VIA_AGGREGATE"],
+            vec![agg.clone()],
+        )
+        .await;
+
+        let ac = |mv: &'static str, q: String| {
+            let p = &p;
+            async move {
+                p.call(
+                    mv,
+                    http::Method::GET,
+                    &format!("/allocation_candidates?{q}"),
+                    None,
+                )
+                .await
+            }
+        };
+        let hosts = |v: &Value| {
+            let mut h: Vec<Vec<String>> = v["allocation_requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let mut k: Vec<String> = r["allocations"].as_object().unwrap().keys().cloned().collect();
+                    k.sort();
+                    k
+                })
+                .collect();
+            h.sort();
+            h
+        };
+        let sorted = |mut v: Vec<&String>| {
+            v.sort();
+            v.into_iter().cloned().collect::<Vec<_>>()
+        };
+        // Compute + memory from a root, disk from the sharing provider in its aggregate.
+        let (s, v, _) = ac("1.39", "resources=VCPU:1,MEMORY_MB:512,DISK_GB:10".into()).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(hosts(&v), vec![sorted(vec![&cn1, &ss])]);
+        assert_eq!(
+            v["allocation_requests"][0]["allocations"][&ss]["resources"]["DISK_GB"],
+            10
+        );
+        assert_eq!(v["provider_summaries"][&cn1]["resources"]["VCPU"]["capacity"], 8);
+        assert_eq!(
+            v["provider_summaries"][&pf0]["parent_provider_uuid"],
+            cn1.as_str(),
+            "whole trees are summarised"
+        );
+        // Forbidden traits, limit, root_required, member_of, in_tree.
+        let (_, v, _) = ac("1.39", "resources=VCPU:1,MEMORY_MB:512".into()).await;
+        assert_eq!(hosts(&v).len(), 2);
+        let (_, v, _) = ac("1.39", "resources=VCPU:1,MEMORY_MB:512&limit=1".into()).await;
+        assert_eq!(hosts(&v).len(), 1);
+        let (_, v, _) = ac(
+            "1.39",
+            "resources=VCPU:1,MEMORY_MB:512&required=!COMPUTE_STATUS_DISABLED".into(),
+        )
+        .await;
+        assert_eq!(hosts(&v), vec![vec![cn1.clone()]]);
+        let (_, v, _) = ac("1.39", "resources=VCPU:1&root_required=HW_CPU_X86_AVX2".into()).await;
+        assert_eq!(hosts(&v), vec![vec![cn1.clone()]]);
+        let (_, v, _) = ac("1.39", format!("resources=VCPU:1&member_of={agg}")).await;
+        assert_eq!(hosts(&v), vec![vec![cn1.clone()]]);
+        let (_, v, _) = ac("1.39", format!("resources=VCPU:1&in_tree={cn2}")).await;
+        assert_eq!(hosts(&v), vec![vec![cn2.clone()]]);
+        let (_, v, _) = ac("1.39", "resources=VCPU:3".into()).await;
+        assert_eq!(hosts(&v), vec![vec![cn1.clone()]], "cn2 has only 2 VCPU");
+        // Granular groups and group_policy.
+        let q = "resources=VCPU:1&resources_A=SRIOV_NET_VF:1&required_A=CUSTOM_PHYSNET1&resources_B=SRIOV_NET_VF:1";
+        let (s, _, _) = ac("1.39", q.into()).await;
+        assert_eq!(s, 400, "group_policy is required with two groups");
+        let (_, v, _) = ac("1.39", format!("{q}&group_policy=isolate")).await;
+        assert_eq!(v["allocation_requests"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["allocation_requests"][0]["mappings"]["_A"], json!([pf0]));
+        assert_eq!(v["allocation_requests"][0]["mappings"]["_B"], json!([pf1]));
+        let (_, v, _) = ac("1.39", format!("{q}&group_policy=none")).await;
+        assert_eq!(v["allocation_requests"].as_array().unwrap().len(), 2);
+        // same_subtree: the VF's provider lies under the compute provider.
+        let (_, v, _) = ac("1.39", "resources_X=SRIOV_NET_VF:1&required_X=CUSTOM_PHYSNET1&resources_Y=VCPU:1&same_subtree=_X,_Y&group_policy=none".into()).await;
+        assert_eq!(v["allocation_requests"].as_array().unwrap().len(), 1, "{v}");
+        // Nested providers only from 1.29.
+        let (_, v, _) = ac("1.28", "resources=SRIOV_NET_VF:1".into()).await;
+        assert_eq!(v["allocation_requests"].as_array().unwrap().len(), 0);
+        let (_, v, _) = ac("1.29", "resources=SRIOV_NET_VF:1".into()).await;
+        assert_eq!(v["allocation_requests"].as_array().unwrap().len(), 2);
+        // Old formats: list-form allocations, summaries with requested classes only.
+        let (_, v, _) = ac("1.10", "resources=VCPU:1".into()).await;
+        assert!(v["allocation_requests"][0]["allocations"].is_array(), "{v}");
+        assert!(v["provider_summaries"][&cn1]["resources"]
+            .get("MEMORY_MB")
+            .is_none());
+        assert!(v["provider_summaries"][&cn1].get("traits").is_none());
+        // Bad input.
+        for q in [
+            "resources=NOPE:1",
+            "resources=VCPU:0",
+            "resources=VCPU:1&required=CUSTOM_NOPE",
+            "resources=VCPU:1&limit=0",
+            "limit=3",
+        ] {
+            let (s, v, _) = ac("1.39", q.into()).await;
+            assert_eq!(s, 400, "{q}: {v}");
+        }
+        let (s, _, _) = ac("1.24", "resources1=VCPU:1".into()).await;
+        assert_eq!(s, 400, "granular groups need 1.25");
+        // Claims are seen at once: fill cn1's VCPUs, then only cn2 offers VCPU.
+        p.ok(
+            "1.38",
+            http::Method::PUT,
+            &format!("/allocations/{}", uuid()),
+            Some(json!({
+            "allocations": {cn1.clone(): {"resources": {"VCPU": 8}}}, "project_id": uuid(), "user_id": uuid(),
+            "consumer_generation": null, "consumer_type": "INSTANCE"})),
+        )
+        .await;
+        let (_, v, _) = ac("1.39", "resources=VCPU:1".into()).await;
+        assert_eq!(hosts(&v), vec![vec![cn2.clone()]]);
+        assert_eq!(v["provider_summaries"][&cn2]["resources"]["VCPU"]["used"], 0);
         c.stop().await;
     });
 }

@@ -1,6 +1,7 @@
 //! Placement routes (one table), shared request helpers, resource classes and traits.
 
 mod allocations;
+mod candidates;
 mod providers;
 
 use crate::error::{bad, conflict, PlacementError, Result};
@@ -54,6 +55,7 @@ pub fn router(svc: Arc<PlacementService>, validator: Arc<dyn TokenValidator>, id
         .route("/allocations/{consumer}",
             get(allocations::get_one).put(allocations::put_one).delete(allocations::delete_one))
         .route("/usages", get(allocations::project_usages))
+        .route("/allocation_candidates", get(candidates::list))
         .route_layer(from_fn_with_state(layer, require_token))
         .layer(from_fn(microversion::layer))
         .with_state(svc);

@@ -1,0 +1,361 @@
+//! The in-memory capacity index that allocation candidates are computed from: every provider with its tree
+//! position, inventories with current usage, traits and aggregates, by integer ids.
+//!
+//! Consistency with the database: every write transaction bumps `placement_revision` and records the
+//! providers it touched in `placement_changes` (see [`crate::store::bump_revision`]). Before answering, a
+//! reader compares the stored revision with its copy's (one single-row read); when they differ it reloads
+//! only the providers changed since (or everything, when the change records no longer reach back), on a
+//! private copy that then replaces the shared one. So every process — several API workers, or several hosts
+//! on one PostgreSQL — answers from data at least as new as the revision it read.
+
+use crate::error::Result;
+use crate::store;
+use sqlx::Row;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use tessera_db::{get_text, Db};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inv {
+    pub total: i64,
+    pub reserved: i64,
+    pub min_unit: i64,
+    pub max_unit: i64,
+    pub step_size: i64,
+    pub ratio: f64,
+    pub used: i64,
+}
+
+impl Inv {
+    pub fn capacity(&self) -> i64 {
+        ((self.total - self.reserved) as f64 * self.ratio).floor() as i64
+    }
+    /// Whether one allocation of `n` fits (units and free capacity), given `extra` already taken by the same
+    /// request.
+    pub fn fits(&self, n: i64, extra: i64) -> bool {
+        n >= self.min_unit
+            && n <= self.max_unit
+            && (self.step_size <= 1 || n % self.step_size == 0)
+            && self.used + extra + n <= self.capacity()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub uuid: String,
+    pub generation: i64,
+    pub parent: Option<u32>,
+    pub root: u32,
+    /// Sorted by class id.
+    pub inv: Vec<(u32, Inv)>,
+    /// Sorted.
+    pub traits: Vec<u32>,
+    /// Sorted.
+    pub aggs: Vec<u32>,
+    pub alive: bool,
+}
+
+impl Node {
+    pub fn inv(&self, rc: u32) -> Option<&Inv> {
+        self.inv
+            .binary_search_by_key(&rc, |(c, _)| *c)
+            .ok()
+            .map(|i| &self.inv[i].1)
+    }
+    pub fn has_trait(&self, t: u32) -> bool {
+        self.traits.binary_search(&t).is_ok()
+    }
+    pub fn in_agg(&self, a: u32) -> bool {
+        self.aggs.binary_search(&a).is_ok()
+    }
+}
+
+/// Interned names (resource classes, traits, aggregates).
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Names {
+    pub fn intern(&mut self, n: &str) -> u32 {
+        if let Some(i) = self.ids.get(n) {
+            return *i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(n.to_string());
+        self.ids.insert(n.to_string(), i);
+        i
+    }
+    pub fn id(&self, n: &str) -> Option<u32> {
+        self.ids.get(n).copied()
+    }
+    pub fn name(&self, i: u32) -> &str {
+        self.names.get(i as usize).map(String::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    pub revision: i64,
+    /// False until the first load.
+    pub loaded: bool,
+    pub nodes: Vec<Node>,
+    pub by_uuid: HashMap<String, u32>,
+    pub classes: Names,
+    pub traits: Names,
+    pub aggs: Names,
+    /// Root → every live provider of its tree (root first, then by creation order of the index).
+    pub trees: HashMap<u32, Vec<u32>>,
+    /// Aggregate → live providers with `MISC_SHARES_VIA_AGGREGATE` in it.
+    pub sharing: HashMap<u32, Vec<u32>>,
+    /// Live roots in index order.
+    pub roots: Vec<u32>,
+}
+
+pub const SHARES_TRAIT: &str = "MISC_SHARES_VIA_AGGREGATE";
+
+impl Index {
+    fn node_id(&mut self, uuid: &str) -> u32 {
+        if let Some(i) = self.by_uuid.get(uuid) {
+            return *i;
+        }
+        let i = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            uuid: uuid.to_string(),
+            generation: 0,
+            parent: None,
+            root: i,
+            inv: Vec::new(),
+            traits: Vec::new(),
+            aggs: Vec::new(),
+            alive: false,
+        });
+        self.by_uuid.insert(uuid.to_string(), i);
+        i
+    }
+
+    /// Reload the given providers (all when `only` is None) from the database.
+    async fn load(&mut self, db: &Db, only: Option<&BTreeSet<String>>) -> Result<()> {
+        let (filter, binds): (String, Vec<String>) = match only {
+            Some(set) if set.is_empty() => return Ok(()),
+            Some(set) => (
+                format!(" WHERE {{col}} IN {}", tessera_db::in_list(set.len())),
+                set.iter().cloned().collect(),
+            ),
+            None => (String::new(), Vec::new()),
+        };
+        let q = |base: &str, col: &str, tail: &str| format!("{base}{}{tail}", filter.replace("{col}", col));
+        let fetch = |sql: String| {
+            let binds = binds.clone();
+            async move {
+                let sql = db.sql(&sql).into_owned();
+                let mut query = sqlx::query(&sql);
+                for b in &binds {
+                    query = query.bind(b.clone());
+                }
+                query.fetch_all(db.pool()).await
+            }
+        };
+        let rps = fetch(q(
+            "SELECT uuid, generation, parent_uuid, root_uuid FROM resource_providers",
+            "uuid",
+            "",
+        ))
+        .await?;
+        // Reset what is reloaded.
+        let reset: Vec<u32> = match only {
+            Some(set) => set.iter().filter_map(|u| self.by_uuid.get(u).copied()).collect(),
+            None => {
+                self.nodes.clear();
+                self.by_uuid.clear();
+                Vec::new()
+            }
+        };
+        for i in reset {
+            let n = &mut self.nodes[i as usize];
+            n.alive = false;
+            n.inv.clear();
+            n.traits.clear();
+            n.aggs.clear();
+        }
+        for r in &rps {
+            let uuid = get_text(r, "uuid")?;
+            let parent = tessera_db::get_opt_text(r, "parent_uuid")?.map(|p| self.node_id(&p));
+            let root_uuid = get_text(r, "root_uuid")?;
+            let root = self.node_id(&root_uuid);
+            let i = self.node_id(&uuid);
+            let n = &mut self.nodes[i as usize];
+            n.generation = r.try_get("generation")?;
+            n.parent = parent;
+            n.root = root;
+            n.alive = true;
+        }
+        let used: HashMap<(String, String), i64> = fetch(q(
+            &format!(
+                "SELECT rp_uuid, resource_class, {} AS used FROM allocations",
+                db.bigint("SUM(used)")
+            ),
+            "rp_uuid",
+            " GROUP BY rp_uuid, resource_class",
+        ))
+        .await?
+        .iter()
+        .map(|r| {
+            Ok::<_, crate::error::PlacementError>((
+                (get_text(r, "rp_uuid")?, get_text(r, "resource_class")?),
+                r.try_get::<i64, _>("used")?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+        for r in fetch(q(
+            "SELECT rp_uuid, resource_class, total, reserved, min_unit, max_unit, step_size, allocation_ratio FROM inventories",
+            "rp_uuid",
+            "",
+        ))
+        .await?
+        {
+            let uuid = get_text(&r, "rp_uuid")?;
+            let rc = get_text(&r, "resource_class")?;
+            let Some(&i) = self.by_uuid.get(&uuid) else { continue };
+            let c = self.classes.intern(&rc);
+            let inv = Inv {
+                total: r.try_get("total")?,
+                reserved: r.try_get("reserved")?,
+                min_unit: r.try_get("min_unit")?,
+                max_unit: r.try_get("max_unit")?,
+                step_size: r.try_get("step_size")?,
+                ratio: r.try_get("allocation_ratio")?,
+                used: used.get(&(uuid, rc)).copied().unwrap_or(0),
+            };
+            self.nodes[i as usize].inv.push((c, inv));
+        }
+        for r in fetch(q("SELECT rp_uuid, trait FROM rp_traits", "rp_uuid", "")).await? {
+            let Some(&i) = self.by_uuid.get(&get_text(&r, "rp_uuid")?) else {
+                continue;
+            };
+            let t = self.traits.intern(&get_text(&r, "trait")?);
+            self.nodes[i as usize].traits.push(t);
+        }
+        for r in fetch(q(
+            "SELECT rp_uuid, aggregate_uuid FROM rp_aggregates",
+            "rp_uuid",
+            "",
+        ))
+        .await?
+        {
+            let Some(&i) = self.by_uuid.get(&get_text(&r, "rp_uuid")?) else {
+                continue;
+            };
+            let a = self.aggs.intern(&get_text(&r, "aggregate_uuid")?);
+            self.nodes[i as usize].aggs.push(a);
+        }
+        for n in &mut self.nodes {
+            n.inv.sort_by_key(|(c, _)| *c);
+            n.traits.sort_unstable();
+            n.traits.dedup();
+            n.aggs.sort_unstable();
+            n.aggs.dedup();
+        }
+        self.rebuild_maps();
+        Ok(())
+    }
+
+    fn rebuild_maps(&mut self) {
+        self.trees.clear();
+        self.sharing.clear();
+        self.roots.clear();
+        let shares = self.traits.id(SHARES_TRAIT);
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.alive {
+                continue;
+            }
+            let i = i as u32;
+            if n.root == i {
+                self.roots.push(i);
+            }
+            self.trees.entry(n.root).or_default().push(i);
+            if shares.is_some_and(|s| n.has_trait(s)) {
+                for a in &n.aggs {
+                    self.sharing.entry(*a).or_default().push(i);
+                }
+            }
+        }
+        // Roots first within each tree.
+        for (root, members) in self.trees.iter_mut() {
+            members.sort_by_key(|m| (*m != *root, *m));
+        }
+    }
+
+    pub fn node(&self, i: u32) -> &Node {
+        &self.nodes[i as usize]
+    }
+
+    /// Depth of a provider in its tree (root = 0).
+    pub fn is_ancestor(&self, anc: u32, mut n: u32) -> bool {
+        loop {
+            if n == anc {
+                return true;
+            }
+            match self.nodes[n as usize].parent {
+                Some(p) => n = p,
+                None => return false,
+            }
+        }
+    }
+}
+
+/// The shared index and its refresher.
+#[derive(Default)]
+pub struct IndexHandle {
+    current: RwLock<Arc<Index>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl IndexHandle {
+    fn get(&self) -> Arc<Index> {
+        self.current
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// An index at least as new as the database's revision at the time of the call.
+    pub async fn fresh(&self, db: &Db) -> Result<Arc<Index>> {
+        let rev = store::revision(db).await?;
+        let cur = self.get();
+        if cur.loaded && cur.revision >= rev {
+            return Ok(cur);
+        }
+        let _single = self.refresh.lock().await;
+        let cur = self.get();
+        if cur.loaded && cur.revision >= rev {
+            return Ok(cur);
+        }
+        let mut next = (*cur).clone();
+        let changed = if cur.loaded {
+            store::changes_since(db, cur.revision).await?
+        } else {
+            None
+        };
+        match &changed {
+            Some(set) => next.load(db, Some(set)).await?,
+            None => {
+                next = Index::default();
+                next.load(db, None).await?
+            }
+        }
+        next.revision = rev;
+        next.loaded = true;
+        tracing::debug!(
+            revision = rev,
+            reloaded = changed.as_ref().map(|c| c.len()),
+            "capacity index refreshed"
+        );
+        let next = Arc::new(next);
+        if let Ok(mut g) = self.current.write() {
+            *g = next.clone();
+        }
+        Ok(next)
+    }
+}
