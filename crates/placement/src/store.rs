@@ -714,11 +714,30 @@ fn is_busy(e: &tessera_db::DbError) -> bool {
 
 async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attempt> {
     let mut tx = db.begin().await?;
-    let now = tessera_types::now_epoch_micros();
     let mut touched: BTreeSet<String> = BTreeSet::new();
+    if let Attempt::Retry = apply_allocations(db, &mut tx, writes, &mut touched).await? {
+        tx.rollback().await?;
+        return Ok(Attempt::Retry);
+    }
+    let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
+    bump_revision(db, &mut tx, &touched).await?;
+    tx.commit().await?;
+    Ok(Attempt::Done)
+}
+
+/// The allocation write inside a transaction: consumer generation checks, old allocations out, capacity and
+/// unit checks against what the transaction sees, the provider-generation race guard, new allocations in.
+/// Providers whose usage changed are added to `touched`.
+async fn apply_allocations(
+    db: &Db,
+    tx: &mut Tx,
+    writes: &[ConsumerWrite],
+    touched: &mut BTreeSet<String>,
+) -> Result<Attempt> {
+    let now = tessera_types::now_epoch_micros();
     // Consumers first: generation checks, then their old allocations go.
     for w in writes {
-        let existing = consumer_get_tx(db, &mut tx, &w.consumer).await?;
+        let existing = consumer_get_tx(db, tx, &w.consumer).await?;
         match (&w.expected_generation, &existing) {
             (Some(None), Some(c)) => {
                 return Err(concurrent(format!(
@@ -741,21 +760,21 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
         }
         for r in sqlx::query(&db.sql("SELECT DISTINCT rp_uuid FROM allocations WHERE consumer_uuid = ?"))
             .bind(&w.consumer)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?
         {
             touched.insert(get_text(&r, "rp_uuid")?);
         }
         sqlx::query(&db.sql("DELETE FROM allocations WHERE consumer_uuid = ?"))
             .bind(&w.consumer)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         match (&existing, w.amounts.is_empty()) {
             (Some(c), true) => {
                 let n = sqlx::query(&db.sql("DELETE FROM consumers WHERE uuid = ? AND generation = ?"))
                     .bind(&w.consumer)
                     .bind(c.generation)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?
                     .rows_affected();
                 if n != 1 {
@@ -773,7 +792,7 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
                 .bind(now)
                 .bind(&w.consumer)
                 .bind(c.generation)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?
                 .rows_affected();
                 if n != 1 {
@@ -791,7 +810,7 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
                 .bind(w.consumer_type.clone())
                 .bind(now)
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(|e| {
                     if tessera_db::is_unique_violation(&e) {
@@ -812,14 +831,14 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
         }
     }
     for (rp, classes) in &asked {
-        let Some(p) = provider_get_tx(db, &mut tx, rp).await? else {
+        let Some(p) = provider_get_tx(db, tx, rp).await? else {
             return Err(PlacementError::BadRequest(
                 format!("Allocation for resource provider '{rp}' that does not exist."),
                 None,
             ));
         };
-        let inv = inventories_tx(db, &mut tx, rp).await?;
-        let used = usages_tx(db, &mut tx, rp).await?;
+        let inv = inventories_tx(db, tx, rp).await?;
+        let used = usages_tx(db, tx, rp).await?;
         for (rc, n) in classes {
             let Some(i) = inv.get(*rc) else {
                 return Err(PlacementError::Conflict(
@@ -864,11 +883,10 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
         .bind(now)
         .bind(*rp)
         .bind(p.generation)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
         if n != 1 {
-            tx.rollback().await?;
             return Ok(Attempt::Retry);
         }
     }
@@ -882,14 +900,11 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
             .bind(rc)
             .bind(*n)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
     }
     touched.extend(asked.keys().map(|k| k.to_string()));
-    let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
-    bump_revision(db, &mut tx, &touched).await?;
-    tx.commit().await?;
     Ok(Attempt::Done)
 }
 
@@ -966,4 +981,77 @@ pub async fn project_usages(
         }
     }
     Ok(out)
+}
+
+/// New inventories of one provider in a reshape.
+#[derive(Debug, Clone)]
+pub struct ReshapeInventory {
+    pub rp: String,
+    pub generation: i64,
+    pub inventories: BTreeMap<String, Inventory>,
+}
+
+/// `POST /reshaper`: replace the inventories of some providers and the allocations of some consumers in one
+/// transaction. The end state must be consistent: every allocation on an inventory that exists and fits.
+pub async fn reshape(
+    db: &Db,
+    invs: &[ReshapeInventory],
+    writes: &[ConsumerWrite],
+    retries: u32,
+) -> Result<()> {
+    for attempt in 0..=retries {
+        let mut tx = db.begin().await?;
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        for ri in invs {
+            bump_generation(db, &mut tx, &ri.rp, ri.generation).await?;
+            sqlx::query(&db.sql("DELETE FROM inventories WHERE rp_uuid = ?"))
+                .bind(&ri.rp)
+                .execute(&mut *tx)
+                .await?;
+            for (rc, inv) in &ri.inventories {
+                sqlx::query(&db.sql(
+                    "INSERT INTO inventories (total, reserved, min_unit, max_unit, step_size, allocation_ratio, rp_uuid, \
+                     resource_class) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ))
+                .bind(inv.total)
+                .bind(inv.reserved)
+                .bind(inv.min_unit)
+                .bind(inv.max_unit)
+                .bind(inv.step_size)
+                .bind(inv.allocation_ratio)
+                .bind(&ri.rp)
+                .bind(rc)
+                .execute(&mut *tx)
+                .await?;
+            }
+            touched.insert(ri.rp.clone());
+        }
+        match apply_allocations(db, &mut tx, writes, &mut touched).await {
+            Ok(Attempt::Done) => {}
+            Ok(Attempt::Retry) => {
+                tx.rollback().await?;
+                tracing::debug!(attempt, "reshape lost a provider generation race; retrying");
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        for rp in &touched {
+            let inv = inventories_tx(db, &mut tx, rp).await?;
+            for (rc, used) in usages_tx(db, &mut tx, rp).await? {
+                if used > 0 && !inv.contains_key(&rc) {
+                    return Err(PlacementError::Conflict(
+                        format!("Inventory for '{rc}' on resource provider '{rp}' in use."),
+                        Some(crate::error::INVENTORY_INUSE),
+                    ));
+                }
+            }
+        }
+        let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
+        bump_revision(db, &mut tx, &touched).await?;
+        tx.commit().await?;
+        return Ok(());
+    }
+    Err(concurrent(
+        "Unable to reshape: another request updated the same resource providers; retry.",
+    ))
 }

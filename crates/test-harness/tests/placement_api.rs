@@ -632,3 +632,145 @@ async fn allocation_candidates() {
         c.stop().await;
     });
 }
+
+#[tokio::test]
+async fn reshaper_moves_inventory_and_allocations_atomically() {
+    each_backend!(|b: Backend| async move {
+        let c = Cloud::start(&b).await;
+        let p = P {
+            c: &c,
+            token: c.admin_token().await,
+        };
+        let cn = p
+            .ok(
+                "1.39",
+                http::Method::POST,
+                "/resource_providers",
+                Some(json!({"name": "cn"})),
+            )
+            .await["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let numa = p
+            .ok(
+                "1.39",
+                http::Method::POST,
+                "/resource_providers",
+                Some(json!({"name": "numa0", "parent_provider_uuid": cn})),
+            )
+            .await["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        p.ok("1.39", http::Method::PUT, &format!("/resource_providers/{cn}/inventories"),
+            Some(json!({"resource_provider_generation": 0, "inventories": {"VCPU": {"total": 8}, "MEMORY_MB": {"total": 1024}}}))).await;
+        let (consumer, pr, us) = (uuid(), uuid(), uuid());
+        p.ok("1.38", http::Method::PUT, &format!("/allocations/{consumer}"), Some(json!({
+            "allocations": {cn.clone(): {"resources": {"VCPU": 2, "MEMORY_MB": 256}}}, "project_id": pr, "user_id": us,
+            "consumer_generation": null, "consumer_type": "INSTANCE"}))).await;
+        let gen = |rp: String| {
+            let p = &p;
+            async move {
+                p.ok(
+                    "1.39",
+                    http::Method::GET,
+                    &format!("/resource_providers/{rp}"),
+                    None,
+                )
+                .await["generation"]
+                    .as_i64()
+                    .unwrap()
+            }
+        };
+        let body = |g_cn: i64, g_numa: i64, move_alloc: bool| {
+            let allocations = if move_alloc {
+                json!({consumer.clone(): {"allocations": {cn.clone(): {"resources": {"MEMORY_MB": 256}},
+                    numa.clone(): {"resources": {"VCPU": 2}}}, "project_id": pr, "user_id": us,
+                    "consumer_generation": 1, "consumer_type": "INSTANCE"}})
+            } else {
+                json!({})
+            };
+            json!({
+                "inventories": {
+                    cn.clone(): {"resource_provider_generation": g_cn, "inventories": {"MEMORY_MB": {"total": 1024}}},
+                    numa.clone(): {"resource_provider_generation": g_numa, "inventories": {"VCPU": {"total": 8}}},
+                },
+                "allocations": allocations,
+            })
+        };
+        let (g_cn, g_numa) = (gen(cn.clone()).await, gen(numa.clone()).await);
+        // Moving the inventory away from an allocation that stays is refused, and nothing changes.
+        let (s, v, _) = p
+            .call(
+                "1.38",
+                http::Method::POST,
+                "/reshaper",
+                Some(body(g_cn, g_numa, false)),
+            )
+            .await;
+        assert_eq!((s, code(&v)), (409, "placement.inventory.inuse"), "{v}");
+        let (s, v, _) = p
+            .call(
+                "1.38",
+                http::Method::POST,
+                "/reshaper",
+                Some(body(g_cn + 5, g_numa, true)),
+            )
+            .await;
+        assert_eq!((s, code(&v)), (409, "placement.concurrent_update"));
+        let mut bad_rp = body(g_cn, g_numa, true);
+        bad_rp["inventories"][uuid()] = json!({"resource_provider_generation": 0, "inventories": {}});
+        let (s, v, _) = p
+            .call("1.38", http::Method::POST, "/reshaper", Some(bad_rp))
+            .await;
+        assert_eq!((s, code(&v)), (400, "placement.resource_provider.not_found"));
+        let (s, _, _) = p
+            .call(
+                "1.29",
+                http::Method::POST,
+                "/reshaper",
+                Some(body(g_cn, g_numa, true)),
+            )
+            .await;
+        assert_eq!(s, 404, "reshaper needs 1.30");
+        assert_eq!(gen(cn.clone()).await, g_cn);
+        p.ok(
+            "1.38",
+            http::Method::POST,
+            "/reshaper",
+            Some(body(g_cn, g_numa, true)),
+        )
+        .await;
+        let v = p
+            .ok(
+                "1.38",
+                http::Method::GET,
+                &format!("/allocations/{consumer}"),
+                None,
+            )
+            .await;
+        assert_eq!(v["allocations"][&numa]["resources"]["VCPU"], 2);
+        assert_eq!(v["consumer_generation"], 2);
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::GET,
+                &format!("/resource_providers/{cn}/inventories"),
+                None,
+            )
+            .await;
+        assert!(v["inventories"].get("VCPU").is_none());
+        let (_, v, _) = p
+            .call(
+                "1.39",
+                http::Method::GET,
+                "/allocation_candidates?resources=VCPU:6,MEMORY_MB:512",
+                None,
+            )
+            .await;
+        assert_eq!(v["allocation_requests"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["provider_summaries"][&numa]["resources"]["VCPU"]["used"], 2);
+        c.stop().await;
+    });
+}

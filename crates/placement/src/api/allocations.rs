@@ -315,3 +315,59 @@ pub(crate) async fn project_usages(
     }
     Ok(axum::Json(json!({"usages": out})).into_response())
 }
+
+/// `POST /reshaper` (1.30).
+pub(crate) async fn reshaper(
+    State(svc): S,
+    Caller(ctx): Caller,
+    Extension(mv): V,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    need(mv, 30)?;
+    admin(&ctx, "reshaper:reshape")?;
+    let m = object_body(&headers, &body)?;
+    only_keys(&m, &["inventories", "allocations"])?;
+    let invs = require(&m, "inventories")?
+        .as_object()
+        .ok_or_else(|| bad("JSON does not validate: 'inventories' must be an object"))?;
+    let mut reshape_invs = Vec::new();
+    let mut classes = BTreeSet::new();
+    for (rp, v) in invs {
+        let rp = uuid_value(&json!(rp), "inventories")?;
+        if store::provider_get(&svc.db, &rp).await?.is_none() {
+            return Err(PlacementError::BadRequest(
+                format!("Resource provider {rp} in inventories not found"),
+                Some(crate::error::PROVIDER_NOT_FOUND),
+            ));
+        }
+        let o = v
+            .as_object()
+            .ok_or_else(|| bad("JSON does not validate: each provider's inventories must be an object"))?;
+        let (generation, inventories) = super::providers::parse_inventories(o, mv, &rp)?;
+        classes.extend(inventories.keys().cloned());
+        reshape_invs.push(store::ReshapeInventory {
+            rp,
+            generation,
+            inventories,
+        });
+    }
+    let unknown = store::unknown_names(&svc.db, "resource_classes", &classes).await?;
+    if let Some(rc) = unknown.first() {
+        return Err(bad(format!("Unknown resource class in inventory: {rc}")));
+    }
+    let allocs = require(&m, "allocations")?
+        .as_object()
+        .ok_or_else(|| bad("JSON does not validate: 'allocations' must be an object"))?;
+    let mut writes = Vec::new();
+    for (consumer, v) in allocs {
+        let c = uuid_value(&json!(consumer), "consumer_uuid")?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| bad("JSON does not validate: each consumer's entry must be an object"))?;
+        writes.push(consumer_write(&svc, &c, o, mv, true)?);
+    }
+    check_classes(&svc, &writes).await?;
+    store::reshape(&svc.db, &reshape_invs, &writes, svc.settings.conflict_retries).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

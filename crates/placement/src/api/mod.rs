@@ -56,6 +56,7 @@ pub fn router(svc: Arc<PlacementService>, validator: Arc<dyn TokenValidator>, id
             get(allocations::get_one).put(allocations::put_one).delete(allocations::delete_one))
         .route("/usages", get(allocations::project_usages))
         .route("/allocation_candidates", get(candidates::list))
+        .route("/reshaper", axum::routing::post(allocations::reshaper))
         .route_layer(from_fn_with_state(layer, require_token))
         .layer(from_fn(microversion::layer))
         .with_state(svc);

@@ -529,6 +529,30 @@ fn inventories_json(inv: &BTreeMap<String, Inventory>, gen: i64) -> Value {
     json!({"inventories": m, "resource_provider_generation": gen})
 }
 
+/// `{"resource_provider_generation", "inventories": {RC: {...}}}` (PUT of all inventories, and reshaper).
+pub(crate) fn parse_inventories(
+    m: &Map<String, Value>,
+    mv: Mv,
+    rp: &str,
+) -> Result<(i64, BTreeMap<String, Inventory>)> {
+    only_keys(m, &["resource_provider_generation", "inventories"])?;
+    let gen = generation_of(m)?;
+    let invs = require(m, "inventories")?
+        .as_object()
+        .ok_or_else(|| bad("JSON does not validate: 'inventories' must be an object"))?;
+    let mut set = BTreeMap::new();
+    for (rc, v) in invs {
+        let r = v.as_object().ok_or_else(|| {
+            bad(format!(
+                "JSON does not validate: inventory of {rc} on {rp} must be an object"
+            ))
+        })?;
+        only_keys(r, INVENTORY_FIELDS)?;
+        set.insert(rc.clone(), inventory_from(r, mv, rc)?);
+    }
+    Ok((gen, set))
+}
+
 pub(crate) async fn inventories_get(
     State(svc): S,
     Caller(ctx): Caller,
@@ -551,21 +575,9 @@ pub(crate) async fn inventories_put(
     admin(&ctx, "resource_providers:inventories:update_all")?;
     get_provider(&svc, &uuid).await?;
     let m = object_body(&headers, &body)?;
-    only_keys(&m, &["resource_provider_generation", "inventories"])?;
-    let gen = generation_of(&m)?;
-    let invs = require(&m, "inventories")?
-        .as_object()
-        .ok_or_else(|| bad("JSON does not validate: 'inventories' must be an object"))?;
-    let mut set = BTreeMap::new();
-    for (rc, v) in invs {
-        let r = v.as_object().ok_or_else(|| {
-            bad(format!(
-                "JSON does not validate: inventory of {rc} must be an object"
-            ))
-        })?;
-        only_keys(r, INVENTORY_FIELDS)?;
+    let (gen, set) = parse_inventories(&m, mv, &uuid)?;
+    for rc in set.keys() {
         known_class(&svc, &uuid, rc).await?;
-        set.insert(rc.clone(), inventory_from(r, mv, rc)?);
     }
     let new_gen = store::inventories_write(&svc.db, &uuid, gen, &set, &BTreeSet::new(), true).await?;
     Ok(axum::Json(inventories_json(&set, new_gen)).into_response())
