@@ -156,6 +156,17 @@ impl Db {
         Ok(self.pool.begin().await?)
     }
 
+    /// A transaction that will write: on SQLite it takes the write lock up front (`BEGIN IMMEDIATE`, waiting
+    /// up to the busy timeout), so a transaction that has read can never fail to upgrade to a writer because
+    /// another one committed in between; elsewhere a plain `BEGIN` (row locks do that job).
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, DbError> {
+        if self.dialect() == Dialect::Sqlite {
+            Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        } else {
+            Ok(self.pool.begin().await?)
+        }
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -129,7 +129,7 @@ pub async fn ensure_names(db: &Db, table: &str, names: &[&str], standard: bool) 
         .map(|r| get_text(r, "name"))
         .collect::<Result<_, _>>()?;
     let now = tessera_types::now_epoch_micros();
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     let mut n = 0;
     for name in names.iter().filter(|n| !existing.contains(**n)) {
         sqlx::query(&db.sql(&format!(
@@ -169,7 +169,7 @@ pub async fn name_get(db: &Db, table: &str, name: &str) -> Result<Option<bool>> 
 /// Insert one custom name; false if it exists.
 pub async fn name_create(db: &Db, table: &str, name: &str) -> Result<bool> {
     let now = tessera_types::now_epoch_micros();
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     let r = sqlx::query(&db.sql(&format!(
         "INSERT INTO {table} (name, standard, created_at, updated_at) VALUES (?, 0, ?, ?)"
     )))
@@ -190,7 +190,7 @@ pub async fn name_create(db: &Db, table: &str, name: &str) -> Result<bool> {
 }
 
 pub async fn name_delete(db: &Db, table: &str, name: &str) -> Result<()> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     sqlx::query(&db.sql(&format!("DELETE FROM {table} WHERE name = ?")))
         .bind(name)
         .execute(&mut *tx)
@@ -278,7 +278,7 @@ fn map_dup(e: sqlx::Error, what: &str) -> PlacementError {
 }
 
 pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     let q = format!("INSERT INTO resource_providers ({RP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
     sqlx::query(&db.sql(&q))
         .bind(&p.uuid)
@@ -298,7 +298,7 @@ pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
 
 /// Rename and/or re-parent; when the root changes, the whole subtree moves with it.
 pub async fn provider_update(db: &Db, old: &Provider, new: &Provider) -> Result<()> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     let n = sqlx::query(&db.sql(
         "UPDATE resource_providers SET name = ?, parent_uuid = ?, root_uuid = ?, generation = generation + 1, \
          updated_at = ? WHERE uuid = ? AND generation = ?",
@@ -350,7 +350,7 @@ pub async fn provider_update(db: &Db, old: &Provider, new: &Provider) -> Result<
 }
 
 pub async fn provider_delete(db: &Db, p: &Provider) -> Result<()> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     let kids = sqlx::query(&db.sql("SELECT COUNT(*) AS n FROM resource_providers WHERE parent_uuid = ?"))
         .bind(&p.uuid)
         .fetch_one(&mut *tx)
@@ -490,7 +490,7 @@ pub async fn inventories_write(
     remove: &BTreeSet<String>,
     replace_all: bool,
 ) -> Result<i64> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     let gen = bump_generation(db, &mut tx, uuid, expected_generation).await?;
     let current = inventories_tx(db, &mut tx, uuid).await?;
     let used = usages_tx(db, &mut tx, uuid).await?;
@@ -554,17 +554,21 @@ pub async fn provider_links(db: &Db, table: &str, col: &str, uuid: &str) -> Resu
     .collect()
 }
 
-/// Replace a provider's traits or aggregates; bumps (and with `expected`, checks) its generation.
+/// Replace a provider's traits or aggregates. With `expected`, its generation is checked and bumped;
+/// without (aggregates before 1.19), neither.
 pub async fn provider_links_set(
     db: &Db,
     table: &str,
     col: &str,
     uuid: &str,
-    expected: i64,
+    expected: Option<i64>,
     values: &BTreeSet<String>,
-) -> Result<i64> {
-    let mut tx = db.begin().await?;
-    let gen = bump_generation(db, &mut tx, uuid, expected).await?;
+) -> Result<Option<i64>> {
+    let mut tx = db.begin_write().await?;
+    let gen = match expected {
+        Some(g) => Some(bump_generation(db, &mut tx, uuid, g).await?),
+        None => None,
+    };
     sqlx::query(&db.sql(&format!("DELETE FROM {table} WHERE rp_uuid = ?")))
         .bind(uuid)
         .execute(&mut *tx)
@@ -713,7 +717,7 @@ fn is_busy(e: &tessera_db::DbError) -> bool {
 }
 
 async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attempt> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     let mut touched: BTreeSet<String> = BTreeSet::new();
     if let Attempt::Retry = apply_allocations(db, &mut tx, writes, &mut touched).await? {
         tx.rollback().await?;
@@ -910,7 +914,7 @@ async fn apply_allocations(
 
 /// `DELETE /allocations/{consumer}`: false when it had none.
 pub async fn consumer_delete(db: &Db, uuid: &str) -> Result<bool> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_write().await?;
     let rps: Vec<String> =
         sqlx::query(&db.sql("SELECT DISTINCT rp_uuid FROM allocations WHERE consumer_uuid = ?"))
             .bind(uuid)
@@ -1000,7 +1004,7 @@ pub async fn reshape(
     retries: u32,
 ) -> Result<()> {
     for attempt in 0..=retries {
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_write().await?;
         let mut touched: BTreeSet<String> = BTreeSet::new();
         for ri in invs {
             bump_generation(db, &mut tx, &ri.rp, ri.generation).await?;

@@ -141,6 +141,55 @@ async fn microversions_errors_and_generations() {
         assert_eq!(code(&v), "placement.concurrent_update");
         let v = p.ok("1.39", http::Method::PUT, &path, Some(inv(0, 4))).await;
         assert_eq!(v["resource_provider_generation"], 1);
+        // Setting the same traits again is a no-op (the generation stays); aggregates before 1.19 take a bare
+        // list and leave the generation alone.
+        let tpath = format!("/resource_providers/{rp}/traits");
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::PUT,
+                &tpath,
+                Some(json!({"resource_provider_generation": 1, "traits": ["HW_CPU_X86_AVX2"]})),
+            )
+            .await;
+        assert_eq!(v["resource_provider_generation"], 2);
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::PUT,
+                &tpath,
+                Some(json!({"resource_provider_generation": 2, "traits": ["HW_CPU_X86_AVX2"]})),
+            )
+            .await;
+        assert_eq!(v["resource_provider_generation"], 2);
+        let (s, v, _) = p
+            .call(
+                "1.39",
+                http::Method::PUT,
+                &tpath,
+                Some(json!({"resource_provider_generation": 1, "traits": ["HW_CPU_X86_AVX2"]})),
+            )
+            .await;
+        assert_eq!((s, code(&v)), (409, "placement.concurrent_update"));
+        let v = p
+            .ok(
+                "1.18",
+                http::Method::PUT,
+                &format!("/resource_providers/{rp}/aggregates"),
+                Some(json!([uuid()])),
+            )
+            .await;
+        assert!(v.get("resource_provider_generation").is_none());
+        let v = p
+            .ok(
+                "1.19",
+                http::Method::GET,
+                &format!("/resource_providers/{rp}/aggregates"),
+                None,
+            )
+            .await;
+        assert_eq!(v["resource_provider_generation"], 2);
+        assert_eq!(v["aggregates"].as_array().unwrap().len(), 1);
         let (s, _, _) = p
             .call(
                 "1.39",

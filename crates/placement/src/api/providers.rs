@@ -753,6 +753,31 @@ pub(crate) async fn usages(State(svc): S, Caller(ctx): Caller, Path(uuid): Path<
 
 // ---------------------------------------------------------------- traits and aggregates
 
+/// Replace a provider's traits as upstream does: the generation must match, and an unchanged set is a no-op
+/// (the generation stays).
+async fn set_links(
+    svc: &crate::PlacementService,
+    uuid: &str,
+    gen: i64,
+    current: &BTreeSet<String>,
+    wanted: &BTreeSet<String>,
+) -> Result<i64> {
+    if current == wanted {
+        let p = get_provider(svc, uuid).await?;
+        if p.generation != gen {
+            return Err(concurrent(format!(
+                "resource provider generation conflict: another request updated {uuid}; get it again and retry"
+            )));
+        }
+        return Ok(gen);
+    }
+    Ok(
+        store::provider_links_set(&svc.db, "rp_traits", "trait", uuid, Some(gen), wanted)
+            .await?
+            .unwrap_or(gen + 1),
+    )
+}
+
 pub(crate) async fn traits_get(
     State(svc): S,
     Caller(ctx): Caller,
@@ -793,7 +818,11 @@ pub(crate) async fn traits_put(
         }
     }
     check_known(&svc, "traits", &traits).await?;
-    let new_gen = store::provider_links_set(&svc.db, "rp_traits", "trait", &uuid, gen, &traits).await?;
+    let current: BTreeSet<String> = store::provider_links(&svc.db, "rp_traits", "trait", &uuid)
+        .await?
+        .into_iter()
+        .collect();
+    let new_gen = set_links(&svc, &uuid, gen, &current, &traits).await?;
     Ok(axum::Json(json!({"traits": traits, "resource_provider_generation": new_gen})).into_response())
 }
 
@@ -806,15 +835,11 @@ pub(crate) async fn traits_delete(
     need(mv, 6)?;
     admin(&ctx, "resource_providers:traits:delete")?;
     let p = get_provider(&svc, &uuid).await?;
-    store::provider_links_set(
-        &svc.db,
-        "rp_traits",
-        "trait",
-        &uuid,
-        p.generation,
-        &BTreeSet::new(),
-    )
-    .await?;
+    let current: BTreeSet<String> = store::provider_links(&svc.db, "rp_traits", "trait", &uuid)
+        .await?
+        .into_iter()
+        .collect();
+    set_links(&svc, &uuid, p.generation, &current, &BTreeSet::new()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -852,9 +877,10 @@ pub(crate) async fn aggregates_put(
             .as_object()
             .ok_or_else(|| bad("JSON does not validate: the body must be an object"))?;
         only_keys(m, &["aggregates", "resource_provider_generation"])?;
-        (require(m, "aggregates")?.clone(), generation_of(m)?)
+        (require(m, "aggregates")?.clone(), Some(generation_of(m)?))
     } else {
-        (v, p.generation)
+        // Before 1.19 the body is a bare list and generations are neither checked nor bumped.
+        (v, None)
     };
     let list = list
         .as_array()
@@ -868,12 +894,8 @@ pub(crate) async fn aggregates_put(
         }
     }
     let new_gen = store::provider_links_set(&svc.db, "rp_aggregates", "aggregate_uuid", &uuid, gen, &aggs)
-        .await
-        .map_err(|e| match e {
-            PlacementError::Conflict(m, c) if mv.at_least(19) => PlacementError::Conflict(m, c),
-            PlacementError::Conflict(..) => concurrent("resource provider was updated by another request"),
-            other => other,
-        })?;
+        .await?
+        .unwrap_or(p.generation);
     let mut body = json!({"aggregates": aggs});
     if mv.at_least(19) {
         body["resource_provider_generation"] = json!(new_gen);
