@@ -11,7 +11,7 @@ use crate::microversion::Mv;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use serde_json::{json, Map, Value};
+
 use std::collections::{BTreeMap, BTreeSet};
 use tessera_http::auth::Caller;
 
@@ -259,48 +259,130 @@ pub(crate) async fn list(
                 .collect(),
         );
     }
+    let t0 = std::time::Instant::now();
     let found = if empty {
         Vec::new()
     } else {
         candidates::compute(&ix, &req)
     };
-    Ok(axum::Json(render(&ix, &req, &found, mv)).into_response())
+    let t1 = std::time::Instant::now();
+    let body = render(&ix, &req, &found, mv);
+    let t2 = std::time::Instant::now();
+    let resp = (
+        [(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    tracing::debug!(
+        candidates = found.len(),
+        compute_us = (t1 - t0).as_micros() as u64,
+        render_us = (t2 - t1).as_micros() as u64,
+        serialize_us = t2.elapsed().as_micros() as u64,
+        "allocation candidates"
+    );
+    Ok(resp)
 }
 
-fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) -> Value {
-    let uuid = |n: u32| ix.node(n).uuid.clone();
-    let class = |c: u32| ix.classes.name(c).to_string();
-    let mut requests = Vec::with_capacity(found.len());
-    let mut in_summary: BTreeSet<u32> = BTreeSet::new();
-    for c in found {
-        let mut per_rp: BTreeMap<u32, Map<String, Value>> = BTreeMap::new();
-        for ((p, rc), n) in &c.allocations {
-            per_rp.entry(*p).or_default().insert(class(*rc), json!(n));
-            in_summary.insert(*p);
-        }
-        if mv.at_least(12) {
-            let allocs: Map<String, Value> = per_rp
-                .into_iter()
-                .map(|(p, r)| (uuid(p), json!({"resources": r})))
-                .collect();
-            let mut v = json!({"allocations": allocs});
-            if mv.at_least(34) {
-                let m: Map<String, Value> = c
-                    .mappings
-                    .iter()
-                    .map(|(s, ps)| (s.clone(), json!(ps.iter().map(|p| uuid(*p)).collect::<Vec<_>>())))
-                    .collect();
-                v["mappings"] = Value::Object(m);
-            }
-            requests.push(v);
-        } else {
-            let allocs: Vec<Value> = per_rp
-                .into_iter()
-                .map(|(p, r)| json!({"resource_provider": {"uuid": uuid(p)}, "resources": r}))
-                .collect();
-            requests.push(json!({"allocations": allocs}));
+/// A JSON text written straight into a buffer: candidate lists run to megabytes, and building them as
+/// `serde_json::Value` trees first cost ten times the search itself.
+struct Out(Vec<u8>);
+
+impl Out {
+    fn raw(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn string(&mut self, s: &str) {
+        // Infallible into a Vec.
+        let _ = serde_json::to_writer(&mut self.0, s);
+    }
+    fn int(&mut self, n: i64) {
+        self.raw(&n.to_string());
+    }
+    /// `"key":`
+    fn key(&mut self, k: &str) {
+        self.string(k);
+        self.0.push(b':');
+    }
+    /// A separator before every element but the first.
+    fn sep(&mut self, first: &mut bool) {
+        if !std::mem::take(first) {
+            self.0.push(b',');
         }
     }
+}
+
+fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) -> Vec<u8> {
+    let mut o = Out(Vec::with_capacity(256 + found.len() * 320));
+    let mut in_summary: BTreeSet<u32> = BTreeSet::new();
+    o.raw("{\"allocation_requests\":[");
+    let mut first_req = true;
+    for c in found {
+        o.sep(&mut first_req);
+        // Allocations grouped by provider (the map is ordered by provider, then class).
+        let mut per_rp: Vec<(u32, Vec<(u32, i64)>)> = Vec::new();
+        for ((p, rc), n) in &c.allocations {
+            match per_rp.last_mut() {
+                Some((q, v)) if q == p => v.push((*rc, *n)),
+                _ => per_rp.push((*p, vec![(*rc, *n)])),
+            }
+            in_summary.insert(*p);
+        }
+        let resources = |o: &mut Out, v: &[(u32, i64)]| {
+            o.raw("{");
+            let mut first = true;
+            for (rc, n) in v {
+                o.sep(&mut first);
+                o.key(ix.classes.name(*rc));
+                o.int(*n);
+            }
+            o.raw("}");
+        };
+        if mv.at_least(12) {
+            o.raw("{\"allocations\":{");
+            let mut first = true;
+            for (p, v) in &per_rp {
+                o.sep(&mut first);
+                o.key(&ix.node(*p).uuid);
+                o.raw("{\"resources\":");
+                resources(&mut o, v);
+                o.raw("}");
+            }
+            o.raw("}");
+            if mv.at_least(34) {
+                o.raw(",\"mappings\":{");
+                let mut first = true;
+                for (suffix, provs) in &c.mappings {
+                    o.sep(&mut first);
+                    o.key(suffix);
+                    o.raw("[");
+                    let mut f2 = true;
+                    for p in provs {
+                        o.sep(&mut f2);
+                        o.string(&ix.node(*p).uuid);
+                    }
+                    o.raw("]");
+                }
+                o.raw("}");
+            }
+            o.raw("}");
+        } else {
+            o.raw("{\"allocations\":[");
+            let mut first = true;
+            for (p, v) in &per_rp {
+                o.sep(&mut first);
+                o.raw("{\"resource_provider\":{\"uuid\":");
+                o.string(&ix.node(*p).uuid);
+                o.raw("},\"resources\":");
+                resources(&mut o, v);
+                o.raw("}");
+            }
+            o.raw("]}");
+        }
+    }
+    o.raw("],\"provider_summaries\":{");
     if mv.at_least(29) {
         // Every provider of the trees involved.
         let roots: BTreeSet<u32> = in_summary.iter().map(|p| ix.node(*p).root).collect();
@@ -313,24 +395,45 @@ fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) ->
         .iter()
         .flat_map(|g| g.resources.iter().map(|(c, _)| *c))
         .collect();
-    let mut summaries = Map::new();
+    let mut first_rp = true;
     for p in in_summary {
         let node = ix.node(p);
-        let resources: Map<String, Value> = node
-            .inv
-            .iter()
-            .filter(|(c, _)| mv.at_least(27) || requested.contains(c))
-            .map(|(c, i)| (class(*c), json!({"capacity": i.capacity(), "used": i.used})))
-            .collect();
-        let mut v = json!({"resources": resources});
+        o.sep(&mut first_rp);
+        o.key(&node.uuid);
+        o.raw("{\"resources\":{");
+        let mut first = true;
+        for (c, i) in &node.inv {
+            if mv.at_least(27) || requested.contains(c) {
+                o.sep(&mut first);
+                o.key(ix.classes.name(*c));
+                o.raw("{\"capacity\":");
+                o.int(i.capacity());
+                o.raw(",\"used\":");
+                o.int(i.used);
+                o.raw("}");
+            }
+        }
+        o.raw("}");
         if mv.at_least(17) {
-            v["traits"] = json!(node.traits.iter().map(|t| ix.traits.name(*t)).collect::<Vec<_>>());
+            o.raw(",\"traits\":[");
+            let mut first = true;
+            for t in &node.traits {
+                o.sep(&mut first);
+                o.string(ix.traits.name(*t));
+            }
+            o.raw("]");
         }
         if mv.at_least(29) {
-            v["parent_provider_uuid"] = json!(node.parent.map(uuid));
-            v["root_provider_uuid"] = json!(uuid(node.root));
+            o.raw(",\"parent_provider_uuid\":");
+            match node.parent {
+                Some(pp) => o.string(&ix.node(pp).uuid),
+                None => o.raw("null"),
+            }
+            o.raw(",\"root_provider_uuid\":");
+            o.string(&ix.node(node.root).uuid);
         }
-        summaries.insert(node.uuid.clone(), v);
+        o.raw("}");
     }
-    json!({"allocation_requests": requests, "provider_summaries": summaries})
+    o.raw("}}");
+    o.0
 }
