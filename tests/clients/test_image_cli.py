@@ -187,7 +187,7 @@ def test_bad_input_gets_glance_statuses(cloud):
 
 def test_upload_over_the_size_cap_and_a_killed_upload_leave_no_active_image():
     d = tempfile.mkdtemp(prefix="tessera-kill-")
-    proc, _ = start_cloud(d, extra_conf="image_size_cap = 1048576\n")
+    proc, _ = start_cloud(d, extra_conf="[image]\nimage_size_cap = 1048576\n")
     c = Cloud(d, proc, "")
     try:
         token, u = token_and_image_url(c)
@@ -226,7 +226,7 @@ def test_upload_over_the_size_cap_and_a_killed_upload_leave_no_active_image():
         proc.wait(timeout=10)
         conn.close()
         # Restart: the image is queued again, no partial file, no active image without data.
-        proc, _ = start_cloud(d, extra_conf="image_size_cap = 1048576\n")
+        proc, _ = start_cloud(d, extra_conf="[image]\nimage_size_cap = 1048576\n")
         c.proc = proc
         shown = c.os("image", "show", iid, "-f", "json")
         assert shown["status"] == "queued" and shown.get("size") is None
