@@ -10,7 +10,7 @@
 //! emitted once. Work is bounded by the candidates cap and, when given, `limit`.
 
 use crate::index::{Index, Inv};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 /// Trait constraints with ids (`u32::MAX` stands for a name no provider has).
 #[derive(Debug, Clone, Default)]
@@ -63,10 +63,10 @@ pub struct Request {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    /// (provider, class) → amount.
-    pub allocations: BTreeMap<(u32, u32), i64>,
-    /// Group suffix → providers that satisfied it.
-    pub mappings: BTreeMap<String, Vec<u32>>,
+    /// (provider, class, amount), sorted by provider then class.
+    pub allocations: Vec<(u32, u32, i64)>,
+    /// (group index in the request, providers that satisfied it), by group index.
+    pub mappings: Vec<(usize, Vec<u32>)>,
 }
 
 /// A position to fill: one class of the unsuffixed group, or a whole granular group.
@@ -95,6 +95,13 @@ pub fn compute(ix: &Index, req: &Request) -> Vec<Candidate> {
     let mut out = Vec::new();
     let mut seen: HashSet<Vec<(u32, u32, i64)>> = HashSet::new();
     let max = req.max.unwrap_or(usize::MAX);
+    // With one slot per class and no sharing providers, every assignment is a distinct request; duplicates
+    // need slots able to take the same provider and class (granular groups next to other groups, sharing
+    // providers reachable from several trees) or slots that allocate nothing (resourceless groups).
+    let dedupe = req.groups.iter().filter(|g| !g.suffix.is_empty()).count() > 1
+        || req.groups.iter().any(|g| !g.suffix.is_empty()) && req.groups.iter().any(|g| g.suffix.is_empty())
+        || req.groups.iter().any(|g| g.resources.is_empty())
+        || !ix.sharing.is_empty();
     // Classes every tree must offer somewhere (itself or a sharing provider): a cheap pre-filter.
     for root_ref in &ix.roots {
         let root = *root_ref;
@@ -185,9 +192,10 @@ pub fn compute(ix: &Index, req: &Request) -> Vec<Candidate> {
             req,
             slots: &slots,
             chosen: Vec::with_capacity(slots.len()),
-            extra: BTreeMap::new(),
+            extra: Vec::new(),
             out: &mut out,
             seen: &mut seen,
+            dedupe,
             max,
         };
         walk.dfs(0);
@@ -200,13 +208,24 @@ struct Walk<'a> {
     req: &'a Request,
     slots: &'a [Slot],
     chosen: Vec<u32>,
-    extra: BTreeMap<(u32, u32), i64>,
+    /// What this partial candidate already put on (provider, class).
+    extra: Vec<(u32, u32, i64)>,
     out: &'a mut Vec<Candidate>,
     seen: &'a mut HashSet<Vec<(u32, u32, i64)>>,
+    /// Whether two assignments in this search can produce the same request.
+    dedupe: bool,
     max: usize,
 }
 
 impl Walk<'_> {
+    fn extra_on(&self, p: u32, rc: u32) -> i64 {
+        self.extra
+            .iter()
+            .filter(|(q, c, _)| *q == p && *c == rc)
+            .map(|(_, _, n)| n)
+            .sum()
+    }
+
     fn dfs(&mut self, k: usize) {
         if self.out.len() >= self.max {
             return;
@@ -220,7 +239,7 @@ impl Walk<'_> {
             let node = self.ix.node(p);
             // Amounts must fit together with what this candidate already put on `p`.
             let fits = slot.amounts.iter().all(|(rc, n)| {
-                let extra = self.extra.get(&(p, *rc)).copied().unwrap_or(0);
+                let extra = self.extra_on(p, *rc);
                 extra == 0 || node.inv(*rc).is_some_and(|i| i.fits(*n, extra))
             });
             if !fits {
@@ -239,20 +258,14 @@ impl Walk<'_> {
                     continue;
                 }
             }
+            let mark = self.extra.len();
             for (rc, n) in &slot.amounts {
-                *self.extra.entry((p, *rc)).or_default() += n;
+                self.extra.push((p, *rc, *n));
             }
             self.chosen.push(p);
             self.dfs(k + 1);
             self.chosen.pop();
-            for (rc, n) in &slot.amounts {
-                if let Some(e) = self.extra.get_mut(&(p, *rc)) {
-                    *e -= n;
-                    if *e == 0 {
-                        self.extra.remove(&(p, *rc));
-                    }
-                }
-            }
+            self.extra.truncate(mark);
             if self.out.len() >= self.max {
                 return;
             }
@@ -260,56 +273,63 @@ impl Walk<'_> {
     }
 
     fn emit(&mut self) {
-        // Providers per group.
-        let mut by_group: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        // Providers per group, by group index.
+        let mut by_group: Vec<(usize, Vec<u32>)> = Vec::with_capacity(self.req.groups.len());
         for (j, p) in self.chosen.iter().enumerate() {
-            let e = by_group.entry(self.slots[j].group).or_default();
-            if !e.contains(p) {
-                e.push(*p);
+            let g = self.slots[j].group;
+            match by_group.iter_mut().find(|(x, _)| *x == g) {
+                Some((_, ps)) if !ps.contains(p) => ps.push(*p),
+                Some(_) => {}
+                None => by_group.push((g, vec![*p])),
             }
         }
+        by_group.sort_by_key(|(g, _)| *g);
+        let provs_of = |g: usize| {
+            by_group
+                .iter()
+                .find(|(x, _)| *x == g)
+                .map(|(_, ps)| ps.as_slice())
+                .unwrap_or(&[])
+        };
         // The unsuffixed group's traits hold over the providers it draws from, together.
         for (gi, g) in self.req.groups.iter().enumerate() {
             if g.suffix.is_empty() && !g.traits.is_empty() && !g.resources.is_empty() {
-                let provs = by_group.get(&gi).map(Vec::as_slice).unwrap_or(&[]);
-                let ok = g
+                let provs = provs_of(gi);
+                if !g
                     .traits
-                    .satisfied_by(|t| provs.iter().any(|p| self.ix.node(*p).has_trait(t)));
-                if !ok {
+                    .satisfied_by(|t| provs.iter().any(|p| self.ix.node(*p).has_trait(t)))
+                {
                     return;
                 }
             }
         }
         // same_subtree: one of the groups' providers is an ancestor of all the others.
         for set in &self.req.same_subtree {
-            let provs: Vec<u32> = set
+            let provs: Vec<u32> = set.iter().flat_map(|g| provs_of(*g).iter().copied()).collect();
+            if !provs
                 .iter()
-                .flat_map(|g| by_group.get(g).cloned().unwrap_or_default())
-                .collect();
-            let ok = provs
-                .iter()
-                .any(|a| provs.iter().all(|p| self.ix.is_ancestor(*a, *p)));
-            if !ok {
+                .any(|a| provs.iter().all(|p| self.ix.is_ancestor(*a, *p)))
+            {
                 return;
             }
         }
-        let mut allocations: BTreeMap<(u32, u32), i64> = BTreeMap::new();
+        let mut allocations: Vec<(u32, u32, i64)> = Vec::with_capacity(self.extra.len());
         for (j, p) in self.chosen.iter().enumerate() {
             for (rc, n) in &self.slots[j].amounts {
-                *allocations.entry((*p, *rc)).or_default() += n;
+                match allocations.iter_mut().find(|(q, c, _)| q == p && c == rc) {
+                    Some(e) => e.2 += n,
+                    None => allocations.push((*p, *rc, *n)),
+                }
             }
         }
-        let key: Vec<(u32, u32, i64)> = allocations.iter().map(|((p, c), n)| (*p, *c, *n)).collect();
-        if !self.seen.insert(key) {
+        allocations.sort_unstable();
+        // Distinct assignments can add up to the same request (two like groups swapped): emit it once.
+        if self.dedupe && !self.seen.insert(allocations.clone()) {
             return;
         }
-        let mappings = by_group
-            .into_iter()
-            .map(|(g, provs)| (self.req.groups[g].suffix.clone(), provs))
-            .collect();
         self.out.push(Candidate {
             allocations,
-            mappings,
+            mappings: by_group,
         });
     }
 }

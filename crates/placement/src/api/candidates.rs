@@ -323,7 +323,7 @@ fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) ->
         o.sep(&mut first_req);
         // Allocations grouped by provider (the map is ordered by provider, then class).
         let mut per_rp: Vec<(u32, Vec<(u32, i64)>)> = Vec::new();
-        for ((p, rc), n) in &c.allocations {
+        for (p, rc, n) in &c.allocations {
             match per_rp.last_mut() {
                 Some((q, v)) if q == p => v.push((*rc, *n)),
                 _ => per_rp.push((*p, vec![(*rc, *n)])),
@@ -354,9 +354,9 @@ fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) ->
             if mv.at_least(34) {
                 o.raw(",\"mappings\":{");
                 let mut first = true;
-                for (suffix, provs) in &c.mappings {
+                for (g, provs) in &c.mappings {
                     o.sep(&mut first);
-                    o.key(suffix);
+                    o.key(&req.groups[*g].suffix);
                     o.raw("[");
                     let mut f2 = true;
                     for p in provs {
