@@ -295,11 +295,22 @@ impl Out {
         self.0.extend_from_slice(s.as_bytes());
     }
     fn string(&mut self, s: &str) {
-        // Infallible into a Vec.
-        let _ = serde_json::to_writer(&mut self.0, s);
+        // Uuids and class, trait and group names need no escaping; anything else goes through serde_json.
+        if s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            self.0.push(b'"');
+            self.0.extend_from_slice(s.as_bytes());
+            self.0.push(b'"');
+        } else {
+            // Infallible into a Vec.
+            let _ = serde_json::to_writer(&mut self.0, s);
+        }
     }
     fn int(&mut self, n: i64) {
-        self.raw(&n.to_string());
+        use std::io::Write as _;
+        // Infallible into a Vec.
+        let _ = write!(self.0, "{n}");
     }
     /// `"key":`
     fn key(&mut self, k: &str) {
