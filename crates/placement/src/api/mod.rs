@@ -206,6 +206,19 @@ impl Params {
     }
 }
 
+/// PUT of a name: 201 when it was created, 204 when it existed; `Location` either way.
+fn created_or_found(created: bool, location: &str) -> Response {
+    let mut r = if created {
+        StatusCode::CREATED.into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r
+}
+
 // ---------------------------------------------------------------- resource classes
 
 fn class_json(name: &str) -> Value {
@@ -290,15 +303,7 @@ async fn class_put(
         )));
     }
     let created = store::name_create(&svc.db, "resource_classes", &name).await?;
-    let mut r = if created {
-        StatusCode::CREATED.into_response()
-    } else {
-        StatusCode::NO_CONTENT.into_response()
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!("/resource_classes/{name}")) {
-        r.headers_mut().insert(http::header::LOCATION, v);
-    }
-    Ok(r)
+    Ok(created_or_found(created, &format!("/resource_classes/{name}")))
 }
 
 async fn class_delete(
@@ -410,15 +415,7 @@ async fn trait_put(
         ));
     }
     let created = store::name_create(&svc.db, "traits", &name).await?;
-    let mut r = if created {
-        StatusCode::CREATED.into_response()
-    } else {
-        StatusCode::NO_CONTENT.into_response()
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!("/traits/{name}")) {
-        r.headers_mut().insert(http::header::LOCATION, v);
-    }
-    Ok(r)
+    Ok(created_or_found(created, &format!("/traits/{name}")))
 }
 
 async fn trait_delete(

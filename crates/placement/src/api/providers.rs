@@ -506,6 +506,28 @@ fn inventory_from(m: &Map<String, Value>, mv: Mv, rc: &str) -> Result<Inventory>
     Ok(inv)
 }
 
+/// Set one class's inventory (checking the generation); the answer body with the new generation.
+async fn write_one(
+    svc: &crate::PlacementService,
+    uuid: &str,
+    gen: i64,
+    rc: &str,
+    inv: Inventory,
+) -> Result<Value> {
+    let new_gen = store::inventories_write(
+        &svc.db,
+        uuid,
+        gen,
+        &BTreeMap::from([(rc.to_string(), inv)]),
+        &BTreeSet::new(),
+        false,
+    )
+    .await?;
+    let mut body = inventory_json(&inv);
+    body["resource_provider_generation"] = json!(new_gen);
+    Ok(body)
+}
+
 fn generation_of(m: &Map<String, Value>) -> Result<i64> {
     int_in(
         require(m, "resource_provider_generation")?,
@@ -637,17 +659,7 @@ pub(crate) async fn inventory_post(
             "Update conflict: Inventory for '{rc}' on resource provider '{uuid}' already exists."
         )));
     }
-    let new_gen = store::inventories_write(
-        &svc.db,
-        &uuid,
-        gen,
-        &BTreeMap::from([(rc.clone(), inv)]),
-        &BTreeSet::new(),
-        false,
-    )
-    .await?;
-    let mut body = inventory_json(&inv);
-    body["resource_provider_generation"] = json!(new_gen);
+    let body = write_one(&svc, &uuid, gen, &rc, inv).await?;
     let mut r = (StatusCode::CREATED, axum::Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/resource_providers/{uuid}/inventories/{rc}")) {
         r.headers_mut().insert(http::header::LOCATION, v);
@@ -700,17 +712,7 @@ pub(crate) async fn inventory_put(
         )));
     }
     let inv = inventory_from(&m, mv, &rc)?;
-    let new_gen = store::inventories_write(
-        &svc.db,
-        &uuid,
-        gen,
-        &BTreeMap::from([(rc.clone(), inv)]),
-        &BTreeSet::new(),
-        false,
-    )
-    .await?;
-    let mut body = inventory_json(&inv);
-    body["resource_provider_generation"] = json!(new_gen);
+    let body = write_one(&svc, &uuid, gen, &rc, inv).await?;
     Ok(axum::Json(body).into_response())
 }
 
