@@ -39,6 +39,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_ports(n):
+    """n distinct free ports (all bound at once, so none is handed out twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def wait_http(port, path="/", timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -233,7 +245,7 @@ class Tessera:
 
     def start(self):
         state = tempfile.mkdtemp(prefix=f"tessera-{self.backend}-", dir=self.work)
-        ports = [free_port() for _ in range(3)]
+        ports = free_ports(3)
         conf = os.path.join(state, "bench.conf")
         extra = ""
         if self.backend == "pg":

@@ -15,10 +15,16 @@ import pytest
 TESSERA = os.environ.get("TESSERA_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/tessera"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """n distinct free ports (the sockets stay bound until all are chosen, so none is handed out twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Cloud:
@@ -63,8 +69,9 @@ class Cloud:
 def start_cloud(state_dir, extra_conf=""):
     conf = os.path.join(state_dir, "test.conf")
     with open(conf, "w") as f:
-        f.write(f"[identity]\nbind_port = {free_port()}\n[image]\nbind_port = {free_port()}\n"
-                f"[placement]\nbind_port = {free_port()}\n{extra_conf}")
+        ports = free_ports(3)
+        f.write(f"[identity]\nbind_port = {ports[0]}\n[image]\nbind_port = {ports[1]}\n"
+                f"[placement]\nbind_port = {ports[2]}\n{extra_conf}")
     proc = subprocess.Popen(
         [TESSERA, "--config", conf, "all-in-one", "--state-dir", state_dir],
         stdout=subprocess.PIPE, stderr=open(os.path.join(state_dir, "tessera.log"), "w"), text=True,
