@@ -291,7 +291,7 @@ impl Index {
         &self.nodes[i as usize]
     }
 
-    /// Depth of a provider in its tree (root = 0).
+    /// Whether `anc` is `n` or one of its ancestors.
     pub fn is_ancestor(&self, anc: u32, mut n: u32) -> bool {
         loop {
             if n == anc {

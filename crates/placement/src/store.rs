@@ -189,20 +189,45 @@ pub async fn name_create(db: &Db, table: &str, name: &str) -> Result<bool> {
     }
 }
 
-pub async fn name_delete(db: &Db, table: &str, name: &str) -> Result<()> {
+/// What deleting a custom class or trait found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NameDelete {
+    Deleted,
+    Missing,
+    Standard,
+    InUse,
+}
+
+/// Delete a custom resource class or trait unless it is standard or still used (`used_sql` counts its uses,
+/// one `?` for the name); check and delete in one transaction.
+pub async fn name_delete(db: &Db, table: &str, name: &str, used_sql: &str) -> Result<NameDelete> {
     let mut tx = db.begin_write().await?;
+    let standard = sqlx::query(&db.sql(&format!("SELECT standard FROM {table} WHERE name = ?")))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get::<i64, _>("standard").map(|s| s != 0))
+        .transpose()?;
+    match standard {
+        None => return Ok(NameDelete::Missing),
+        Some(true) => return Ok(NameDelete::Standard),
+        Some(false) => {}
+    }
+    let used: i64 = sqlx::query(&db.sql(used_sql))
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+    if used > 0 {
+        return Ok(NameDelete::InUse);
+    }
     sqlx::query(&db.sql(&format!("DELETE FROM {table} WHERE name = ?")))
         .bind(name)
         .execute(&mut *tx)
         .await?;
     bump_revision(db, &mut tx, &[]).await?;
     tx.commit().await?;
-    Ok(())
-}
-
-pub async fn count_where(db: &Db, q: &str, arg: &str) -> Result<i64> {
-    let r = sqlx::query(&db.sql(q)).bind(arg).fetch_one(db.pool()).await?;
-    Ok(r.try_get::<i64, _>(0)?)
+    Ok(NameDelete::Deleted)
 }
 
 /// Which of `names` are unknown in `table`.

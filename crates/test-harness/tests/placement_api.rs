@@ -823,3 +823,73 @@ async fn reshaper_moves_inventory_and_allocations_atomically() {
         c.stop().await;
     });
 }
+
+#[tokio::test]
+async fn custom_classes_and_traits_delete_only_when_unused() {
+    let c = Cloud::start(&Backend::Sqlite).await;
+    let p = P {
+        c: &c,
+        token: c.admin_token().await,
+    };
+    let (s, _, _) = p
+        .call("1.39", http::Method::PUT, "/traits/NOT_CUSTOM", None)
+        .await;
+    assert_eq!(s, 400);
+    p.ok("1.39", http::Method::PUT, "/traits/CUSTOM_X", None).await;
+    p.ok("1.39", http::Method::PUT, "/resource_classes/CUSTOM_Y", None)
+        .await;
+    let (s, _, _) = p
+        .call("1.39", http::Method::PUT, "/resource_classes/CUSTOM_Y", None)
+        .await;
+    assert_eq!(s, 204, "exists");
+    let rp = p
+        .ok(
+            "1.39",
+            http::Method::POST,
+            "/resource_providers",
+            Some(json!({"name": "r"})),
+        )
+        .await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.ok(
+        "1.39",
+        http::Method::PUT,
+        &format!("/resource_providers/{rp}/traits"),
+        Some(json!({"resource_provider_generation": 0, "traits": ["CUSTOM_X"]})),
+    )
+    .await;
+    p.ok(
+        "1.39",
+        http::Method::PUT,
+        &format!("/resource_providers/{rp}/inventories"),
+        Some(json!({"resource_provider_generation": 1, "inventories": {"CUSTOM_Y": {"total": 1}}})),
+    )
+    .await;
+    for (path, status) in [
+        ("/traits/HW_CPU_X86_AVX2", 400),
+        ("/traits/CUSTOM_X", 409),
+        ("/traits/CUSTOM_NOPE", 404),
+        ("/resource_classes/VCPU", 400),
+        ("/resource_classes/CUSTOM_Y", 409),
+    ] {
+        let (s, v, _) = p.call("1.39", http::Method::DELETE, path, None).await;
+        assert_eq!(s, status, "{path}: {v}");
+    }
+    p.ok(
+        "1.39",
+        http::Method::DELETE,
+        &format!("/resource_providers/{rp}"),
+        None,
+    )
+    .await;
+    p.ok("1.39", http::Method::DELETE, "/traits/CUSTOM_X", None).await;
+    p.ok("1.39", http::Method::DELETE, "/resource_classes/CUSTOM_Y", None)
+        .await;
+    let (s, _, _) = p
+        .call("1.39", http::Method::GET, "/resource_classes/CUSTOM_Y", None)
+        .await;
+    assert_eq!(s, 404);
+    c.stop().await;
+}

@@ -49,23 +49,23 @@ fn suffix_ok(s: &str, mv: Mv) -> bool {
     }
 }
 
-fn ids(ix: &Index, names: &[String], kind: &crate::index::Names) -> Vec<u32> {
-    let _ = ix;
+/// Interned ids of names; a name nothing in the index carries maps to `u32::MAX`, which no provider has.
+fn ids(names: &[String], kind: &crate::index::Names) -> Vec<u32> {
     names.iter().map(|n| kind.id(n).unwrap_or(u32::MAX)).collect()
 }
 
 fn traits_of(ix: &Index, f: &TraitFilter) -> Traits {
     Traits {
-        all: ids(ix, &f.all, &ix.traits),
-        none: ids(ix, &f.none, &ix.traits),
-        any_of: f.any_of.iter().map(|g| ids(ix, g, &ix.traits)).collect(),
+        all: ids(&f.all, &ix.traits),
+        none: ids(&f.none, &ix.traits),
+        any_of: f.any_of.iter().map(|g| ids(g, &ix.traits)).collect(),
     }
 }
 
 fn aggs_of(ix: &Index, f: &AggFilter) -> Aggs {
     Aggs {
-        any_of: f.any_of.iter().map(|g| ids(ix, g, &ix.aggs)).collect(),
-        none: ids(ix, &f.none, &ix.aggs),
+        any_of: f.any_of.iter().map(|g| ids(g, &ix.aggs)).collect(),
+        none: ids(&f.none, &ix.aggs),
     }
 }
 

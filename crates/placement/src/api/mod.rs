@@ -6,6 +6,7 @@ mod providers;
 
 use crate::error::{bad, conflict, PlacementError, Result};
 use crate::microversion::{self, Mv};
+use crate::store::NameDelete;
 use crate::{is_custom_name, store, PlacementService};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -314,27 +315,27 @@ async fn class_delete(
 ) -> Result<Response> {
     need(mv, 2)?;
     admin(&ctx, "resource_classes:delete")?;
-    match store::name_get(&svc.db, "resource_classes", &name).await? {
-        None => {
+    match store::name_delete(
+        &svc.db,
+        "resource_classes",
+        &name,
+        "SELECT COUNT(*) FROM inventories WHERE resource_class = ?",
+    )
+    .await?
+    {
+        NameDelete::Deleted => {}
+        NameDelete::Missing => {
             return Err(PlacementError::NotFound(format!(
                 "No such resource class {name}."
             )))
         }
-        Some(true) => return Err(bad(format!("Cannot delete standard resource class {name}"))),
-        Some(false) => {}
+        NameDelete::Standard => return Err(bad(format!("Cannot delete standard resource class {name}"))),
+        NameDelete::InUse => {
+            return Err(conflict(format!(
+                "Unable to delete resource class {name}. Resource class is in use in inventory."
+            )))
+        }
     }
-    let used = store::count_where(
-        &svc.db,
-        "SELECT COUNT(*) FROM inventories WHERE resource_class = ?",
-        &name,
-    )
-    .await?;
-    if used > 0 {
-        return Err(conflict(format!(
-            "Unable to delete resource class {name}. Resource class is in use in inventory."
-        )));
-    }
-    store::name_delete(&svc.db, "resource_classes", &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -426,17 +427,22 @@ async fn trait_delete(
 ) -> Result<Response> {
     need(mv, 6)?;
     admin(&ctx, "traits:delete")?;
-    match store::name_get(&svc.db, "traits", &name).await? {
-        None => return Err(PlacementError::NotFound(format!("No such trait(s): {name}."))),
-        Some(true) => return Err(bad(format!("Cannot delete standard trait {name}."))),
-        Some(false) => {}
+    match store::name_delete(
+        &svc.db,
+        "traits",
+        &name,
+        "SELECT COUNT(*) FROM rp_traits WHERE trait = ?",
+    )
+    .await?
+    {
+        NameDelete::Deleted => {}
+        NameDelete::Missing => return Err(PlacementError::NotFound(format!("No such trait(s): {name}."))),
+        NameDelete::Standard => return Err(bad(format!("Cannot delete standard trait {name}."))),
+        NameDelete::InUse => {
+            return Err(conflict(format!(
+                "The trait {name} is in use by a resource provider."
+            )))
+        }
     }
-    let used = store::count_where(&svc.db, "SELECT COUNT(*) FROM rp_traits WHERE trait = ?", &name).await?;
-    if used > 0 {
-        return Err(conflict(format!(
-            "The trait {name} is in use by a resource provider."
-        )));
-    }
-    store::name_delete(&svc.db, "traits", &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
