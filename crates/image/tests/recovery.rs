@@ -65,7 +65,8 @@ fn task(id: &str, image_id: &str) -> TaskRow {
 #[tokio::test]
 async fn restart_finishes_interrupted_imports_and_rolls_back_interrupted_stages() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/image.sqlite", dir.path().display());
+    // SQLAlchemy form: four slashes for an absolute path.
+    let url = format!("sqlite:///{}/image.sqlite", dir.path().display());
     let db = Db::connect(&url, 2).await.unwrap();
     db.migrate(&tessera_db::image::MIGRATIONS).await.unwrap();
     let store_dir = dir.path().join("images");
