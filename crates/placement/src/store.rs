@@ -3,6 +3,7 @@
 //! concurrent claims from both succeeding against the same capacity.
 
 use crate::error::{concurrent, PlacementError, Result};
+use sqlx::AnyConnection;
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
 use tessera_db::{get_opt_text, get_text, Any, AnyRow, Db, Transaction};
@@ -256,21 +257,18 @@ pub async fn unknown_names(db: &Db, table: &str, names: &BTreeSet<String>) -> Re
 // ---------------------------------------------------------------- providers
 
 pub async fn provider_get(db: &Db, uuid: &str) -> Result<Option<Provider>> {
-    let q = format!("SELECT {RP_COLS} FROM resource_providers WHERE uuid = ?");
-    sqlx::query(&db.sql(&q))
-        .bind(uuid)
-        .fetch_optional(db.pool())
-        .await?
-        .as_ref()
-        .map(provider_from)
-        .transpose()
+    provider_get_on(db, &mut *db.pool().acquire().await?, uuid).await
 }
 
 pub async fn provider_get_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<Option<Provider>> {
+    provider_get_on(db, tx, uuid).await
+}
+
+async fn provider_get_on(db: &Db, c: &mut AnyConnection, uuid: &str) -> Result<Option<Provider>> {
     let q = format!("SELECT {RP_COLS} FROM resource_providers WHERE uuid = ?");
     sqlx::query(&db.sql(&q))
         .bind(uuid)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(c)
         .await?
         .as_ref()
         .map(provider_from)
@@ -460,49 +458,46 @@ fn inventory_from(r: &AnyRow) -> Result<Inventory> {
 }
 
 pub async fn inventories(db: &Db, uuid: &str) -> Result<BTreeMap<String, Inventory>> {
-    let q = "SELECT resource_class, total, reserved, min_unit, max_unit, step_size, allocation_ratio \
-             FROM inventories WHERE rp_uuid = ?";
-    sqlx::query(&db.sql(q))
-        .bind(uuid)
-        .fetch_all(db.pool())
-        .await?
-        .iter()
-        .map(|r| Ok((get_text(r, "resource_class")?, inventory_from(r)?)))
-        .collect()
+    inventories_on(db, &mut *db.pool().acquire().await?, uuid).await
 }
 
 pub async fn inventories_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<BTreeMap<String, Inventory>> {
+    inventories_on(db, tx, uuid).await
+}
+
+async fn inventories_on(db: &Db, c: &mut AnyConnection, uuid: &str) -> Result<BTreeMap<String, Inventory>> {
     let q = "SELECT resource_class, total, reserved, min_unit, max_unit, step_size, allocation_ratio \
              FROM inventories WHERE rp_uuid = ?";
     sqlx::query(&db.sql(q))
         .bind(uuid)
-        .fetch_all(&mut **tx)
+        .fetch_all(c)
         .await?
         .iter()
         .map(|r| Ok((get_text(r, "resource_class")?, inventory_from(r)?)))
         .collect()
 }
 
-/// Usage per class of one provider (inside a transaction when `tx` is given).
+pub async fn usages(db: &Db, uuid: &str) -> Result<BTreeMap<String, i64>> {
+    usages_on(db, &mut *db.pool().acquire().await?, uuid).await
+}
+
 pub async fn usages_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<BTreeMap<String, i64>> {
+    usages_on(db, tx, uuid).await
+}
+
+/// Usage per class of one provider.
+async fn usages_on(db: &Db, c: &mut AnyConnection, uuid: &str) -> Result<BTreeMap<String, i64>> {
     let q = format!(
         "SELECT resource_class, {} AS used FROM allocations WHERE rp_uuid = ? GROUP BY resource_class",
         db.bigint("SUM(used)")
     );
     sqlx::query(&db.sql(&q))
         .bind(uuid)
-        .fetch_all(&mut **tx)
+        .fetch_all(c)
         .await?
         .iter()
         .map(|r| Ok((get_text(r, "resource_class")?, r.try_get("used")?)))
         .collect()
-}
-
-pub async fn usages(db: &Db, uuid: &str) -> Result<BTreeMap<String, i64>> {
-    let mut tx = db.begin().await?;
-    let u = usages_tx(db, &mut tx, uuid).await?;
-    tx.rollback().await?;
-    Ok(u)
 }
 
 /// Replace a provider's inventories (all of them, or only `only` classes), checking its generation. Classes
@@ -623,23 +618,15 @@ fn consumer_from(r: &AnyRow) -> Result<Consumer> {
 }
 
 pub async fn consumer_get(db: &Db, uuid: &str) -> Result<Option<Consumer>> {
-    sqlx::query(
-        &db.sql("SELECT uuid, project_id, user_id, generation, consumer_type FROM consumers WHERE uuid = ?"),
-    )
-    .bind(uuid)
-    .fetch_optional(db.pool())
-    .await?
-    .as_ref()
-    .map(consumer_from)
-    .transpose()
+    consumer_get_on(db, &mut *db.pool().acquire().await?, uuid).await
 }
 
-async fn consumer_get_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<Option<Consumer>> {
+async fn consumer_get_on(db: &Db, c: &mut AnyConnection, uuid: &str) -> Result<Option<Consumer>> {
     sqlx::query(
         &db.sql("SELECT uuid, project_id, user_id, generation, consumer_type FROM consumers WHERE uuid = ?"),
     )
     .bind(uuid)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(c)
     .await?
     .as_ref()
     .map(consumer_from)
@@ -766,7 +753,7 @@ async fn apply_allocations(
     let now = tessera_types::now_epoch_micros();
     // Consumers first: generation checks, then their old allocations go.
     for w in writes {
-        let existing = consumer_get_tx(db, tx, &w.consumer).await?;
+        let existing = consumer_get_on(db, tx, &w.consumer).await?;
         match (&w.expected_generation, &existing) {
             (Some(None), Some(c)) => {
                 return Err(concurrent(format!(
