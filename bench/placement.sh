@@ -16,5 +16,5 @@ if ! [ -x "$venv/bin/uwsgi" ] || ! "$venv/bin/python" -c 'import placement' 2>/d
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check openstack-placement==16.0.0 uwsgi psycopg2-binary
 fi
-cargo build --release -p tessera --quiet
-exec python3 bench/placement_bench.py "$PWD/target/release/tessera" "$PWD/$venv" "$pg" "$@"
+cargo build --release -p tessera -p tessera-loadgen --quiet
+exec python3 bench/placement_bench.py "$PWD/target/release/tessera" "$PWD/target/release/tessera-loadgen" "$PWD/$venv" "$pg" "$@"

@@ -2,14 +2,15 @@
 """Placement figures, side by side in one run: openstack-placement (uWSGI, 2 processes, PostgreSQL, noauth2)
 against Tessera's placement on PostgreSQL and on SQLite, on the same generated data.
 
-Called by bench/placement.sh, which builds Tessera and prepares the upstream venv. Standard library only.
+Called by bench/placement.sh, which builds Tessera and tessera-loadgen and prepares the upstream venv.
+Standard library only; the write loads run in tessera-loadgen (Rust), so the client takes little CPU.
 For each size (default 1,000 and 10,000 providers) and each server, on a fresh database:
   - provider creation: POST /resource_providers, PUT inventories (VCPU, MEMORY_MB, DISK_GB), PUT traits,
-    PUT aggregates, from 8 client threads; providers per second;
+    PUT aggregates, 8 providers at a time from the compiled client tessera-loadgen; providers per second;
   - GET /allocation_candidates (Nova's query at 1.36: VCPU:1, MEMORY_MB:512, DISK_GB:10,
     required=!COMPUTE_STATUS_DISABLED), sequential, p50/p95, with limit=50 and without a limit;
-  - allocation writes: PUT /allocations/{consumer} (1.38, consumer_generation null) for 1,000 consumers from
-    8 client threads; consumers per second;
+  - allocation writes: PUT /allocations/{consumer} (1.38, consumer_generation null) for 1,000 consumers,
+    8 at a time from tessera-loadgen; consumers per second;
   - server RSS after all that (upstream: uWSGI master and workers together).
 """
 
@@ -22,12 +23,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import uuid
 
-THREADS = 8
+CONCURRENCY = 8
+LOADGEN = None  # set by main()
 TRAITS = ["HW_CPU_X86_AVX2", "STORAGE_DISK_SSD", "COMPUTE_STATUS_DISABLED"]
 AGGREGATES = [str(uuid.UUID(int=i + 1)) for i in range(5)]
 QUERY = "resources=VCPU:1,MEMORY_MB:512,DISK_GB:10&required=!COMPUTE_STATUS_DISABLED"
@@ -91,59 +92,17 @@ class Client:
                     raise
 
 
-def in_threads(n_items, work):
-    """Run work(client_index, item) over items 0..n_items-1 split across THREADS threads."""
-    errors = []
-
-    def run(t):
-        try:
-            for i in range(t, n_items, THREADS):
-                work(t, i)
-        except Exception as e:  # surfaced below
-            errors.append(e)
-
-    ts = [threading.Thread(target=run, args=(t,)) for t in range(THREADS)]
-    start = time.time()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.time() - start
+def loadgen(*args, stdin=None):
+    """Run the compiled load client (crates/loadgen) and return its JSON answer."""
+    out = subprocess.run([LOADGEN, *map(str, args)], input=stdin, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"tessera-loadgen {args[0]} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
 
 
-def load(port, token, n):
-    clients = [Client(port, token) for _ in range(THREADS)]
-    uuids = [None] * n
-
-    def create(t, i):
-        c = clients[t]
-        s, rp = c.call("POST", "/resource_providers", {"name": f"cn{i:06d}"})
-        assert s == 200, (s, rp)
-        u = rp["uuid"]
-        s, b = c.call("PUT", f"/resource_providers/{u}/inventories", {
-            "resource_provider_generation": rp["generation"],
-            "inventories": {"VCPU": {"total": 32, "allocation_ratio": 4.0},
-                            "MEMORY_MB": {"total": 131072, "reserved": 512},
-                            "DISK_GB": {"total": 2000}}})
-        assert s == 200, (s, b)
-        traits = [TRAITS[0]] if i % 2 == 0 else []
-        if i % 3 == 0:
-            traits.append(TRAITS[1])
-        if i % 50 == 0:
-            traits.append(TRAITS[2])
-        s, b = c.call("PUT", f"/resource_providers/{u}/traits",
-                      {"resource_provider_generation": b["resource_provider_generation"], "traits": traits})
-        assert s == 200, (s, b)
-        s, b = c.call("PUT", f"/resource_providers/{u}/aggregates",
-                      {"resource_provider_generation": b["resource_provider_generation"],
-                       "aggregates": [AGGREGATES[i % len(AGGREGATES)]]})
-        assert s == 200, (s, b)
-        uuids[i] = u
-
-    secs = in_threads(n, create)
-    return n / secs, uuids
+def load(port, token, n, fresh):
+    r = loadgen("providers", f"http://127.0.0.1:{port}", token, n, CONCURRENCY, fresh)
+    return n / r["seconds"], r["uuids"]
 
 
 def candidates(port, token, reps, limit):
@@ -162,17 +121,9 @@ def candidates(port, token, reps, limit):
     return statistics.median(times), p95, count
 
 
-def allocate(port, token, rps, n=1000):
-    clients = [Client(port, token) for _ in range(THREADS)]
-    project, user = str(uuid.uuid4()), str(uuid.uuid4())
-
-    def put(t, i):
-        body = {"allocations": {rps[i % len(rps)]: {"resources": {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 10}}},
-                "project_id": project, "user_id": user, "consumer_generation": None, "consumer_type": "INSTANCE"}
-        s, b = clients[t].call("PUT", f"/allocations/{uuid.uuid4()}", body, mv="1.38")
-        assert s == 204, (s, b)
-
-    return n / in_threads(n, put)
+def allocate(port, token, rps, fresh):
+    r = loadgen("allocations", f"http://127.0.0.1:{port}", token, CONCURRENCY, fresh, stdin=json.dumps(rps))
+    return r["count"] / r["seconds"]
 
 
 def rss_mb(pids):
@@ -292,11 +243,15 @@ class Tessera:
 def measure(server, n):
     server.start()
     try:
-        created, rps = load(server.port, server.token, n)
+        # uWSGI's --http-socket answers one request per connection (with --http11-socket a worker would sit on
+        # one client's idle connection), so the client opens a connection per request there, as the Python
+        # client did; Tessera keeps connections alive.
+        fresh = "fresh" if isinstance(server, Upstream) else "keepalive"
+        created, rps = load(server.port, server.token, n, fresh)
         reps_nolimit = 5 if n >= 10000 and isinstance(server, Upstream) else 20
         lim = candidates(server.port, server.token, 50, 50)
         nolim = candidates(server.port, server.token, reps_nolimit, None)
-        allocs = allocate(server.port, server.token, rps)
+        allocs = allocate(server.port, server.token, rps, fresh)
         rss = rss_mb(server.pids())
         return {"create": created, "lim": lim, "nolim": nolim, "alloc": allocs, "rss": rss}
     finally:
@@ -304,8 +259,9 @@ def measure(server, n):
 
 
 def main():
-    binary, venv, admin_url = sys.argv[1], sys.argv[2], sys.argv[3]
-    sizes = [int(s) for s in sys.argv[4:]] or [1000, 10000]
+    global LOADGEN
+    binary, LOADGEN, venv, admin_url = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    sizes = [int(s) for s in sys.argv[5:]] or [1000, 10000]
     work = tempfile.mkdtemp(prefix="tessera-bench-placement-")
     servers = [Upstream(venv, admin_url, work), Tessera(binary, "pg", admin_url, work),
                Tessera(binary, "sqlite", admin_url, work)]

@@ -19,12 +19,20 @@ pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, Socke
     Ok((l, a))
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves, then finish in-flight requests.
+/// Serve `router` on `listener` until `shutdown` resolves, then finish in-flight requests. Connections
+/// run with TCP_NODELAY: a response sent in several frames must not wait for the client's delayed ACK
+/// (Nagle's algorithm held back the last frame of large streamed answers by 40 ms).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -10,10 +10,19 @@
 
 use crate::error::Result;
 use crate::store;
+use futures_util::TryStreamExt;
 use sqlx::Row;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use tessera_db::{get_text, Db};
+
+/// A query with its string binds.
+fn bound<'q>(
+    sql: &'q str,
+    binds: &'q [String],
+) -> sqlx::query::Query<'q, tessera_db::Any, sqlx::any::AnyArguments<'q>> {
+    binds.iter().fold(sqlx::query(sql), |q, b| q.bind(b.as_str()))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Inv {
@@ -135,7 +144,9 @@ impl Index {
         i
     }
 
-    /// Reload the given providers (all when `only` is None) from the database.
+    /// Reload the given providers (all when `only` is None) from the database. Rows are consumed as they
+    /// stream in, never collected: a full load of 10,000 providers would otherwise hold some 50,000 decoded
+    /// rows at once, and the allocator keeps such a peak long after.
     async fn load(&mut self, db: &Db, only: Option<&BTreeSet<String>>) -> Result<()> {
         let (filter, binds): (String, Vec<String>) = match only {
             Some(set) if set.is_empty() => return Ok(()),
@@ -145,24 +156,10 @@ impl Index {
             ),
             None => (String::new(), Vec::new()),
         };
-        let q = |base: &str, col: &str, tail: &str| format!("{base}{}{tail}", filter.replace("{col}", col));
-        let fetch = |sql: String| {
-            let binds = binds.clone();
-            async move {
-                let sql = db.sql(&sql).into_owned();
-                let mut query = sqlx::query(&sql);
-                for b in &binds {
-                    query = query.bind(b.clone());
-                }
-                query.fetch_all(db.pool()).await
-            }
+        let q = |base: &str, col: &str, tail: &str| {
+            db.sql(&format!("{base}{}{tail}", filter.replace("{col}", col)))
+                .into_owned()
         };
-        let rps = fetch(q(
-            "SELECT uuid, generation, parent_uuid, root_uuid FROM resource_providers",
-            "uuid",
-            "",
-        ))
-        .await?;
         // Reset what is reloaded.
         let reset: Vec<u32> = match only {
             Some(set) => set.iter().filter_map(|u| self.by_uuid.get(u).copied()).collect(),
@@ -179,10 +176,16 @@ impl Index {
             n.traits.clear();
             n.aggs.clear();
         }
-        for r in &rps {
-            let uuid = get_text(r, "uuid")?;
-            let parent = tessera_db::get_opt_text(r, "parent_uuid")?.map(|p| self.node_id(&p));
-            let root_uuid = get_text(r, "root_uuid")?;
+        let sql = q(
+            "SELECT uuid, generation, parent_uuid, root_uuid FROM resource_providers",
+            "uuid",
+            "",
+        );
+        let mut rows = bound(&sql, &binds).fetch(db.pool());
+        while let Some(r) = rows.try_next().await? {
+            let uuid = get_text(&r, "uuid")?;
+            let parent = tessera_db::get_opt_text(&r, "parent_uuid")?.map(|p| self.node_id(&p));
+            let root_uuid = get_text(&r, "root_uuid")?;
             let root = self.node_id(&root_uuid);
             let i = self.node_id(&uuid);
             let n = &mut self.nodes[i as usize];
@@ -191,34 +194,37 @@ impl Index {
             n.root = root;
             n.alive = true;
         }
-        let used: HashMap<(String, String), i64> = fetch(q(
+        drop(rows);
+        // Usage per (provider, class), keyed by ids.
+        let mut used: HashMap<(u32, u32), i64> = HashMap::new();
+        let sql = q(
             &format!(
                 "SELECT rp_uuid, resource_class, {} AS used FROM allocations",
                 db.bigint("SUM(used)")
             ),
             "rp_uuid",
             " GROUP BY rp_uuid, resource_class",
-        ))
-        .await?
-        .iter()
-        .map(|r| {
-            Ok::<_, crate::error::PlacementError>((
-                (get_text(r, "rp_uuid")?, get_text(r, "resource_class")?),
-                r.try_get::<i64, _>("used")?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-        for r in fetch(q(
+        );
+        let mut rows = bound(&sql, &binds).fetch(db.pool());
+        while let Some(r) = rows.try_next().await? {
+            let Some(&i) = self.by_uuid.get(&get_text(&r, "rp_uuid")?) else {
+                continue;
+            };
+            let c = self.classes.intern(&get_text(&r, "resource_class")?);
+            used.insert((i, c), r.try_get::<i64, _>("used")?);
+        }
+        drop(rows);
+        let sql = q(
             "SELECT rp_uuid, resource_class, total, reserved, min_unit, max_unit, step_size, allocation_ratio FROM inventories",
             "rp_uuid",
             "",
-        ))
-        .await?
-        {
-            let uuid = get_text(&r, "rp_uuid")?;
-            let rc = get_text(&r, "resource_class")?;
-            let Some(&i) = self.by_uuid.get(&uuid) else { continue };
-            let c = self.classes.intern(&rc);
+        );
+        let mut rows = bound(&sql, &binds).fetch(db.pool());
+        while let Some(r) = rows.try_next().await? {
+            let Some(&i) = self.by_uuid.get(&get_text(&r, "rp_uuid")?) else {
+                continue;
+            };
+            let c = self.classes.intern(&get_text(&r, "resource_class")?);
             let inv = Inv {
                 total: r.try_get("total")?,
                 reserved: r.try_get("reserved")?,
@@ -226,36 +232,40 @@ impl Index {
                 max_unit: r.try_get("max_unit")?,
                 step_size: r.try_get("step_size")?,
                 ratio: r.try_get("allocation_ratio")?,
-                used: used.get(&(uuid, rc)).copied().unwrap_or(0),
+                used: used.get(&(i, c)).copied().unwrap_or(0),
             };
             self.nodes[i as usize].inv.push((c, inv));
         }
-        for r in fetch(q("SELECT rp_uuid, trait FROM rp_traits", "rp_uuid", "")).await? {
+        drop(rows);
+        let sql = q("SELECT rp_uuid, trait FROM rp_traits", "rp_uuid", "");
+        let mut rows = bound(&sql, &binds).fetch(db.pool());
+        while let Some(r) = rows.try_next().await? {
             let Some(&i) = self.by_uuid.get(&get_text(&r, "rp_uuid")?) else {
                 continue;
             };
             let t = self.traits.intern(&get_text(&r, "trait")?);
             self.nodes[i as usize].traits.push(t);
         }
-        for r in fetch(q(
-            "SELECT rp_uuid, aggregate_uuid FROM rp_aggregates",
-            "rp_uuid",
-            "",
-        ))
-        .await?
-        {
+        drop(rows);
+        let sql = q("SELECT rp_uuid, aggregate_uuid FROM rp_aggregates", "rp_uuid", "");
+        let mut rows = bound(&sql, &binds).fetch(db.pool());
+        while let Some(r) = rows.try_next().await? {
             let Some(&i) = self.by_uuid.get(&get_text(&r, "rp_uuid")?) else {
                 continue;
             };
             let a = self.aggs.intern(&get_text(&r, "aggregate_uuid")?);
             self.nodes[i as usize].aggs.push(a);
         }
+        drop(rows);
         for n in &mut self.nodes {
             n.inv.sort_by_key(|(c, _)| *c);
+            n.inv.shrink_to_fit();
             n.traits.sort_unstable();
             n.traits.dedup();
+            n.traits.shrink_to_fit();
             n.aggs.sort_unstable();
             n.aggs.dedup();
+            n.aggs.shrink_to_fit();
         }
         self.rebuild_maps();
         Ok(())

@@ -48,6 +48,19 @@ pub fn standard_traits() -> Vec<&'static str> {
         .collect()
 }
 
+/// Whether `name` is a standard resource class (table `resource_classes`) or standard trait (`traits`).
+/// Standard names exist from start-up on and can never be deleted, so checking them needs no query.
+pub fn is_standard(table: &str, name: &str) -> bool {
+    static TRAITS: std::sync::OnceLock<std::collections::HashSet<&'static str>> = std::sync::OnceLock::new();
+    match table {
+        "resource_classes" => STANDARD_CLASSES.contains(&name),
+        "traits" => TRAITS
+            .get_or_init(|| standard_traits().into_iter().collect())
+            .contains(name),
+        _ => false,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_allocation_candidates: i64,

@@ -65,20 +65,38 @@ pub fn provider_from(r: &AnyRow) -> Result<Provider> {
 /// in every write transaction, so the revision row's lock is taken after the providers' and commits happen in
 /// revision order.
 pub async fn bump_revision(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()> {
-    sqlx::query(&db.sql("UPDATE placement_revision SET revision = revision + 1 WHERE id = 1"))
-        .execute(&mut **tx)
-        .await?;
-    let rev: i64 = sqlx::query("SELECT revision FROM placement_revision WHERE id = 1")
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("revision")?;
-    let touched: BTreeSet<&str> = touched.iter().copied().collect();
-    for rp in touched {
-        sqlx::query(&db.sql("INSERT INTO placement_changes (revision, rp_uuid) VALUES (?, ?)"))
-            .bind(rev)
-            .bind(rp)
-            .execute(&mut **tx)
-            .await?;
+    let bump = "UPDATE placement_revision SET revision = revision + 1 WHERE id = 1";
+    let rev: i64 = if db.dialect() == tessera_db::Dialect::MySql {
+        // MySQL has no UPDATE … RETURNING.
+        sqlx::query(bump).execute(&mut **tx).await?;
+        sqlx::query("SELECT revision FROM placement_revision WHERE id = 1")
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("revision")?
+    } else {
+        sqlx::query(&format!("{bump} RETURNING revision"))
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("revision")?
+    };
+    let touched: Vec<&str> = touched
+        .iter()
+        .copied()
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .collect();
+    // One multi-row INSERT for all touched providers.
+    for chunk in touched.chunks(200) {
+        let q = format!(
+            "INSERT INTO placement_changes (revision, rp_uuid) VALUES {}",
+            vec!["(?, ?)"; chunk.len()].join(", ")
+        );
+        let sql = db.sql(&q);
+        let mut query = sqlx::query(&sql);
+        for rp in chunk {
+            query = query.bind(rev).bind(*rp);
+        }
+        query.execute(&mut **tx).await?;
     }
     if rev % 1000 == 0 {
         sqlx::query(&db.sql("DELETE FROM placement_changes WHERE revision < ?"))
@@ -98,7 +116,9 @@ pub async fn changes_since(db: &Db, since: i64) -> Result<Option<BTreeSet<String
         .fetch_one(db.pool())
         .await?
         .try_get("r")?;
-    if oldest.is_some_and(|o| o > since + 1) {
+    // The records must reach back to the first revision after `since`; with none at all (pruned, or the
+    // revision was bumped by hand) nobody can say what changed.
+    if oldest.is_none_or(|o| o > since + 1) {
         return Ok(None);
     }
     let rows = sqlx::query(&db.sql("SELECT DISTINCT rp_uuid FROM placement_changes WHERE revision > ?"))
@@ -231,8 +251,9 @@ pub async fn name_delete(db: &Db, table: &str, name: &str, used_sql: &str) -> Re
     Ok(NameDelete::Deleted)
 }
 
-/// Which of `names` are unknown in `table`.
+/// Which of `names` are unknown in `table` (standard names are known without asking the database).
 pub async fn unknown_names(db: &Db, table: &str, names: &BTreeSet<String>) -> Result<Vec<String>> {
+    let names: BTreeSet<&String> = names.iter().filter(|n| !crate::is_standard(table, n)).collect();
     if names.is_empty() {
         return Ok(Vec::new());
     }
@@ -242,7 +263,7 @@ pub async fn unknown_names(db: &Db, table: &str, names: &BTreeSet<String>) -> Re
     );
     let sql = db.sql(&q);
     let mut query = sqlx::query(&sql);
-    for n in names {
+    for n in &names {
         query = query.bind(n);
     }
     let found: BTreeSet<String> = query
@@ -251,7 +272,11 @@ pub async fn unknown_names(db: &Db, table: &str, names: &BTreeSet<String>) -> Re
         .iter()
         .map(|r| get_text(r, "name"))
         .collect::<Result<_, _>>()?;
-    Ok(names.difference(&found).cloned().collect())
+    Ok(names
+        .into_iter()
+        .filter(|n| !found.contains(*n))
+        .cloned()
+        .collect())
 }
 
 // ---------------------------------------------------------------- providers
@@ -300,10 +325,11 @@ fn map_dup(e: sqlx::Error, what: &str) -> PlacementError {
     }
 }
 
+/// Insert a provider; a uuid or name already taken is a 409 naming which (looked up only then).
 pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
     let mut tx = db.begin_write().await?;
     let q = format!("INSERT INTO resource_providers ({RP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
-    sqlx::query(&db.sql(&q))
+    let inserted = sqlx::query(&db.sql(&q))
         .bind(&p.uuid)
         .bind(&p.name)
         .bind(p.generation)
@@ -312,8 +338,19 @@ pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
         .bind(p.created_at)
         .bind(p.updated_at)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| map_dup(e, &p.name))?;
+        .await;
+    match inserted {
+        Err(e) if tessera_db::is_unique_violation(&e) => {
+            drop(tx);
+            let what = if provider_get(db, &p.uuid).await?.is_some() {
+                format!("uuid: {}", p.uuid)
+            } else {
+                format!("name: {}", p.name)
+            };
+            return Err(map_dup(e, &what));
+        }
+        r => r?,
+    };
     bump_revision(db, &mut tx, &[&p.uuid]).await?;
     tx.commit().await?;
     Ok(())
@@ -334,7 +371,7 @@ pub async fn provider_update(db: &Db, old: &Provider, new: &Provider) -> Result<
     .bind(old.generation)
     .execute(&mut *tx)
     .await
-    .map_err(|e| map_dup(e, &new.name))?
+    .map_err(|e| map_dup(e, &format!("name: {}", new.name)))?
     .rows_affected();
     if n != 1 {
         return Err(concurrent(format!(
@@ -437,6 +474,12 @@ pub async fn bump_generation(db: &Db, tx: &mut Tx, uuid: &str, expected: i64) ->
     .await?
     .rows_affected();
     if n != 1 {
+        // Handlers do not look the provider up before writing; a missing one is a 404, not a conflict.
+        if provider_get_on(db, tx, uuid).await?.is_none() {
+            return Err(PlacementError::NotFound(format!(
+                "No resource provider with uuid {uuid} found"
+            )));
+        }
         return Err(concurrent(format!(
             "resource provider generation conflict: another request updated {uuid}; get it again and retry"
         )));
@@ -513,7 +556,12 @@ pub async fn inventories_write(
     let mut tx = db.begin_write().await?;
     let gen = bump_generation(db, &mut tx, uuid, expected_generation).await?;
     let current = inventories_tx(db, &mut tx, uuid).await?;
-    let used = usages_tx(db, &mut tx, uuid).await?;
+    // Allocations need inventory: a provider without any has no usage to look up.
+    let used = if current.is_empty() {
+        BTreeMap::new()
+    } else {
+        usages_tx(db, &mut tx, uuid).await?
+    };
     let removed: Vec<&String> = current
         .keys()
         .filter(|rc| remove.contains(*rc) || (replace_all && !set.contains_key(*rc)))
@@ -531,29 +579,54 @@ pub async fn inventories_write(
             .execute(&mut *tx)
             .await?;
     }
+    let mut added = Vec::new();
     for (rc, inv) in set {
         if let Some(u) = used.get(rc).filter(|u| **u > inv.capacity()) {
             tracing::warn!(provider = %uuid, resource_class = %rc, used = u, capacity = inv.capacity(),
                 "inventory set below current usage: the provider is over capacity");
         }
-        let q = if current.contains_key(rc) {
-            "UPDATE inventories SET total = ?, reserved = ?, min_unit = ?, max_unit = ?, step_size = ?, \
-             allocation_ratio = ? WHERE rp_uuid = ? AND resource_class = ?"
-        } else {
+        match current.get(rc) {
+            Some(old) if old == inv => {}
+            Some(_) => {
+                sqlx::query(&db.sql(
+                    "UPDATE inventories SET total = ?, reserved = ?, min_unit = ?, max_unit = ?, step_size = ?, \
+                     allocation_ratio = ? WHERE rp_uuid = ? AND resource_class = ?",
+                ))
+                .bind(inv.total)
+                .bind(inv.reserved)
+                .bind(inv.min_unit)
+                .bind(inv.max_unit)
+                .bind(inv.step_size)
+                .bind(inv.allocation_ratio)
+                .bind(uuid)
+                .bind(rc.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => added.push((rc, inv)),
+        }
+    }
+    if !added.is_empty() {
+        // New classes in one multi-row INSERT.
+        let q = format!(
             "INSERT INTO inventories (total, reserved, min_unit, max_unit, step_size, allocation_ratio, rp_uuid, \
-             resource_class) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        };
-        sqlx::query(&db.sql(q))
-            .bind(inv.total)
-            .bind(inv.reserved)
-            .bind(inv.min_unit)
-            .bind(inv.max_unit)
-            .bind(inv.step_size)
-            .bind(inv.allocation_ratio)
-            .bind(uuid)
-            .bind(rc.as_str())
-            .execute(&mut *tx)
-            .await?;
+             resource_class) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; added.len()].join(", ")
+        );
+        let sql = db.sql(&q);
+        let mut query = sqlx::query(&sql);
+        for (rc, inv) in added {
+            query = query
+                .bind(inv.total)
+                .bind(inv.reserved)
+                .bind(inv.min_unit)
+                .bind(inv.max_unit)
+                .bind(inv.step_size)
+                .bind(inv.allocation_ratio)
+                .bind(uuid)
+                .bind(rc.as_str());
+        }
+        query.execute(&mut *tx).await?;
     }
     bump_revision(db, &mut tx, &[uuid]).await?;
     tx.commit().await?;
@@ -593,12 +666,18 @@ pub async fn provider_links_set(
         .bind(uuid)
         .execute(&mut *tx)
         .await?;
-    for v in values {
-        sqlx::query(&db.sql(&format!("INSERT INTO {table} (rp_uuid, {col}) VALUES (?, ?)")))
-            .bind(uuid)
-            .bind(v)
-            .execute(&mut *tx)
-            .await?;
+    let values: Vec<&String> = values.iter().collect();
+    for chunk in values.chunks(200) {
+        let q = format!(
+            "INSERT INTO {table} (rp_uuid, {col}) VALUES {}",
+            vec!["(?, ?)"; chunk.len()].join(", ")
+        );
+        let sql = db.sql(&q);
+        let mut query = sqlx::query(&sql);
+        for v in chunk {
+            query = query.bind(uuid).bind(v.as_str());
+        }
+        query.execute(&mut *tx).await?;
     }
     bump_revision(db, &mut tx, &[uuid]).await?;
     tx.commit().await?;

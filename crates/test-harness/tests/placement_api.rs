@@ -893,3 +893,81 @@ async fn custom_classes_and_traits_delete_only_when_unused() {
     assert_eq!(s, 404);
     c.stop().await;
 }
+
+/// A candidates answer too big for one buffer streams in frames: it must still be one valid document with
+/// every candidate and summary. The providers are written straight into the database (through the API it
+/// would take a minute), then the revision bump makes the capacity index reload them.
+#[tokio::test]
+async fn large_candidate_answers_stream_whole() {
+    each_backend!(|b: Backend| async move {
+        let c = Cloud::start(&b).await;
+        let p = P {
+            c: &c,
+            token: c.admin_token().await,
+        };
+        let db = &c.aio.placement.service.db;
+        let n = 2_300usize;
+        let mut tx = db.begin().await.unwrap();
+        let mut uuids = Vec::new();
+        for i in 0..n {
+            let u = uuid();
+            sqlx::query(&db.sql(
+                "INSERT INTO resource_providers (uuid, name, generation, parent_uuid, root_uuid, created_at, updated_at) \
+                 VALUES (?, ?, 1, NULL, ?, 0, 0)",
+            ))
+            .bind(&u)
+            .bind(format!("bulk-{i:05}"))
+            .bind(&u)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            for (rc, total) in [("VCPU", 8i64), ("MEMORY_MB", 4096)] {
+                sqlx::query(&db.sql(
+                    "INSERT INTO inventories (rp_uuid, resource_class, total, reserved, min_unit, max_unit, step_size, \
+                     allocation_ratio) VALUES (?, ?, ?, 0, 1, ?, 1, 1.0)",
+                ))
+                .bind(&u)
+                .bind(rc)
+                .bind(total)
+                .bind(total)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            }
+            uuids.push(u);
+        }
+        // A full reload (the change records do not name these providers).
+        sqlx::query("UPDATE placement_revision SET revision = revision + 100000 WHERE id = 1")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let v = p
+            .ok(
+                "1.36",
+                http::Method::GET,
+                "/allocation_candidates?resources=VCPU:1,MEMORY_MB:512",
+                None,
+            )
+            .await;
+        let reqs = v["allocation_requests"].as_array().unwrap();
+        assert_eq!(reqs.len(), n, "{}", b.name());
+        let sums = v["provider_summaries"].as_object().unwrap();
+        assert_eq!(sums.len(), n);
+        for u in &uuids {
+            assert_eq!(sums[u]["resources"]["VCPU"]["capacity"], 8);
+            assert_eq!(sums[u]["resources"]["MEMORY_MB"]["used"], 0);
+        }
+        // With a limit the same query is small again (one buffer).
+        let v = p
+            .ok(
+                "1.36",
+                http::Method::GET,
+                "/allocation_candidates?resources=VCPU:1&limit=3",
+                None,
+            )
+            .await;
+        assert_eq!(v["allocation_requests"].as_array().unwrap().len(), 3);
+        c.stop().await;
+    });
+}

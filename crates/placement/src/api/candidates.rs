@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use tessera_http::auth::Caller;
 
 /// One request group after parsing: suffix, resources, traits, aggregates, in_tree.
@@ -266,8 +267,18 @@ pub(crate) async fn list(
         candidates::compute(&ix, &req)
     };
     let t1 = std::time::Instant::now();
-    let body = render(&ix, &req, &found, mv);
+    let n_found = found.len();
     let t2 = std::time::Instant::now();
+    let mut renderer = Renderer::new(ix, req, found, mv);
+    let body = if n_found <= SMALL_ANSWER {
+        // Up to about a megabyte: one buffer, sent with its length in one write.
+        renderer.chunk = usize::MAX;
+        axum::body::Body::from(renderer.next().unwrap_or_default())
+    } else {
+        axum::body::Body::from_stream(futures_util::stream::iter(
+            renderer.map(Ok::<_, std::convert::Infallible>),
+        ))
+    };
     let resp = (
         [(
             http::header::CONTENT_TYPE,
@@ -277,10 +288,9 @@ pub(crate) async fn list(
     )
         .into_response();
     tracing::debug!(
-        candidates = found.len(),
+        candidates = n_found,
         compute_us = (t1 - t0).as_micros() as u64,
-        render_us = (t2 - t1).as_micros() as u64,
-        serialize_us = t2.elapsed().as_micros() as u64,
+        setup_us = (t2 - t1).as_micros() as u64,
         "allocation candidates"
     );
     Ok(resp)
@@ -288,50 +298,92 @@ pub(crate) async fn list(
 
 /// A JSON text written straight into a buffer: candidate lists run to megabytes, and building them as
 /// `serde_json::Value` trees first cost ten times the search itself.
-struct Out(Vec<u8>);
+struct Out {
+    buf: Vec<u8>,
+}
+
+/// Size of one body frame of a large candidates answer (see [`Renderer`]).
+const CHUNK: usize = 32 * 1024;
+
+/// Answers with at most this many candidates (about 1 MB) are rendered into one buffer; larger ones stream.
+const SMALL_ANSWER: usize = 2000;
 
 impl Out {
     fn raw(&mut self, s: &str) {
-        self.0.extend_from_slice(s.as_bytes());
+        self.buf.extend_from_slice(s.as_bytes());
     }
     fn string(&mut self, s: &str) {
         // Uuids and class, trait and group names need no escaping; anything else goes through serde_json.
         if s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            self.0.push(b'"');
-            self.0.extend_from_slice(s.as_bytes());
-            self.0.push(b'"');
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(s.as_bytes());
+            self.buf.push(b'"');
         } else {
             // Infallible into a Vec.
-            let _ = serde_json::to_writer(&mut self.0, s);
+            let _ = serde_json::to_writer(&mut self.buf, s);
         }
     }
     fn int(&mut self, n: i64) {
         use std::io::Write as _;
         // Infallible into a Vec.
-        let _ = write!(self.0, "{n}");
+        let _ = write!(self.buf, "{n}");
     }
     /// `"key":`
     fn key(&mut self, k: &str) {
         self.string(k);
-        self.0.push(b':');
+        self.buf.push(b':');
     }
     /// A separator before every element but the first.
     fn sep(&mut self, first: &mut bool) {
         if !std::mem::take(first) {
-            self.0.push(b',');
+            self.buf.push(b',');
         }
     }
 }
 
-fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) -> Vec<u8> {
-    let mut o = Out(Vec::with_capacity(256 + found.len() * 320));
-    let mut in_summary: BTreeSet<u32> = BTreeSet::new();
-    o.raw("{\"allocation_requests\":[");
-    let mut first_req = true;
-    for c in found {
-        o.sep(&mut first_req);
+/// The answer, rendered lazily: each call of `next` writes the next ~`CHUNK` bytes (whole elements), so
+/// a 4 MB answer never exists in memory at once, and the allocator is not left holding megabytes.
+struct Renderer {
+    ix: Arc<Index>,
+    req: Request,
+    found: Vec<candidates::Candidate>,
+    mv: Mv,
+    /// Next allocation request to write.
+    next: usize,
+    in_summary: BTreeSet<u32>,
+    /// Once the requests are written: the providers to summarize and the next one.
+    summary: Option<(Vec<u32>, usize)>,
+    requested: BTreeSet<u32>,
+    done: bool,
+    /// Bytes per frame.
+    chunk: usize,
+}
+
+impl Renderer {
+    fn new(ix: Arc<Index>, req: Request, found: Vec<candidates::Candidate>, mv: Mv) -> Self {
+        let requested = req
+            .groups
+            .iter()
+            .flat_map(|g| g.resources.iter().map(|(c, _)| *c))
+            .collect();
+        Renderer {
+            ix,
+            req,
+            found,
+            mv,
+            next: 0,
+            in_summary: BTreeSet::new(),
+            summary: None,
+            requested,
+            done: false,
+            chunk: CHUNK,
+        }
+    }
+
+    fn write_request(&mut self, o: &mut Out, c: usize) {
+        let (ix, mv, c) = (&*self.ix, self.mv, &self.found[c]);
         // Allocations grouped by provider (the map is ordered by provider, then class).
         let mut per_rp: Vec<(u32, Vec<(u32, i64)>)> = Vec::new();
         for (p, rc, n) in &c.allocations {
@@ -339,7 +391,7 @@ fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) ->
                 Some((q, v)) if q == p => v.push((*rc, *n)),
                 _ => per_rp.push((*p, vec![(*rc, *n)])),
             }
-            in_summary.insert(*p);
+            self.in_summary.insert(*p);
         }
         let resources = |o: &mut Out, v: &[(u32, i64)]| {
             o.raw("{");
@@ -358,7 +410,7 @@ fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) ->
                 o.sep(&mut first);
                 o.key(&ix.node(*p).uuid);
                 o.raw("{\"resources\":");
-                resources(&mut o, v);
+                resources(o, v);
                 o.raw("}");
             }
             o.raw("}");
@@ -367,7 +419,7 @@ fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) ->
                 let mut first = true;
                 for (g, provs) in &c.mappings {
                     o.sep(&mut first);
-                    o.key(&req.groups[*g].suffix);
+                    o.key(&self.req.groups[*g].suffix);
                     o.raw("[");
                     let mut f2 = true;
                     for p in provs {
@@ -387,34 +439,21 @@ fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) ->
                 o.raw("{\"resource_provider\":{\"uuid\":");
                 o.string(&ix.node(*p).uuid);
                 o.raw("},\"resources\":");
-                resources(&mut o, v);
+                resources(o, v);
                 o.raw("}");
             }
             o.raw("]}");
         }
     }
-    o.raw("],\"provider_summaries\":{");
-    if mv.at_least(29) {
-        // Every provider of the trees involved.
-        let roots: BTreeSet<u32> = in_summary.iter().map(|p| ix.node(*p).root).collect();
-        for r in roots {
-            in_summary.extend(ix.trees.get(&r).into_iter().flatten());
-        }
-    }
-    let requested: BTreeSet<u32> = req
-        .groups
-        .iter()
-        .flat_map(|g| g.resources.iter().map(|(c, _)| *c))
-        .collect();
-    let mut first_rp = true;
-    for p in in_summary {
+
+    fn write_summary(&self, o: &mut Out, p: u32) {
+        let (ix, mv) = (&*self.ix, self.mv);
         let node = ix.node(p);
-        o.sep(&mut first_rp);
         o.key(&node.uuid);
         o.raw("{\"resources\":{");
         let mut first = true;
         for (c, i) in &node.inv {
-            if mv.at_least(27) || requested.contains(c) {
+            if mv.at_least(27) || self.requested.contains(c) {
                 o.sep(&mut first);
                 o.key(ix.classes.name(*c));
                 o.raw("{\"capacity\":");
@@ -445,6 +484,61 @@ fn render(ix: &Index, req: &Request, found: &[candidates::Candidate], mv: Mv) ->
         }
         o.raw("}");
     }
-    o.raw("}}");
-    o.0
+}
+
+impl Iterator for Renderer {
+    type Item = bytes::Bytes;
+
+    fn next(&mut self) -> Option<bytes::Bytes> {
+        if self.done {
+            return None;
+        }
+        let mut o = Out {
+            buf: Vec::with_capacity(if self.chunk == usize::MAX {
+                256 + self.found.len() * 450
+            } else {
+                self.chunk + 4096
+            }),
+        };
+        if self.summary.is_none() {
+            if self.next == 0 {
+                o.raw("{\"allocation_requests\":[");
+            }
+            while self.next < self.found.len() && o.buf.len() < self.chunk {
+                if self.next > 0 {
+                    o.raw(",");
+                }
+                self.write_request(&mut o, self.next);
+                self.next += 1;
+            }
+            if self.next < self.found.len() {
+                return Some(o.buf.into());
+            }
+            o.raw("],\"provider_summaries\":{");
+            self.found = Vec::new();
+            let mut in_summary = std::mem::take(&mut self.in_summary);
+            if self.mv.at_least(29) {
+                // Every provider of the trees involved.
+                let roots: BTreeSet<u32> = in_summary.iter().map(|p| self.ix.node(*p).root).collect();
+                for r in roots {
+                    in_summary.extend(self.ix.trees.get(&r).into_iter().flatten());
+                }
+            }
+            self.summary = Some((in_summary.into_iter().collect(), 0));
+        }
+        let (list, mut j) = self.summary.take().unwrap_or_default();
+        while j < list.len() && o.buf.len() < self.chunk {
+            if j > 0 {
+                o.raw(",");
+            }
+            self.write_summary(&mut o, list[j]);
+            j += 1;
+        }
+        if j == list.len() {
+            o.raw("}}");
+            self.done = true;
+        }
+        self.summary = Some((list, j));
+        Some(o.buf.into())
+    }
 }

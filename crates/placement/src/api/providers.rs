@@ -40,6 +40,23 @@ pub(crate) fn provider_json(p: &Provider, mv: Mv) -> Value {
     v
 }
 
+/// Upstream looks the provider up before reading the request, so an error in the request is reported only
+/// when the provider exists (a 404 otherwise). Handlers that write look it up only on that error path: the
+/// write itself reports a missing provider, which saves a query per request.
+pub(crate) async fn provider_first<T>(
+    svc: &crate::PlacementService,
+    uuid: &str,
+    checked: Result<T>,
+) -> Result<T> {
+    match checked {
+        Err(e) if !matches!(e, PlacementError::NotFound(_)) => {
+            get_provider(svc, uuid).await?;
+            Err(e)
+        }
+        r => r,
+    }
+}
+
 pub(crate) async fn get_provider(svc: &crate::PlacementService, uuid: &str) -> Result<Provider> {
     store::provider_get(&svc.db, uuid)
         .await?
@@ -352,12 +369,6 @@ pub(crate) async fn create(
         created_at: now,
         updated_at: now,
     };
-    if store::provider_get(&svc.db, &uuid).await?.is_some() {
-        return Err(PlacementError::Conflict(
-            format!("Conflicting resource provider uuid: {uuid} already exists."),
-            Some(crate::error::DUPLICATE_NAME),
-        ));
-    }
     store::provider_create(&svc.db, &p).await?;
     let mut r = if mv.at_least(20) {
         axum::Json(provider_json(&p, mv)).into_response()
@@ -537,8 +548,17 @@ fn generation_of(m: &Map<String, Value>) -> Result<i64> {
     )
 }
 
-async fn known_class(svc: &crate::PlacementService, rp: &str, rc: &str) -> Result<()> {
-    if store::name_get(&svc.db, "resource_classes", rc).await?.is_none() {
+/// Every class must exist (one query at most, none for standard classes).
+async fn known_classes<'a>(
+    svc: &crate::PlacementService,
+    rp: &str,
+    classes: impl IntoIterator<Item = &'a String>,
+) -> Result<()> {
+    let classes: BTreeSet<String> = classes.into_iter().cloned().collect();
+    if let Some(rc) = store::unknown_names(&svc.db, "resource_classes", &classes)
+        .await?
+        .first()
+    {
         return Err(bad(format!(
             "Unknown resource class in inventory for resource provider {rp}: {rc}"
         )));
@@ -595,12 +615,14 @@ pub(crate) async fn inventories_put(
     body: Bytes,
 ) -> Result<Response> {
     admin(&ctx, "resource_providers:inventories:update_all")?;
-    get_provider(&svc, &uuid).await?;
-    let m = object_body(&headers, &body)?;
-    let (gen, set) = parse_inventories(&m, mv, &uuid)?;
-    for rc in set.keys() {
-        known_class(&svc, &uuid, rc).await?;
+    let checked = async {
+        let m = object_body(&headers, &body)?;
+        let (gen, set) = parse_inventories(&m, mv, &uuid)?;
+        known_classes(&svc, &uuid, set.keys()).await?;
+        Ok((gen, set))
     }
+    .await;
+    let (gen, set) = provider_first(&svc, &uuid, checked).await?;
     let new_gen = store::inventories_write(&svc.db, &uuid, gen, &set, &BTreeSet::new(), true).await?;
     Ok(axum::Json(inventories_json(&set, new_gen)).into_response())
 }
@@ -648,7 +670,7 @@ pub(crate) async fn inventory_post(
         .as_str()
         .ok_or_else(|| bad("JSON does not validate: 'resource_class' must be a string"))?
         .to_string();
-    known_class(&svc, &uuid, &rc).await?;
+    known_classes(&svc, &uuid, [&rc]).await?;
     let gen = match m.get("resource_provider_generation") {
         Some(_) => generation_of(&m)?,
         None => p.generation,
@@ -704,7 +726,7 @@ pub(crate) async fn inventory_put(
             )));
         }
     }
-    known_class(&svc, &uuid, &rc).await?;
+    known_classes(&svc, &uuid, [&rc]).await?;
     let gen = generation_of(&m)?;
     if !store::inventories(&svc.db, &uuid).await?.contains_key(&rc) {
         return Err(bad(format!(
@@ -803,23 +825,28 @@ pub(crate) async fn traits_put(
 ) -> Result<Response> {
     need(mv, 6)?;
     admin(&ctx, "resource_providers:traits:update")?;
-    get_provider(&svc, &uuid).await?;
-    let m = object_body(&headers, &body)?;
-    only_keys(&m, &["traits", "resource_provider_generation"])?;
-    let gen = generation_of(&m)?;
-    let list = require(&m, "traits")?
-        .as_array()
-        .ok_or_else(|| bad("JSON does not validate: 'traits' must be an array"))?;
-    let mut traits = BTreeSet::new();
-    for t in list {
-        let t = t
-            .as_str()
-            .ok_or_else(|| bad("JSON does not validate: traits must be strings"))?;
-        if !traits.insert(t.to_string()) {
-            return Err(bad(format!("JSON does not validate: trait {t} appears twice")));
+    let checked = async {
+        let m = object_body(&headers, &body)?;
+        only_keys(&m, &["traits", "resource_provider_generation"])?;
+        let gen = generation_of(&m)?;
+        let list = require(&m, "traits")?
+            .as_array()
+            .ok_or_else(|| bad("JSON does not validate: 'traits' must be an array"))?;
+        let mut traits = BTreeSet::new();
+        for t in list {
+            let t = t
+                .as_str()
+                .ok_or_else(|| bad("JSON does not validate: traits must be strings"))?;
+            if !traits.insert(t.to_string()) {
+                return Err(bad(format!("JSON does not validate: trait {t} appears twice")));
+            }
         }
+        check_known(&svc, "traits", &traits).await?;
+        Ok((gen, traits))
     }
-    check_known(&svc, "traits", &traits).await?;
+    .await;
+    // A missing provider shows up as a 404 from the write (or from set_links when nothing changes).
+    let (gen, traits) = provider_first(&svc, &uuid, checked).await?;
     let current: BTreeSet<String> = store::provider_links(&svc.db, "rp_traits", "trait", &uuid)
         .await?
         .into_iter()
@@ -872,32 +899,40 @@ pub(crate) async fn aggregates_put(
 ) -> Result<Response> {
     need(mv, 1)?;
     admin(&ctx, "resource_providers:aggregates:update")?;
-    let p = get_provider(&svc, &uuid).await?;
-    let v = super::json_body(&headers, &body)?;
-    let (list, gen) = if mv.at_least(19) {
-        let m = v
-            .as_object()
-            .ok_or_else(|| bad("JSON does not validate: the body must be an object"))?;
-        only_keys(m, &["aggregates", "resource_provider_generation"])?;
-        (require(m, "aggregates")?.clone(), Some(generation_of(m)?))
-    } else {
-        // Before 1.19 the body is a bare list and generations are neither checked nor bumped.
-        (v, None)
-    };
-    let list = list
-        .as_array()
-        .ok_or_else(|| bad("JSON does not validate: aggregates must be an array of uuids"))?;
-    let mut aggs = BTreeSet::new();
-    for a in list {
-        if !aggs.insert(uuid_value(a, "aggregates")?) {
-            return Err(bad(format!(
-                "JSON does not validate: {a} has non-unique elements"
-            )));
+    let checked = (|| {
+        let v = super::json_body(&headers, &body)?;
+        let (list, gen) = if mv.at_least(19) {
+            let m = v
+                .as_object()
+                .ok_or_else(|| bad("JSON does not validate: the body must be an object"))?;
+            only_keys(m, &["aggregates", "resource_provider_generation"])?;
+            (require(m, "aggregates")?.clone(), Some(generation_of(m)?))
+        } else {
+            // Before 1.19 the body is a bare list and generations are neither checked nor bumped.
+            (v, None)
+        };
+        let list = list
+            .as_array()
+            .ok_or_else(|| bad("JSON does not validate: aggregates must be an array of uuids"))?;
+        let mut aggs = BTreeSet::new();
+        for a in list {
+            if !aggs.insert(uuid_value(a, "aggregates")?) {
+                return Err(bad(format!(
+                    "JSON does not validate: {a} has non-unique elements"
+                )));
+            }
         }
-    }
+        Ok((aggs, gen))
+    })();
+    let (aggs, gen) = provider_first(&svc, &uuid, checked).await?;
+    // With a generation the write itself finds a missing provider; without (before 1.19) look it up.
+    let old_gen = match gen {
+        Some(g) => g,
+        None => get_provider(&svc, &uuid).await?.generation,
+    };
     let new_gen = store::provider_links_set(&svc.db, "rp_aggregates", "aggregate_uuid", &uuid, gen, &aggs)
         .await?
-        .unwrap_or(p.generation);
+        .unwrap_or(old_gen);
     let mut body = json!({"aggregates": aggs});
     if mv.at_least(19) {
         body["resource_provider_generation"] = json!(new_gen);
