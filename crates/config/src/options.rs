@@ -60,6 +60,10 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("placement_database", "The Placement service's database."),
     ("database", "The cell database (Nova's [database] group)."),
     ("api_database", "The API database (Nova's [api_database] group)."),
+    (
+        "all_in_one",
+        "What `tessera all-in-one` runs besides the services.",
+    ),
 ];
 
 pub const OPTIONS: &[OptDef] = &[
@@ -171,4 +175,7 @@ pub const OPTIONS: &[OptDef] = &[
         "Database URL of this host's cell."),
     secret("api_database", "connection", OptType::Str, "sqlite:///$state_path/nova_api.sqlite",
         "Database URL of the API database."),
+    // [all_in_one]
+    opt("all_in_one", "cells", OptType::Int { min: 1, max: 64 }, "1",
+        "Number of cells (besides cell0) all-in-one runs, each with its own database and in-process bus (`inproc://cellN`), created as `manage cell_v2 create_cell` creates cells. Databases: cellN.sqlite beside the [database] connection's cell1.sqlite, or its database name with `_cellN` appended. `--cells` overrides it."),
 ];

@@ -6,7 +6,7 @@ use crate::{Db, DbError, Dialect};
 use sqlx::Row;
 
 /// One schema change. Statements are portable SQL; `{engine}` at the end of a CREATE TABLE expands to the
-/// MySQL table options and to nothing elsewhere.
+/// MySQL table options and to nothing elsewhere; `{autoid}` is an engine-numbered integer primary key.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     pub version: i64,
@@ -32,7 +32,13 @@ fn expand(dialect: Dialect, stmt: &str) -> String {
         Dialect::MySql => " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         _ => "",
     };
-    stmt.replace("{engine}", engine)
+    // `{autoid}`: an integer primary key the engine numbers (for the integer ids the APIs show).
+    let autoid = match dialect {
+        Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
+        Dialect::MySql => "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
+    };
+    stmt.replace("{engine}", engine).replace("{autoid}", autoid)
 }
 
 impl Db {

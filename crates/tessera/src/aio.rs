@@ -11,6 +11,8 @@ use tessera_identity::{BootstrapParams, CatalogService};
 /// A running all-in-one cloud.
 pub struct AllInOne {
     pub state_dir: PathBuf,
+    /// cell0 and the cells, in id order.
+    pub cells: Vec<tessera_compute::cells::CellMapping>,
     pub identity: IdentityRole,
     pub image: ImageRole,
     pub placement: PlacementRole,
@@ -92,6 +94,7 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     let placement_db = roles::open_placement_db(&cfg, true).await?;
     let placement =
         roles::start_placement(&cfg, placement_db, &identity.identity, &auth_url, shutdown).await?;
+    let cells = ensure_cells(&cfg).await?;
     let params = BootstrapParams {
         admin_username: cfg.get_str("bootstrap", "admin_username"),
         admin_password: password.clone(),
@@ -119,6 +122,7 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     identity.identity.bootstrap(&params).await?;
     let aio = AllInOne {
         state_dir: dir.clone(),
+        cells,
         identity,
         image,
         placement,
@@ -130,6 +134,71 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     };
     write_client_files(&aio)?;
     Ok(aio)
+}
+
+/// Database URL of all-in-one's cell `i` (0 is cell0) from `[database] connection` (which is cell1's):
+/// `cellN.sqlite` beside a `cell1.sqlite`, else the database name with `_cellN` appended.
+pub fn cell_url(base: &str, i: i64) -> String {
+    if i == 1 {
+        return base.to_string();
+    }
+    if let Some(stem) = base.strip_suffix("cell1.sqlite") {
+        return format!("{stem}cell{i}.sqlite");
+    }
+    let suffixed = tessera_compute::cells::default_cell0_url(base);
+    if i == 0 {
+        suffixed
+    } else {
+        suffixed.replacen("_cell0", &format!("_cell{i}"), 1)
+    }
+}
+
+/// The API database, cell0 and `[all_in_one] cells` cells (`cell1`…, bus `inproc://cellN`), each created
+/// by the code of `manage cell_v2 map_cell0` / `create_cell` when missing (a restart finds them mapped).
+async fn ensure_cells(cfg: &Config) -> Result<Vec<tessera_compute::cells::CellMapping>, StartError> {
+    use tessera_compute::{cells, cellv2};
+    let api = tessera_db::Db::connect(&cfg.get_str("api_database", "connection"), 4).await?;
+    api.migrate(&tessera_db::compute::API_MIGRATIONS).await?;
+    let d = cellv2::Defaults {
+        transport_url: cfg.get_str("DEFAULT", "transport_url"),
+        database_connection: cfg.get_str("database", "connection"),
+    };
+    let existing = cells::cell_list(&api).await?;
+    let mut out = String::new();
+    if !existing.iter().any(|c| c.is_cell0()) {
+        let url = cell_url(&d.database_connection, 0);
+        if cellv2::map_cell0(&api, &d, Some(&url), &mut out).await? != 0 {
+            return Err(StartError::Failed(format!("cannot map cell0: {}", out.trim())));
+        }
+    }
+    for i in 1..=cfg.get_int("all_in_one", "cells") {
+        let name = format!("cell{i}");
+        if existing.iter().any(|c| c.name.as_deref() == Some(name.as_str())) {
+            continue;
+        }
+        let url = cell_url(&d.database_connection, i);
+        let bus = format!("inproc://{name}");
+        let code = cellv2::create_cell(
+            &api,
+            &d,
+            Some(&name),
+            Some(&url),
+            Some(&bus),
+            false,
+            false,
+            &mut out,
+        )
+        .await?;
+        if code != 0 {
+            return Err(StartError::Failed(format!(
+                "cannot create {name}: {}",
+                out.trim()
+            )));
+        }
+    }
+    let all = cells::cell_list(&api).await?;
+    api.close().await;
+    Ok(all)
 }
 
 fn write_client_files(a: &AllInOne) -> Result<(), StartError> {

@@ -22,6 +22,8 @@ pub enum StartError {
     Image(#[from] tessera_image::error::ImageError),
     #[error("placement: {0}")]
     Placement(#[from] tessera_placement::error::PlacementError),
+    #[error("compute: {0}")]
+    Compute(#[from] tessera_compute::ComputeError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -34,6 +36,9 @@ pub enum StartError {
     /// A command that could not do its job (exit status 1).
     #[error("{0}")]
     Failed(String),
+    /// A command that has said what it had to and ends with this exit status (nova-manage's codes).
+    #[error("exit status {0}")]
+    Exit(u8),
 }
 
 pub fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StartError {

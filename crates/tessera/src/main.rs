@@ -29,6 +29,9 @@ enum Command {
         /// Where state lives (databases, keys, clouds.yaml, openrc). Default: [DEFAULT] state_path.
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Run this many cells (besides cell0), each with its own database and bus ([all_in_one] cells).
+        #[arg(long, value_name = "N")]
+        cells: Option<u32>,
     },
     /// Run the named roles in this process.
     Serve {
@@ -86,6 +89,26 @@ enum ManageCmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// Cells v2 commands (as `nova-manage cell_v2`: same names, options, output and exit codes).
+    #[command(name = "cell_v2")]
+    CellV2 {
+        #[command(subcommand)]
+        cmd: manage::CellV2Cmd,
+    },
+    /// The Compute API database (as `nova-manage api_db`).
+    #[command(name = "api_db")]
+    ApiDb {
+        #[command(subcommand)]
+        cmd: ApiDbCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiDbCmd {
+    /// Apply pending migrations to the API database.
+    Sync,
+    /// Print the API database's schema version.
+    Version,
 }
 
 #[derive(Subcommand)]
@@ -121,8 +144,13 @@ enum ImageCmd {
 
 #[derive(Subcommand)]
 enum DbCmd {
-    /// Apply pending schema migrations.
-    Sync,
+    /// Apply pending schema migrations (service databases, API database, this host's cell and every mapped
+    /// cell).
+    Sync {
+        /// Only this host's cell database ([database] connection).
+        #[arg(long = "local_cell")]
+        local_cell: bool,
+    },
     /// Print the schema version.
     Version,
 }
@@ -193,20 +221,26 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             print!("{}", tessera_config::sample());
             Ok(())
         }
-        Command::AllInOne { state_dir } => {
+        Command::AllInOne { state_dir, cells } => {
             let started = std::time::Instant::now();
-            let cfg = aio::prepare_config(cli.config.as_deref(), state_dir.as_deref())?;
+            let mut cfg = aio::prepare_config(cli.config.as_deref(), state_dir.as_deref())?;
+            if let Some(n) = cells {
+                cfg.set("all_in_one", "cells", n.to_string())
+                    .map_err(StartError::Usage)?;
+            }
             init_logging(&cfg);
             let shutdown = Shutdown::new();
             signal_shutdown(shutdown.clone());
             let a = aio::start(cfg, &shutdown).await?;
             let dir = a.state_dir.display();
+            let cells: Vec<String> = a.cells.iter().filter_map(|c| c.name.clone()).collect();
             println!(
-                "tessera all-in-one ready in {} ms: identity {} | image {} | placement {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
+                "tessera all-in-one ready in {} ms: identity {} | image {} | placement {} | cells {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
                 started.elapsed().as_millis(),
                 a.auth_url(),
                 a.image.base_url,
-                a.placement.base_url
+                a.placement.base_url,
+                cells.join(", ")
             );
             let _ = a.identity.task.await;
             Ok(())
@@ -263,7 +297,14 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         Command::Manage { cmd } => {
             let cfg = load(cli.config.as_ref())?;
             match cmd {
-                ManageCmd::Db { cmd: DbCmd::Sync } => manage::db_sync(&cfg).await,
+                ManageCmd::Db {
+                    cmd: DbCmd::Sync { local_cell },
+                } => manage::db_sync(&cfg, local_cell).await,
+                ManageCmd::CellV2 { cmd } => manage::cell_v2(&cfg, cmd).await,
+                ManageCmd::ApiDb { cmd: ApiDbCmd::Sync } => manage::api_db_sync(&cfg).await,
+                ManageCmd::ApiDb {
+                    cmd: ApiDbCmd::Version,
+                } => manage::api_db_version(&cfg).await,
                 ManageCmd::Db { cmd: DbCmd::Version } => manage::db_version(&cfg).await,
                 ManageCmd::Bootstrap {
                     username,
@@ -338,6 +379,7 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(StartError::Exit(code)) => ExitCode::from(code),
         Err(StartError::Usage(m)) => {
             eprintln!("tessera: {m}");
             ExitCode::from(2)

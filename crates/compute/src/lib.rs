@@ -1,0 +1,30 @@
+//! The Compute service. Today: the Cells v2 records — cell, host and instance mappings in the API database
+//! ([`cells`]) and the few cell-database reads and writes that `manage cell_v2` needs ([`celldb`]).
+
+pub mod celldb;
+pub mod cells;
+pub mod cellv2;
+pub mod virt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    #[error(transparent)]
+    Db(#[from] tessera_db::DbError),
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A unique key was already taken (a host mapped twice, a cell uuid reused).
+    #[error("{0} already exists")]
+    Duplicate(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+pub type Result<T, E = ComputeError> = std::result::Result<T, E>;
+
+pub(crate) fn dup_or(e: sqlx::Error, what: impl FnOnce() -> String) -> ComputeError {
+    if tessera_db::is_unique_violation(&e) {
+        ComputeError::Duplicate(what())
+    } else {
+        e.into()
+    }
+}
