@@ -152,7 +152,32 @@ pub async fn serve(mut listener: Listener, handler: Handler) {
     }
 }
 
-/// Open the bus named by a `transport_url`.
+/// The buses of one process, one per transport URL: every role of an all-in-one that names
+/// `inproc://cell1` gets the same in-process bus, while two clouds in one test process (each with its own
+/// registry) stay apart.
+#[derive(Default)]
+pub struct Buses {
+    open: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn Bus>>>,
+}
+
+impl Buses {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The bus for `url`, opened on first use.
+    pub fn get(&self, url: &str) -> Result<Arc<dyn Bus>, BusError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = open.get(url) {
+            return Ok(b.clone());
+        }
+        let b = from_url(url)?;
+        open.insert(url.to_string(), b.clone());
+        Ok(b)
+    }
+}
+
+/// Open the bus named by a `transport_url` (a new one each time; see [`Buses`] for sharing).
 pub fn from_url(url: &str) -> Result<Arc<dyn Bus>, BusError> {
     let scheme = url.split("://").next().unwrap_or("");
     match scheme {
