@@ -196,7 +196,7 @@ class Tessera:
 
     def start(self):
         state = tempfile.mkdtemp(prefix=f"tessera-{self.backend}-", dir=self.work)
-        ports = free_ports(3)
+        ports = free_ports(4)
         conf = os.path.join(state, "bench.conf")
         extra = ""
         if self.backend == "pg":
@@ -205,7 +205,8 @@ class Tessera:
             psql(self.admin_url, f"CREATE DATABASE {db}")
             extra = f"[placement_database]\nconnection = {pg_url(self.admin_url, db, 'postgresql')}\n"
         with open(conf, "w") as f:
-            f.write(f"[identity]\nbind_port = {ports[0]}\n[image]\nbind_port = {ports[1]}\n"
+            f.write(f"[DEFAULT]\nosapi_compute_listen_port = {ports[3]}\n"
+                    f"[identity]\nbind_port = {ports[0]}\n[image]\nbind_port = {ports[1]}\n"
                     f"[placement]\nbind_port = {ports[2]}\n{extra}")
         # First start bootstraps identity (admin user, keys) and creates the databases; take a token.
         aio = subprocess.Popen([self.binary, "--config", conf, "all-in-one", "--state-dir", state],

@@ -69,8 +69,9 @@ class Cloud:
 def start_cloud(state_dir, extra_conf=""):
     conf = os.path.join(state_dir, "test.conf")
     with open(conf, "w") as f:
-        ports = free_ports(3)
-        f.write(f"[identity]\nbind_port = {ports[0]}\n[image]\nbind_port = {ports[1]}\n"
+        ports = free_ports(4)
+        f.write(f"[DEFAULT]\nosapi_compute_listen_port = {ports[3]}\n"
+                f"[identity]\nbind_port = {ports[0]}\n[image]\nbind_port = {ports[1]}\n"
                 f"[placement]\nbind_port = {ports[2]}\n{extra_conf}")
     proc = subprocess.Popen(
         [TESSERA, "--config", conf, "all-in-one", "--state-dir", state_dir],

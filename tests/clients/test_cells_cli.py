@@ -161,9 +161,9 @@ def test_all_in_one_cells_are_ordinary_cell_mappings(tmp_path):
     """`all-in-one` with `[all_in_one] cells = 2` creates its cells as create_cell does; `manage cell_v2`
     works against the running cloud's state directory, and a restart keeps the same cells."""
     d = str(tmp_path)
-    proc, line = start_cloud(d, "[all_in_one]\ncells = 2\n")
+    proc, line = start_cloud(d, "[all_in_one]\ncells = 2\nhosts_per_cell = 2\n")
     try:
-        assert "cells cell0, cell1, cell2" in line, line
+        assert "cells cell0, cell1, cell2 (4 compute hosts)" in line, line
         conf = os.path.join(d, "tessera.conf")
         r = manage(conf, "list_cells")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -173,6 +173,17 @@ def test_all_in_one_cells_are_ordinary_cell_mappings(tmp_path):
         assert rows["cell1"][1] == "inproc://cell1" and rows["cell1"][2].endswith("/cell1.sqlite")
         assert rows["cell2"][1] == "inproc://cell2" and rows["cell2"][2].endswith("/cell2.sqlite")
         assert os.path.exists(os.path.join(d, "cell2.sqlite")) and os.path.exists(os.path.join(d, "cell0.sqlite"))
+        # The hosts registered through their cells' conductors and were discovered into their cells.
+        r = manage(conf, "list_hosts")
+        hosts = {l.split("|")[3].strip(): l.split("|")[1].strip() for l in r.stdout.splitlines()
+                 if l.startswith("|") and "compute" in l}
+        assert hosts == {"cell1-compute1": "cell1", "cell1-compute2": "cell1",
+                         "cell2-compute1": "cell2", "cell2-compute2": "cell2"}, r.stdout
+        with sqlite3.connect(os.path.join(d, "cell2.sqlite")) as c:
+            assert sorted(c.execute("SELECT service_binary, host FROM services").fetchall()) == [
+                ("nova-compute", "cell2-compute1"), ("nova-compute", "cell2-compute2"),
+                ("nova-conductor", "cell2-conductor")]
+        assert manage(conf, "discover_hosts", "--strict").returncode == 1, "nothing left to discover"
     finally:
         stop(proc)
     proc, line = start_cloud(d, "[all_in_one]\ncells = 2\n")

@@ -163,3 +163,259 @@ pub async fn instances_page(db: &Db, marker: Option<&str>, limit: i64) -> Result
         })
         .collect()
 }
+
+/// A service record as heartbeats keep it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceRecord {
+    pub id: i64,
+    pub uuid: String,
+    pub host: String,
+    pub binary: String,
+    pub disabled: bool,
+    pub forced_down: bool,
+    pub report_count: i64,
+    pub last_seen_up: Option<i64>,
+    pub disabled_reason: Option<String>,
+    pub updated_at: i64,
+}
+
+fn service_from(r: &tessera_db::AnyRow) -> Result<ServiceRecord> {
+    Ok(ServiceRecord {
+        id: r.try_get("id")?,
+        uuid: get_text(r, "uuid")?,
+        host: get_text(r, "host")?,
+        binary: get_text(r, "service_binary")?,
+        disabled: r.try_get::<i64, _>("disabled")? != 0,
+        forced_down: r.try_get::<i64, _>("forced_down")? != 0,
+        report_count: r.try_get("report_count")?,
+        last_seen_up: r.try_get("last_seen_up")?,
+        disabled_reason: tessera_db::get_opt_text(r, "disabled_reason")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+const SVC_COLS: &str =
+    "id, uuid, host, service_binary, disabled, forced_down, report_count, last_seen_up, disabled_reason, updated_at";
+
+async fn service_get(db: &Db, host: &str, binary: &str) -> Result<Option<ServiceRecord>> {
+    sqlx::query(&db.sql(&format!(
+        "SELECT {SVC_COLS} FROM services WHERE host = ? AND service_binary = ? AND deleted = 0"
+    )))
+    .bind(host)
+    .bind(binary)
+    .fetch_optional(db.pool())
+    .await?
+    .as_ref()
+    .map(service_from)
+    .transpose()
+}
+
+/// A heartbeat: create the service record on first report, else count the report and note the time.
+pub async fn service_report(db: &Db, host: &str, binary: &str, topic: &str) -> Result<ServiceRecord> {
+    let now = tessera_types::now_epoch_micros();
+    for _ in 0..3 {
+        if service_get(db, host, binary).await?.is_some() {
+            sqlx::query(&db.sql(
+                "UPDATE services SET report_count = report_count + 1, last_seen_up = ?, updated_at = ? \
+                 WHERE host = ? AND service_binary = ? AND deleted = 0",
+            ))
+            .bind(now)
+            .bind(now)
+            .bind(host)
+            .bind(binary)
+            .execute(db.pool())
+            .await?;
+        } else {
+            let inserted = sqlx::query(&db.sql(
+                "INSERT INTO services (uuid, host, service_binary, topic, report_count, disabled, forced_down, \
+                 last_seen_up, version, created_at, updated_at, deleted) VALUES (?, ?, ?, ?, 1, 0, 0, ?, 1, ?, ?, 0)",
+            ))
+            .bind(tessera_types::new_uuid())
+            .bind(host)
+            .bind(binary)
+            .bind(topic)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .execute(db.pool())
+            .await;
+            match inserted {
+                // Someone registered it in between: count this report on the next round.
+                Err(e) if tessera_db::is_unique_violation(&e) => continue,
+                r => {
+                    r?;
+                }
+            }
+        }
+        if let Some(s) = service_get(db, host, binary).await? {
+            return Ok(s);
+        }
+    }
+    Err(crate::ComputeError::NotFound(format!(
+        "service {binary} on {host}"
+    )))
+}
+
+/// Every live service record of the cell.
+pub async fn services(db: &Db) -> Result<Vec<ServiceRecord>> {
+    sqlx::query(&format!(
+        "SELECT {SVC_COLS} FROM services WHERE deleted = 0 ORDER BY id"
+    ))
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(service_from)
+    .collect()
+}
+
+/// What a compute host reports about its node.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeReport {
+    pub host: String,
+    pub service_id: Option<i64>,
+    pub hypervisor_hostname: String,
+    pub hypervisor_type: String,
+    pub hypervisor_version: i64,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub local_gb: i64,
+    pub vcpus_used: i64,
+    pub memory_mb_used: i64,
+    pub local_gb_used: i64,
+    pub running_vms: i64,
+    pub cpu_allocation_ratio: f64,
+    pub ram_allocation_ratio: f64,
+    pub disk_allocation_ratio: f64,
+}
+
+/// Create or update the compute node record of (host, hypervisor_hostname); its (id, uuid). A new node
+/// starts unmapped, for host discovery to find.
+pub async fn compute_node_upsert(db: &Db, n: &NodeReport) -> Result<(i64, String)> {
+    let now = tessera_types::now_epoch_micros();
+    let find = || async {
+        sqlx::query(&db.sql(
+            "SELECT id, uuid FROM compute_nodes WHERE host = ? AND hypervisor_hostname = ? AND deleted = 0",
+        ))
+        .bind(&n.host)
+        .bind(&n.hypervisor_hostname)
+        .fetch_optional(db.pool())
+        .await
+    };
+    for _ in 0..3 {
+        if let Some(r) = find().await? {
+            let (id, uuid): (i64, String) = (r.try_get("id")?, get_text(&r, "uuid")?);
+            sqlx::query(&db.sql(
+                "UPDATE compute_nodes SET service_id = ?, hypervisor_type = ?, hypervisor_version = ?, vcpus = ?, \
+                 memory_mb = ?, local_gb = ?, vcpus_used = ?, memory_mb_used = ?, local_gb_used = ?, running_vms = ?, \
+                 cpu_allocation_ratio = ?, ram_allocation_ratio = ?, disk_allocation_ratio = ?, updated_at = ? \
+                 WHERE id = ?",
+            ))
+            .bind(n.service_id)
+            .bind(&n.hypervisor_type)
+            .bind(n.hypervisor_version)
+            .bind(n.vcpus)
+            .bind(n.memory_mb)
+            .bind(n.local_gb)
+            .bind(n.vcpus_used)
+            .bind(n.memory_mb_used)
+            .bind(n.local_gb_used)
+            .bind(n.running_vms)
+            .bind(n.cpu_allocation_ratio)
+            .bind(n.ram_allocation_ratio)
+            .bind(n.disk_allocation_ratio)
+            .bind(now)
+            .bind(id)
+            .execute(db.pool())
+            .await?;
+            return Ok((id, uuid));
+        }
+        let inserted = sqlx::query(&db.sql(
+            "INSERT INTO compute_nodes (uuid, service_id, host, hypervisor_hostname, hypervisor_type, \
+             hypervisor_version, vcpus, memory_mb, local_gb, vcpus_used, memory_mb_used, local_gb_used, running_vms, \
+             cpu_allocation_ratio, ram_allocation_ratio, disk_allocation_ratio, mapped, created_at, updated_at, deleted) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0)",
+        ))
+        .bind(tessera_types::new_uuid())
+        .bind(n.service_id)
+        .bind(&n.host)
+        .bind(&n.hypervisor_hostname)
+        .bind(&n.hypervisor_type)
+        .bind(n.hypervisor_version)
+        .bind(n.vcpus)
+        .bind(n.memory_mb)
+        .bind(n.local_gb)
+        .bind(n.vcpus_used)
+        .bind(n.memory_mb_used)
+        .bind(n.local_gb_used)
+        .bind(n.running_vms)
+        .bind(n.cpu_allocation_ratio)
+        .bind(n.ram_allocation_ratio)
+        .bind(n.disk_allocation_ratio)
+        .bind(now)
+        .bind(now)
+        .execute(db.pool())
+        .await;
+        match inserted {
+            Err(e) if tessera_db::is_unique_violation(&e) => continue,
+            r => {
+                r?;
+            }
+        }
+    }
+    Err(crate::ComputeError::NotFound(format!(
+        "compute node {}",
+        n.hypervisor_hostname
+    )))
+}
+
+/// A compute node as the hypervisors API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub id: i64,
+    pub uuid: String,
+    pub service_id: Option<i64>,
+    pub host: String,
+    pub hypervisor_hostname: String,
+    pub hypervisor_type: String,
+    pub hypervisor_version: i64,
+    pub host_ip: Option<String>,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub local_gb: i64,
+    pub vcpus_used: i64,
+    pub memory_mb_used: i64,
+    pub local_gb_used: i64,
+    pub running_vms: i64,
+}
+
+/// Every live compute node of the cell, in id order.
+pub async fn compute_nodes_full(db: &Db) -> Result<Vec<NodeRow>> {
+    sqlx::query(
+        "SELECT id, uuid, service_id, host, hypervisor_hostname, hypervisor_type, hypervisor_version, host_ip, vcpus, \
+         memory_mb, local_gb, vcpus_used, memory_mb_used, local_gb_used, running_vms FROM compute_nodes \
+         WHERE deleted = 0 ORDER BY id",
+    )
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(NodeRow {
+            id: r.try_get("id")?,
+            uuid: get_text(r, "uuid")?,
+            service_id: r.try_get("service_id")?,
+            host: get_text(r, "host")?,
+            hypervisor_hostname: get_text(r, "hypervisor_hostname")?,
+            hypervisor_type: get_text(r, "hypervisor_type")?,
+            hypervisor_version: r.try_get("hypervisor_version")?,
+            host_ip: tessera_db::get_opt_text(r, "host_ip")?,
+            vcpus: r.try_get("vcpus")?,
+            memory_mb: r.try_get("memory_mb")?,
+            local_gb: r.try_get("local_gb")?,
+            vcpus_used: r.try_get("vcpus_used")?,
+            memory_mb_used: r.try_get("memory_mb_used")?,
+            local_gb_used: r.try_get("local_gb_used")?,
+            running_vms: r.try_get("running_vms")?,
+        })
+    })
+    .collect()
+}

@@ -1,9 +1,13 @@
 //! The Compute service. Today: the Cells v2 records — cell, host and instance mappings in the API database
 //! ([`cells`]) and the few cell-database reads and writes that `manage cell_v2` needs ([`celldb`]).
 
+pub mod agent;
+pub mod api;
 pub mod celldb;
 pub mod cells;
 pub mod cellv2;
+pub mod conductor;
+pub mod placement_client;
 pub mod virt;
 
 #[derive(Debug, thiserror::Error)]

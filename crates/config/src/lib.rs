@@ -12,7 +12,14 @@ use std::path::{Path, PathBuf};
 pub enum OptType {
     Str,
     Bool,
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
+    /// A decimal number, at least `min` (a ratio, say).
+    Float {
+        min: f64,
+    },
     Port,
     List,
     Enum(&'static [&'static str]),
@@ -77,6 +84,11 @@ fn check_value(ty: OptType, value: &str) -> Result<(), String> {
             Ok(v) if v < min || v > max => Err(format!("value {v} out of range [{min}, {max}]")),
             Ok(_) => Ok(()),
             Err(_) => Err(format!("invalid integer '{value}'")),
+        },
+        OptType::Float { min } => match value.trim().parse::<f64>() {
+            Ok(v) if !v.is_finite() || v < min => Err(format!("value {v} out of range (minimum {min})")),
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("invalid number '{value}'")),
         },
         OptType::Port => match value.trim().parse::<u16>() {
             Ok(_) => Ok(()),
@@ -256,6 +268,10 @@ impl Config {
         self.raw(group, name).trim().parse().unwrap_or(0)
     }
 
+    pub fn get_float(&self, group: &str, name: &str) -> f64 {
+        self.raw(group, name).trim().parse().unwrap_or(0.0)
+    }
+
     pub fn get_port(&self, group: &str, name: &str) -> u16 {
         self.raw(group, name).trim().parse().unwrap_or(0)
     }
@@ -311,6 +327,7 @@ pub fn sample() -> String {
                 OptType::Bool => "boolean".to_string(),
                 OptType::Int { min, max } if max == i64::MAX => format!("integer, minimum {min}"),
                 OptType::Int { min, max } => format!("integer, {min}..{max}"),
+                OptType::Float { min } => format!("number, minimum {min}"),
                 OptType::Port => "port number".to_string(),
                 OptType::List => "comma-separated list".to_string(),
                 OptType::Enum(c) => format!("one of {}", c.join(", ")),

@@ -1,10 +1,12 @@
 //! `tessera all-in-one`: every available role in one process, all state in one directory, bootstrapped on
 //! first start, with `clouds.yaml` and `openrc` written for the `openstack` CLI.
 
-use crate::roles::{self, IdentityRole, ImageRole, PlacementRole};
+use crate::roles::{self, ComputeApiRole, IdentityRole, ImageRole, PlacementRole};
 use crate::{io_err, Shutdown, StartError};
 use base64::Engine as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 use tessera_config::Config;
 use tessera_identity::{BootstrapParams, CatalogService};
 
@@ -13,9 +15,14 @@ pub struct AllInOne {
     pub state_dir: PathBuf,
     /// cell0 and the cells, in id order.
     pub cells: Vec<tessera_compute::cells::CellMapping>,
+    /// The fake-driver compute hosts, `cellN-computeM`.
+    pub computes: Vec<Arc<tessera_compute::agent::ComputeAgent>>,
+    /// This process's buses (one per cell transport URL).
+    pub buses: Arc<tessera_bus::Buses>,
     pub identity: IdentityRole,
     pub image: ImageRole,
     pub placement: PlacementRole,
+    pub compute: ComputeApiRole,
     pub admin_username: String,
     pub admin_password: String,
     pub project_name: String,
@@ -95,6 +102,9 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     let placement =
         roles::start_placement(&cfg, placement_db, &identity.identity, &auth_url, shutdown).await?;
     let cells = ensure_cells(&cfg).await?;
+    let api_db = tessera_db::Db::connect(&cfg.get_str("api_database", "connection"), 8).await?;
+    let compute = roles::start_compute_api(&cfg, api_db, &identity.identity, &auth_url, shutdown).await?;
+    let compute_url = format!("{}/v2.1", compute.base_url);
     let params = BootstrapParams {
         admin_username: cfg.get_str("bootstrap", "admin_username"),
         admin_password: password.clone(),
@@ -107,6 +117,7 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
         services: [
             ("image", "glance", &image.base_url),
             ("placement", "placement", &placement.base_url),
+            ("compute", "nova", &compute_url),
         ]
         .into_iter()
         .map(|(t, n, url)| CatalogService {
@@ -120,12 +131,27 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
         .collect(),
     };
     identity.identity.bootstrap(&params).await?;
+    let buses = Arc::new(tessera_bus::Buses::new());
+    let creds = tessera_compute::placement_client::Credentials {
+        auth_url: auth_url.clone(),
+        username: params.admin_username.clone(),
+        password: password.clone(),
+        project_name: params.project_name.clone(),
+        user_domain_name: "Default".into(),
+        project_domain_name: "Default".into(),
+        region_name: params.region_id.clone(),
+        valid_interfaces: vec!["internal".into(), "public".into()],
+    };
+    let computes = start_cells(&cfg, &cells, &buses, creds, shutdown).await?;
     let aio = AllInOne {
         state_dir: dir.clone(),
         cells,
+        computes,
+        buses,
         identity,
         image,
         placement,
+        compute,
         admin_username: params.admin_username,
         admin_password: password,
         project_name: params.project_name,
@@ -151,6 +177,99 @@ pub fn cell_url(base: &str, i: i64) -> String {
     } else {
         suffixed.replacen("_cell0", &format!("_cell{i}"), 1)
     }
+}
+
+/// Agent settings from the configuration, for host `host`.
+pub fn agent_config(cfg: &Config, host: &str) -> tessera_compute::agent::AgentConfig {
+    let interval = match cfg.get_int("DEFAULT", "update_resources_interval") {
+        0 => 60,
+        n => n,
+    };
+    tessera_compute::agent::AgentConfig {
+        host: host.to_string(),
+        report_interval: Duration::from_secs(cfg.get_int("DEFAULT", "report_interval").max(1) as u64),
+        resource_interval: Duration::from_secs(interval as u64),
+        cpu_allocation_ratio: cfg.get_float("DEFAULT", "cpu_allocation_ratio"),
+        ram_allocation_ratio: cfg.get_float("DEFAULT", "ram_allocation_ratio"),
+        disk_allocation_ratio: cfg.get_float("DEFAULT", "disk_allocation_ratio"),
+        reserved_host_cpus: cfg.get_int("DEFAULT", "reserved_host_cpus"),
+        reserved_host_memory_mb: cfg.get_int("DEFAULT", "reserved_host_memory_mb"),
+        reserved_host_disk_mb: cfg.get_int("DEFAULT", "reserved_host_disk_mb"),
+        rpc_timeout: Duration::from_secs(60),
+    }
+}
+
+/// For every cell but cell0: its conductor on the cell's bus, and `[all_in_one] hosts_per_cell` fake
+/// compute hosts that register through it; once all have reported, their hosts are discovered (mapped to
+/// their cells) with the code of `manage cell_v2 discover_hosts`.
+async fn start_cells(
+    cfg: &Config,
+    cells: &[tessera_compute::cells::CellMapping],
+    buses: &tessera_bus::Buses,
+    creds: tessera_compute::placement_client::Credentials,
+    shutdown: &Shutdown,
+) -> Result<Vec<Arc<tessera_compute::agent::ComputeAgent>>, StartError> {
+    use tessera_compute::{agent, celldb, conductor, virt};
+    let report = Duration::from_secs(cfg.get_int("DEFAULT", "report_interval").max(1) as u64);
+    let placement = Arc::new(tessera_compute::placement_client::PlacementClient::new(creds));
+    let mut agents = Vec::new();
+    let mut waits = Vec::new();
+    for cell in cells.iter().filter(|c| !c.is_cell0()) {
+        let name = cell.name.clone().unwrap_or_else(|| cell.uuid.clone());
+        let bus = buses
+            .get(&cell.transport_url)
+            .map_err(|e| StartError::Failed(format!("cell {name}: {e}")))?;
+        let db = celldb::open(&cell.database_connection, 8, true).await?;
+        conductor::spawn(
+            bus.clone(),
+            db,
+            format!("{name}-conductor"),
+            report,
+            shutdown.subscribe(),
+        )
+        .await
+        .map_err(|e| StartError::Failed(format!("cell {name}: conductor: {e}")))?;
+        for j in 1..=cfg.get_int("all_in_one", "hosts_per_cell") {
+            let host = format!("{name}-compute{j}");
+            let driver = Arc::new(virt::fake::FakeDriver::new(virt::fake::FakeConfig {
+                hostname: host.clone(),
+                vcpus: cfg.get_int("fake", "vcpus"),
+                memory_mb: cfg.get_int("fake", "memory_mb"),
+                disk_gb: cfg.get_int("fake", "disk_gb"),
+                spawn_delay: Duration::from_millis(cfg.get_int("fake", "spawn_delay_ms") as u64),
+                fail_spawns: None,
+            }));
+            let a = Arc::new(agent::ComputeAgent::new(
+                agent_config(cfg, &host),
+                bus.clone(),
+                driver,
+                placement.clone(),
+            ));
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            a.clone().spawn(shutdown.subscribe(), tx);
+            waits.push((host, rx));
+            agents.push(a);
+        }
+    }
+    for (host, rx) in waits {
+        match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                return Err(StartError::Failed(format!(
+                    "compute host {host} did not register within 60 s"
+                )))
+            }
+        }
+    }
+    if !agents.is_empty() {
+        let api = tessera_db::Db::connect(&cfg.get_str("api_database", "connection"), 2).await?;
+        let mapped =
+            tessera_compute::cellv2::discover(&api, None, false, &mut |m| tracing::debug!("{m}")).await;
+        api.close().await;
+        let mapped = mapped?;
+        tracing::info!(hosts = mapped.len(), "discovered compute hosts");
+    }
+    Ok(agents)
 }
 
 /// The API database, cell0 and `[all_in_one] cells` cells (`cell1`…, bus `inproc://cellN`), each created

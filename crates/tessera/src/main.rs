@@ -32,6 +32,9 @@ enum Command {
         /// Run this many cells (besides cell0), each with its own database and bus ([all_in_one] cells).
         #[arg(long, value_name = "N")]
         cells: Option<u32>,
+        /// Run this many fake-driver compute hosts in each cell ([all_in_one] hosts_per_cell).
+        #[arg(long = "hosts-per-cell", value_name = "M")]
+        hosts_per_cell: Option<u32>,
     },
     /// Run the named roles in this process.
     Serve {
@@ -221,11 +224,19 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             print!("{}", tessera_config::sample());
             Ok(())
         }
-        Command::AllInOne { state_dir, cells } => {
+        Command::AllInOne {
+            state_dir,
+            cells,
+            hosts_per_cell,
+        } => {
             let started = std::time::Instant::now();
             let mut cfg = aio::prepare_config(cli.config.as_deref(), state_dir.as_deref())?;
             if let Some(n) = cells {
                 cfg.set("all_in_one", "cells", n.to_string())
+                    .map_err(StartError::Usage)?;
+            }
+            if let Some(m) = hosts_per_cell {
+                cfg.set("all_in_one", "hosts_per_cell", m.to_string())
                     .map_err(StartError::Usage)?;
             }
             init_logging(&cfg);
@@ -234,13 +245,15 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             let a = aio::start(cfg, &shutdown).await?;
             let dir = a.state_dir.display();
             let cells: Vec<String> = a.cells.iter().filter_map(|c| c.name.clone()).collect();
+            let cells = format!("{} ({} compute hosts)", cells.join(", "), a.computes.len());
             println!(
-                "tessera all-in-one ready in {} ms: identity {} | image {} | placement {} | cells {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
+                "tessera all-in-one ready in {} ms: identity {} | image {} | placement {} | compute {}/v2.1 | cells {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
                 started.elapsed().as_millis(),
                 a.auth_url(),
                 a.image.base_url,
                 a.placement.base_url,
-                cells.join(", ")
+                a.compute.base_url,
+                cells
             );
             let _ = a.identity.task.await;
             Ok(())

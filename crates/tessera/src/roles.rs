@@ -118,11 +118,14 @@ async fn listen(
     cfg: &Config,
     group: &str,
 ) -> Result<(tokio::net::TcpListener, SocketAddr, String), StartError> {
-    let bind = format!(
-        "{}:{}",
-        cfg.get_str("DEFAULT", "bind_host"),
-        cfg.get_port(group, "bind_port")
-    );
+    listen_on(cfg, cfg.get_port(group, "bind_port")).await
+}
+
+async fn listen_on(
+    cfg: &Config,
+    port: u16,
+) -> Result<(tokio::net::TcpListener, SocketAddr, String), StartError> {
+    let bind = format!("{}:{}", cfg.get_str("DEFAULT", "bind_host"), port);
     let (listener, addr) = tessera_http::bind(&bind)
         .await
         .map_err(io_err("cannot listen on", bind.clone()))?;
@@ -214,6 +217,44 @@ pub async fn start_placement(
     tracing::info!(%addr, "placement listening");
     Ok(PlacementRole {
         service,
+        addr,
+        base_url,
+        task,
+    })
+}
+
+pub struct ComputeApiRole {
+    pub api: Arc<tessera_compute::api::ComputeApi>,
+    pub addr: SocketAddr,
+    /// `http://host:port` (the catalog endpoint is this plus `/v2.1`).
+    pub base_url: String,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Start the Compute API (`api` role) over the API database, behind the auth layer of `identity`.
+pub async fn start_compute_api(
+    cfg: &Config,
+    api_db: Db,
+    identity: &Arc<Identity>,
+    identity_uri: &str,
+    shutdown: &Shutdown,
+) -> Result<ComputeApiRole, StartError> {
+    let settings = tessera_compute::api::ApiSettings {
+        service_down_time: std::time::Duration::from_secs(
+            cfg.get_int("DEFAULT", "service_down_time").max(1) as u64
+        ),
+        cell_timeout: std::time::Duration::from_secs(60),
+        default_availability_zone: cfg.get_str("DEFAULT", "default_availability_zone"),
+        internal_service_availability_zone: cfg.get_str("DEFAULT", "internal_service_availability_zone"),
+    };
+    let api = tessera_compute::api::ComputeApi::new(api_db, settings);
+    let (listener, addr, base_url) =
+        listen_on(cfg, cfg.get_port("DEFAULT", "osapi_compute_listen_port")).await?;
+    let router = tessera_compute::api::router(api.clone(), identity.validator(), identity_uri);
+    let task = tokio::spawn(tessera_http::serve(listener, router, shutdown.wait()));
+    tracing::info!(%addr, "compute API listening");
+    Ok(ComputeApiRole {
+        api,
         addr,
         base_url,
         task,

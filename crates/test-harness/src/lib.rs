@@ -162,6 +162,7 @@ pub fn test_config(dir: &std::path::Path, db_url: &str) -> Config {
     cfg.set("identity_database", "connection", db_url).unwrap();
     cfg.set("image", "bind_port", "0").unwrap();
     cfg.set("placement", "bind_port", "0").unwrap();
+    cfg.set("DEFAULT", "osapi_compute_listen_port", "0").unwrap();
     if !db_url.starts_with("sqlite") {
         // Services keep distinct tables, so one test database serves them all.
         cfg.set("image_database", "connection", db_url).unwrap();
@@ -172,6 +173,8 @@ pub fn test_config(dir: &std::path::Path, db_url: &str) -> Config {
     cfg.set("identity", "password_hash_iterations", "1").unwrap();
     cfg.set("bootstrap", "admin_password", ADMIN_PASSWORD).unwrap();
     cfg.set("token", "revocation_poll_interval", "1").unwrap();
+    // No compute hosts unless a test asks for them (they are placement providers, and log in).
+    cfg.set("all_in_one", "hosts_per_cell", "0").unwrap();
     cfg
 }
 
@@ -220,6 +223,11 @@ impl Cloud {
     /// URL of the Image API.
     pub fn image_url(&self, path: &str) -> String {
         format!("{}{}", self.aio.image.base_url, path)
+    }
+
+    /// URL of the Compute API (`path` after `/v2.1`).
+    pub fn compute_url(&self, path: &str) -> String {
+        format!("{}/v2.1{}", self.aio.compute.base_url, path)
     }
 
     /// URL of the Placement API.

@@ -158,3 +158,81 @@ async fn cell_commands_and_concurrent_discovery() {
         api.close().await;
     });
 }
+
+/// An all-in-one with two cells of two fake hosts: every host registers through its cell's conductor
+/// (service record, compute node), gets a placement provider with Nova's inventories, and is mapped to its
+/// cell by discovery — each in its own cell's database only.
+#[tokio::test]
+async fn all_in_one_cells_register_their_hosts() {
+    each_backend!(|b: Backend| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::create(&b, dir.path()).await;
+        let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+        cfg.set("all_in_one", "cells", "2").unwrap();
+        cfg.set("all_in_one", "hosts_per_cell", "2").unwrap();
+        cfg.set("fake", "vcpus", "8").unwrap();
+        cfg.set("DEFAULT", "cpu_allocation_ratio", "2.5").unwrap();
+        let c = tessera_test_harness::Cloud::start_with(&b, db, dir, cfg).await;
+        assert_eq!(c.aio.computes.len(), 4);
+        let api = Db::connect(&c.aio.config.get_str("api_database", "connection"), 2)
+            .await
+            .unwrap();
+        let cellmaps = cells::cell_list(&api).await.unwrap();
+        assert_eq!(cellmaps.len(), 3);
+        for cell in cellmaps.iter().filter(|c| !c.is_cell0()) {
+            let name = cell.name.clone().unwrap();
+            let hosts: Vec<String> = cells::host_mappings(&api, Some(cell.id))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|h| h.host)
+                .collect();
+            assert_eq!(
+                hosts,
+                vec![format!("{name}-compute1"), format!("{name}-compute2")]
+            );
+            let cdb = Db::connect(&cell.database_connection, 1).await.unwrap();
+            let svcs = tessera_compute::celldb::services(&cdb).await.unwrap();
+            let mut seen: Vec<(String, String)> =
+                svcs.iter().map(|s| (s.binary.clone(), s.host.clone())).collect();
+            seen.sort();
+            assert_eq!(
+                seen,
+                vec![
+                    ("nova-compute".into(), format!("{name}-compute1")),
+                    ("nova-compute".into(), format!("{name}-compute2")),
+                    ("nova-conductor".into(), format!("{name}-conductor")),
+                ]
+            );
+            let nodes = tessera_compute::celldb::compute_nodes(&cdb, false).await.unwrap();
+            assert_eq!(nodes.len(), 2);
+            assert!(
+                tessera_compute::celldb::compute_nodes(&cdb, true)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "all mapped"
+            );
+            // Each node is a placement provider with the configured inventories.
+            let token = c.admin_token().await;
+            for n in nodes {
+                let r = c
+                    .http
+                    .get(c.placement_url(&format!("/resource_providers/{}/inventories", n.uuid)))
+                    .header("X-Auth-Token", &token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let v: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(v["inventories"]["VCPU"]["total"], 8);
+                assert_eq!(v["inventories"]["VCPU"]["allocation_ratio"], 2.5);
+                assert_eq!(v["inventories"]["MEMORY_MB"]["reserved"], 512);
+                assert_eq!(v["inventories"]["DISK_GB"]["total"], 1024);
+            }
+            cdb.close().await;
+        }
+        api.close().await;
+        c.stop().await;
+    });
+}

@@ -1,0 +1,223 @@
+//! The Compute API (v2.1 with microversions): version documents, and — growing with the Cells v2 issue —
+//! `os-services`, `os-hypervisors` and `os-availability-zone`, read across every cell.
+
+mod aggregates;
+mod hypervisors;
+pub mod microversion;
+mod services;
+mod zones;
+
+use crate::cells::{self, CellMapping};
+use crate::{celldb, ComputeError};
+use axum::extract::State;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::StatusCode;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_db::Db;
+use tessera_http::auth::{require_token, AuthLayer, TokenValidator};
+use tessera_http::observe::{metrics_handler, observe, Metrics};
+use tessera_http::{ApiError, Family};
+use tessera_types::RequestContext;
+
+pub use microversion::Mv;
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// A service whose last heartbeat is older than this is down.
+    pub service_down_time: Duration,
+    /// How long one cell may take to answer a read before it counts as down.
+    pub cell_timeout: Duration,
+    pub default_availability_zone: String,
+    pub internal_service_availability_zone: String,
+}
+
+/// The Compute API's state: the API database and a connection pool per cell, opened on first use.
+pub struct ComputeApi {
+    pub api_db: Db,
+    pub settings: ApiSettings,
+    cell_dbs: tokio::sync::Mutex<HashMap<String, Db>>,
+}
+
+type S = State<Arc<ComputeApi>>;
+
+pub(crate) fn nova(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(Family::Nova, status, message)
+}
+
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "compute API error");
+    nova(StatusCode::INTERNAL_SERVER_ERROR, "Unexpected API Error. Please report this at https://bugs.launchpad.net/nova/ and attach the Nova API log if possible.")
+}
+
+impl From<ComputeError> for ApiError {
+    fn from(e: ComputeError) -> Self {
+        internal(e)
+    }
+}
+
+/// Admin-only rules (hypervisors, services, zone details).
+pub(crate) fn admin(ctx: &RequestContext, rule: &str) -> Result<(), ApiError> {
+    if ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(nova(
+            StatusCode::FORBIDDEN,
+            format!("Policy doesn't allow {rule} to be performed."),
+        ))
+    }
+}
+
+/// Naive ISO-8601 with microseconds (Nova's format for service and hypervisor times).
+pub(crate) fn naive_time(micros: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+impl ComputeApi {
+    pub fn new(api_db: Db, settings: ApiSettings) -> Arc<Self> {
+        Arc::new(ComputeApi {
+            api_db,
+            settings,
+            cell_dbs: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The pool of one cell's database.
+    pub async fn cell_db(&self, cell: &CellMapping) -> Result<Db, ComputeError> {
+        let mut dbs = self.cell_dbs.lock().await;
+        if let Some(db) = dbs.get(&cell.uuid) {
+            return Ok(db.clone());
+        }
+        let db = celldb::open(&cell.database_connection, 4, false).await?;
+        dbs.insert(cell.uuid.clone(), db.clone());
+        Ok(db)
+    }
+
+    /// Every cell mapping (cell0 included), read fresh: a new cell is seen without a restart.
+    pub async fn cells(&self) -> Result<Vec<CellMapping>, ComputeError> {
+        cells::cell_list(&self.api_db).await
+    }
+
+    /// Run `f` against every cell (all at once, each within the cell timeout). A cell that fails or is too
+    /// slow is logged and left out (the caller gets what the others answered).
+    pub async fn each_cell<T, F, Fut>(&self, f: F) -> Result<Vec<(CellMapping, T)>, ComputeError>
+    where
+        F: Fn(CellMapping, Db) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ComputeError>>,
+    {
+        let cells = self.cells().await?;
+        let mut futs = Vec::new();
+        for c in cells {
+            let timeout = self.settings.cell_timeout;
+            let db = self.cell_db(&c).await;
+            let f = &f;
+            futs.push(async move {
+                let r = match db {
+                    Ok(db) => match tokio::time::timeout(timeout, f(c.clone(), db)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(ComputeError::NotFound(format!("cell {} timed out", c.uuid))),
+                    },
+                    Err(e) => Err(e),
+                };
+                (c, r)
+            });
+        }
+        let mut out = Vec::new();
+        for (c, r) in futures_util::future::join_all(futs).await {
+            match r {
+                Ok(v) => out.push((c, v)),
+                Err(e) => tracing::warn!(cell = %c.uuid, error = %e, "cell did not answer; left out"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn version_doc(base: &str) -> serde_json::Value {
+    json!({
+        "id": "v2.1",
+        "status": "CURRENT",
+        "version": format!("2.{}", microversion::MAX),
+        "min_version": format!("2.{}", microversion::MIN),
+        "updated": "2013-07-23T11:33:21Z",
+        "links": [{"rel": "self", "href": format!("{base}/v2.1/")}],
+    })
+}
+
+fn base_url(headers: &http::HeaderMap) -> String {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+async fn versions(headers: http::HeaderMap) -> Response {
+    let base = base_url(&headers);
+    let v20 = json!({
+        "id": "v2.0", "status": "DEPRECATED", "version": "", "min_version": "",
+        "updated": "2025-07-04T12:00:00Z", "links": [{"rel": "self", "href": format!("{base}/v2/")}],
+    });
+    (
+        StatusCode::OK,
+        axum::Json(json!({"versions": [v20, version_doc(&base)]})),
+    )
+        .into_response()
+}
+
+async fn version_v21(headers: http::HeaderMap) -> Response {
+    let base = base_url(&headers);
+    let mut v = version_doc(&base);
+    v["links"] = json!([
+        {"rel": "self", "href": format!("{base}/v2.1/")},
+        {"rel": "describedby", "type": "text/html", "href": "http://docs.openstack.org/"}
+    ]);
+    v["media-types"] =
+        json!([{"base": "application/json", "type": "application/vnd.openstack.compute+json;version=2.1"}]);
+    axum::Json(json!({ "version": v })).into_response()
+}
+
+/// The Compute API router behind the auth layer.
+pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity_uri: &str) -> Router {
+    let layer = AuthLayer {
+        validator,
+        family: Family::Nova,
+        identity_uri: identity_uri.to_string(),
+    };
+    let metrics = Metrics::new("compute");
+    #[rustfmt::skip]
+    let protected = Router::new()
+        .route("/v2.1/os-services", get(services::list))
+        .route("/v2.1/os-aggregates", get(aggregates::list))
+        .route("/v2.1/os-hypervisors", get(hypervisors::list))
+        .route("/v2.1/os-hypervisors/detail", get(hypervisors::detail))
+        .route("/v2.1/os-hypervisors/{id}", get(hypervisors::show))
+        .route("/v2.1/os-availability-zone", get(zones::list))
+        .route("/v2.1/os-availability-zone/detail", get(zones::detail))
+        .route_layer(from_fn_with_state(layer, require_token))
+        .with_state(api);
+    Router::new()
+        .route("/", get(versions))
+        .route("/v2.1", get(version_v21))
+        .route("/v2.1/", get(version_v21))
+        .merge(protected)
+        .layer(from_fn(microversion::layer))
+        .route_service("/metrics", get(metrics_handler).with_state(metrics.clone()))
+        .layer(from_fn_with_state(metrics, observe))
+}

@@ -1,0 +1,256 @@
+//! How a compute host talks to placement: over HTTP with a token from the Identity API (password auth with
+//! the `[placement]` credentials, renewed before it expires or when refused), at the endpoint the token's
+//! catalog names, as Nova's report client does.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub auth_url: String,
+    pub username: String,
+    pub password: String,
+    pub project_name: String,
+    pub user_domain_name: String,
+    pub project_domain_name: String,
+    pub region_name: String,
+    pub valid_interfaces: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementClientError {
+    #[error("placement request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("identity: {0}")]
+    Auth(String),
+    #[error("placement answered {status} to {what}: {body}")]
+    Status { status: u16, what: String, body: String },
+}
+
+type Result<T> = std::result::Result<T, PlacementClientError>;
+
+struct Session {
+    token: String,
+    expires: Instant,
+    endpoint: String,
+}
+
+pub struct PlacementClient {
+    http: reqwest::Client,
+    creds: Credentials,
+    session: Mutex<Option<Session>>,
+}
+
+/// Inventories of one compute node, as Nova reports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeInventory {
+    pub vcpus: i64,
+    pub reserved_cpus: i64,
+    pub cpu_ratio: f64,
+    pub memory_mb: i64,
+    pub reserved_memory_mb: i64,
+    pub ram_ratio: f64,
+    pub disk_gb: i64,
+    pub reserved_disk_gb: i64,
+    pub disk_ratio: f64,
+}
+
+impl NodeInventory {
+    fn body(&self, generation: i64) -> Value {
+        let one = |total: i64, reserved: i64, ratio: f64| {
+            json!({"total": total, "reserved": reserved.min(total), "min_unit": 1, "max_unit": total.max(1),
+                   "step_size": 1, "allocation_ratio": ratio})
+        };
+        json!({
+            "resource_provider_generation": generation,
+            "inventories": {
+                "VCPU": one(self.vcpus, self.reserved_cpus, self.cpu_ratio),
+                "MEMORY_MB": one(self.memory_mb, self.reserved_memory_mb, self.ram_ratio),
+                "DISK_GB": one(self.disk_gb, self.reserved_disk_gb, self.disk_ratio),
+            }
+        })
+    }
+}
+
+const MICROVERSION: &str = "placement 1.39";
+
+impl PlacementClient {
+    pub fn new(creds: Credentials) -> Self {
+        PlacementClient {
+            http: reqwest::Client::new(),
+            creds,
+            session: Mutex::new(None),
+        }
+    }
+
+    async fn login(&self) -> Result<Session> {
+        let c = &self.creds;
+        let body = json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": c.username, "domain": {"name": c.user_domain_name}, "password": c.password}}},
+            "scope": {"project": {"name": c.project_name, "domain": {"name": c.project_domain_name}}}}});
+        let url = format!("{}/auth/tokens", c.auth_url.trim_end_matches('/'));
+        let r = self.http.post(&url).json(&body).send().await?;
+        if r.status() != StatusCode::CREATED {
+            let status = r.status();
+            return Err(PlacementClientError::Auth(format!(
+                "{url} answered {status}: {}",
+                r.text().await.unwrap_or_default()
+            )));
+        }
+        let token = r
+            .headers()
+            .get("X-Subject-Token")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| PlacementClientError::Auth("no X-Subject-Token in the answer".into()))?
+            .to_string();
+        let v: Value = r.json().await?;
+        let endpoint = self.endpoint_from(&v).ok_or_else(|| {
+            PlacementClientError::Auth(
+                "the catalog has no placement endpoint for the configured interfaces".into(),
+            )
+        })?;
+        // Renew well before the expiry (tokens last an hour by default); the exact time is not needed.
+        Ok(Session {
+            token,
+            expires: Instant::now() + Duration::from_secs(1800),
+            endpoint,
+        })
+    }
+
+    fn endpoint_from(&self, token: &Value) -> Option<String> {
+        let catalog = token.pointer("/token/catalog")?.as_array()?;
+        let svc = catalog.iter().find(|s| s["type"] == "placement")?;
+        let eps = svc["endpoints"].as_array()?;
+        let interfaces = if self.creds.valid_interfaces.is_empty() {
+            vec!["internal".to_string(), "public".to_string()]
+        } else {
+            self.creds.valid_interfaces.clone()
+        };
+        for want in &interfaces {
+            if let Some(e) = eps.iter().find(|e| {
+                e["interface"] == want.as_str()
+                    && (self.creds.region_name.is_empty()
+                        || e["region_id"] == self.creds.region_name.as_str()
+                        || e["region"] == self.creds.region_name.as_str())
+            }) {
+                return e["url"].as_str().map(|u| u.trim_end_matches('/').to_string());
+            }
+        }
+        None
+    }
+
+    /// One request with the session's token, logging in again once when the token is refused.
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value)> {
+        for attempt in 0..2 {
+            let (token, endpoint) = {
+                let mut s = self.session.lock().await;
+                if s.as_ref().is_none_or(|s| s.expires <= Instant::now()) {
+                    *s = Some(self.login().await?);
+                }
+                let s = s
+                    .as_ref()
+                    .ok_or_else(|| PlacementClientError::Auth("no session".into()))?;
+                (s.token.clone(), s.endpoint.clone())
+            };
+            let mut rb = self
+                .http
+                .request(method.clone(), format!("{endpoint}{path}"))
+                .header("X-Auth-Token", token)
+                .header("OpenStack-API-Version", MICROVERSION)
+                .header("Accept", "application/json");
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            let r = rb.send().await?;
+            let status = r.status();
+            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
+                *self.session.lock().await = None;
+                continue;
+            }
+            let text = r.text().await?;
+            let v = if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            };
+            return Ok((status, v));
+        }
+        Err(PlacementClientError::Auth("the token was refused twice".into()))
+    }
+
+    fn fail<T>(what: &str, status: StatusCode, body: &Value) -> Result<T> {
+        Err(PlacementClientError::Status {
+            status: status.as_u16(),
+            what: what.to_string(),
+            body: body.to_string(),
+        })
+    }
+
+    /// The provider's generation, creating the provider (uuid, name) when it does not exist.
+    pub async fn ensure_provider(&self, uuid: &str, name: &str) -> Result<i64> {
+        let (s, v) = self
+            .request(reqwest::Method::GET, &format!("/resource_providers/{uuid}"), None)
+            .await?;
+        if s == StatusCode::OK {
+            return Ok(v["generation"].as_i64().unwrap_or(0));
+        }
+        if s != StatusCode::NOT_FOUND {
+            return Self::fail("GET resource provider", s, &v);
+        }
+        let (s, v) = self
+            .request(
+                reqwest::Method::POST,
+                "/resource_providers",
+                Some(&json!({"uuid": uuid, "name": name})),
+            )
+            .await?;
+        match s {
+            StatusCode::OK | StatusCode::CREATED => Ok(v["generation"].as_i64().unwrap_or(0)),
+            // Created concurrently (a restart racing itself): read it.
+            StatusCode::CONFLICT => {
+                let (s, v) = self
+                    .request(reqwest::Method::GET, &format!("/resource_providers/{uuid}"), None)
+                    .await?;
+                if s == StatusCode::OK {
+                    Ok(v["generation"].as_i64().unwrap_or(0))
+                } else {
+                    Self::fail("create resource provider", s, &v)
+                }
+            }
+            _ => Self::fail("create resource provider", s, &v),
+        }
+    }
+
+    /// Set the node's VCPU/MEMORY_MB/DISK_GB inventories, re-reading the generation on a conflict.
+    pub async fn set_inventory(&self, uuid: &str, inv: &NodeInventory) -> Result<()> {
+        let path = format!("/resource_providers/{uuid}/inventories");
+        for _ in 0..5 {
+            let (s, v) = self.request(reqwest::Method::GET, &path, None).await?;
+            if s != StatusCode::OK {
+                return Self::fail("GET inventories", s, &v);
+            }
+            let gen = v["resource_provider_generation"].as_i64().unwrap_or(0);
+            let (s, v) = self
+                .request(reqwest::Method::PUT, &path, Some(&inv.body(gen)))
+                .await?;
+            match s {
+                StatusCode::OK => return Ok(()),
+                StatusCode::CONFLICT if v.to_string().contains("placement.concurrent_update") => continue,
+                _ => return Self::fail("PUT inventories", s, &v),
+            }
+        }
+        Err(PlacementClientError::Status {
+            status: 409,
+            what: "PUT inventories".into(),
+            body: "the provider kept changing".into(),
+        })
+    }
+}

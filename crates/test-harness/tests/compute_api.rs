@@ -1,0 +1,178 @@
+//! The Compute API over HTTP on every backend: version documents and microversion negotiation, and the
+//! services, hypervisors and zones of a two-cell all-in-one with two fake hosts per cell.
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::Value;
+use tessera_test_harness::{each_backend, Backend, Cloud, TestDb};
+
+async fn get(c: &Cloud, token: &str, path: &str, mv: Option<&str>) -> (u16, Value, http::HeaderMap) {
+    let mut rb = c.http.get(c.compute_url(path)).header("X-Auth-Token", token);
+    if let Some(v) = mv {
+        rb = rb.header("OpenStack-API-Version", format!("compute {v}"));
+    }
+    let r = rb.send().await.unwrap();
+    let s = r.status().as_u16();
+    let h = r.headers().clone();
+    (s, r.json().await.unwrap_or(Value::Null), h)
+}
+
+#[tokio::test]
+async fn services_hypervisors_and_zones_across_cells() {
+    each_backend!(|b: Backend| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::create(&b, dir.path()).await;
+        let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+        cfg.set("all_in_one", "cells", "2").unwrap();
+        cfg.set("all_in_one", "hosts_per_cell", "2").unwrap();
+        let c = Cloud::start_with(&b, db, dir, cfg).await;
+        let token = c.admin_token().await;
+
+        // Version documents need no token and name the range.
+        let r = c
+            .http
+            .get(format!("{}/", c.aio.compute.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let v21 = v["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == "v2.1")
+            .unwrap()
+            .clone();
+        assert_eq!(v21["min_version"], "2.1");
+        assert_eq!(v21["status"], "CURRENT");
+        let r = c.http.get(c.compute_url("")).send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["version"]["id"], "v2.1");
+
+        // Negotiation: echoed in both headers, Vary on both; 406 out of range; 400 malformed.
+        let (s, _, h) = get(&c, &token, "/os-services", Some("2.53")).await;
+        assert_eq!(s, 200);
+        assert_eq!(h["openstack-api-version"], "compute 2.53");
+        assert_eq!(h["x-openstack-nova-api-version"], "2.53");
+        let vary: Vec<&str> = h.get_all("vary").iter().map(|v| v.to_str().unwrap()).collect();
+        assert!(vary.contains(&"OpenStack-API-Version") && vary.contains(&"X-OpenStack-Nova-API-Version"));
+        let (s, body, _) = get(&c, &token, "/os-services", Some("2.999")).await;
+        assert_eq!(s, 406);
+        assert_eq!(body["computeFault"]["code"], 406);
+        let (s, body, _) = get(&c, &token, "/os-services", Some("2.x")).await;
+        assert_eq!(s, 400);
+        assert_eq!(body["badRequest"]["code"], 400);
+        let (_, _, h) = get(&c, &token, "/os-services", Some("latest")).await;
+        assert_eq!(
+            h["x-openstack-nova-api-version"],
+            format!("2.{}", tessera_compute::api::microversion::MAX)
+        );
+
+        // Services of both cells: 2 computes and a conductor each, all up.
+        let (_, v, _) = get(&c, &token, "/os-services", None).await;
+        let svcs = v["services"].as_array().unwrap();
+        assert_eq!(svcs.len(), 6, "{v}");
+        assert!(svcs
+            .iter()
+            .all(|s| s["state"] == "up" && s["status"] == "enabled"));
+        assert!(svcs[0]["id"].is_i64(), "integer ids before 2.53");
+        let computes: Vec<&Value> = svcs.iter().filter(|s| s["binary"] == "nova-compute").collect();
+        assert_eq!(computes.len(), 4);
+        assert!(computes.iter().all(|s| s["zone"] == "nova"));
+        assert!(svcs
+            .iter()
+            .filter(|s| s["binary"] == "nova-conductor")
+            .all(|s| s["zone"] == "internal"));
+        let (_, v, _) = get(
+            &c,
+            &token,
+            "/os-services?binary=nova-compute&host=cell2-compute1",
+            Some("2.53"),
+        )
+        .await;
+        let one = &v["services"][0];
+        assert_eq!(v["services"].as_array().unwrap().len(), 1);
+        assert_eq!(one["id"].as_str().unwrap().len(), 36, "uuid ids from 2.53");
+        assert_eq!(one["forced_down"], false);
+
+        // Hypervisors: one per host, both cells; stats up to 2.87 only.
+        let (_, v, _) = get(&c, &token, "/os-hypervisors", None).await;
+        let names: Vec<&str> = v["hypervisors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["hypervisor_hostname"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 4);
+        for h in [
+            "cell1-compute1",
+            "cell1-compute2",
+            "cell2-compute1",
+            "cell2-compute2",
+        ] {
+            assert!(names.contains(&h), "{names:?}");
+        }
+        let (_, v, _) = get(&c, &token, "/os-hypervisors/detail", Some("2.87")).await;
+        let h0 = &v["hypervisors"][0];
+        assert_eq!(h0["vcpus"], 16);
+        assert_eq!(h0["hypervisor_type"], "fake");
+        assert_eq!(h0["state"], "up");
+        let (_, v, _) = get(&c, &token, "/os-hypervisors/detail", Some("2.88")).await;
+        let h0 = v["hypervisors"][0].clone();
+        assert!(h0.get("vcpus").is_none() && h0.get("uptime").is_some());
+        let id = h0["id"].as_str().unwrap().to_string();
+        let (s, v, _) = get(&c, &token, &format!("/os-hypervisors/{id}"), Some("2.88")).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["hypervisor"]["service"]["host"], h0["service"]["host"]);
+        let (s, v, _) = get(&c, &token, "/os-hypervisors/not-a-uuid", Some("2.53")).await;
+        assert_eq!(s, 400, "{v}");
+        let (s, v, _) = get(
+            &c,
+            &token,
+            &format!("/os-hypervisors/{}", uuid::Uuid::new_v4()),
+            Some("2.53"),
+        )
+        .await;
+        assert_eq!(s, 404);
+        assert_eq!(v["itemNotFound"]["code"], 404);
+        let (_, v, _) = get(&c, &token, "/os-hypervisors?limit=3", Some("2.53")).await;
+        assert_eq!(v["hypervisors"].as_array().unwrap().len(), 3);
+        assert!(v["hypervisors_links"][0]["href"]
+            .as_str()
+            .unwrap()
+            .contains("marker="));
+
+        // Aggregates: none yet.
+        let (s, v, _) = get(&c, &token, "/os-aggregates", Some("2.41")).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["aggregates"], serde_json::json!([]));
+
+        // Zones.
+        let (_, v, _) = get(&c, &token, "/os-availability-zone", None).await;
+        assert_eq!(v["availabilityZoneInfo"][0]["zoneName"], "nova");
+        assert_eq!(v["availabilityZoneInfo"][0]["zoneState"]["available"], true);
+        let (_, v, _) = get(&c, &token, "/os-availability-zone/detail", None).await;
+        let zones: Vec<&str> = v["availabilityZoneInfo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|z| z["zoneName"].as_str().unwrap())
+            .collect();
+        assert_eq!(zones, vec!["internal", "nova"]);
+
+        // Members of other projects: 403 with Nova's body; no token: 401.
+        c.project_with_member(&token, "p-compute", "u-compute", "pw-compute-1")
+            .await;
+        let r = c.login("u-compute", "pw-compute-1", Some("p-compute")).await;
+        let user_token = r.subject_token();
+        let (s, v, _) = get(&c, &user_token, "/os-hypervisors", None).await;
+        assert_eq!(s, 403);
+        assert_eq!(v["forbidden"]["code"], 403);
+        let (s, _, _) = get(&c, &user_token, "/os-availability-zone", None).await;
+        assert_eq!(s, 200);
+        let r = c.http.get(c.compute_url("/os-services")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        c.stop().await;
+    });
+}

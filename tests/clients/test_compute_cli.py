@@ -1,0 +1,59 @@
+"""Compute API with the unmodified `openstack` CLI: hosts of two cells as hypervisors and services."""
+
+import shutil
+import tempfile
+
+import pytest
+
+from conftest import Cloud, start_cloud, stop
+
+
+@pytest.fixture(scope="module")
+def cells_cloud():
+    d = tempfile.mkdtemp(prefix="tessera-compute-")
+    proc, line = start_cloud(d, "[all_in_one]\ncells = 2\nhosts_per_cell = 2\n")
+    yield Cloud(d, proc, line)
+    stop(proc)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+HOSTS = {"cell1-compute1", "cell1-compute2", "cell2-compute1", "cell2-compute2"}
+
+
+def test_hypervisors_of_both_cells(cells_cloud):
+    hv = cells_cloud.os("hypervisor", "list", "-f", "json")
+    assert {h["Hypervisor Hostname"] for h in hv} == HOSTS
+    assert all(h["State"] == "up" and h["Hypervisor Type"] == "fake" for h in hv)
+    one = cells_cloud.os("hypervisor", "show", hv[0]["ID"], "-f", "json")
+    assert one["hypervisor_hostname"] in HOSTS and one["service_host"] in HOSTS
+
+
+def test_compute_services_of_both_cells(cells_cloud):
+    svcs = cells_cloud.os("compute", "service", "list", "-f", "json")
+    computes = [s for s in svcs if s["Binary"] == "nova-compute"]
+    assert {s["Host"] for s in computes} == HOSTS
+    assert all(s["Zone"] == "nova" and s["Status"] == "enabled" and s["State"] == "up" for s in computes)
+    conductors = {s["Host"] for s in svcs if s["Binary"] == "nova-conductor"}
+    assert conductors == {"cell1-conductor", "cell2-conductor"}
+    only = cells_cloud.os("compute", "service", "list", "--host", "cell2-compute2", "-f", "json")
+    assert [s["Host"] for s in only] == ["cell2-compute2"]
+
+
+def test_availability_zones(cells_cloud):
+    # As admin the CLI reads the detailed list, which also has the internal zone of the conductors.
+    zones = cells_cloud.os("availability zone", "list", "--compute", "--long", "-f", "json")
+    by_zone = {}
+    for z in zones:
+        by_zone.setdefault(z["Zone Name"], set()).add(z["Host Name"])
+    assert by_zone["nova"] == HOSTS
+    assert by_zone["internal"] == {"cell1-conductor", "cell2-conductor"}
+    assert {z["Zone Status"] for z in zones} == {"available"}
+
+
+def test_non_admins_are_refused(cells_cloud):
+    c = cells_cloud
+    c.os("project", "create", "hv-p")
+    c.os("user", "create", "--password", "hv-pw-1", "hv-u")
+    c.os("role", "add", "--project", "hv-p", "--user", "hv-u", "member")
+    r = c.os("hypervisor", "list", env=c.user_env("hv-u", "hv-pw-1", "hv-p"), check=False)
+    assert r.returncode != 0 and "403" in r.stderr
