@@ -57,3 +57,25 @@ def test_non_admins_are_refused(cells_cloud):
     c.os("role", "add", "--project", "hv-p", "--user", "hv-u", "member")
     r = c.os("hypervisor", "list", env=c.user_env("hv-u", "hv-pw-1", "hv-p"), check=False)
     assert r.returncode != 0 and "403" in r.stderr
+
+
+def test_flavors_with_the_cli(cells_cloud):
+    c = cells_cloud
+    names = [f["Name"] for f in c.os("flavor", "list", "-f", "json")]
+    assert names == ["m1.tiny", "m1.small", "m1.medium", "m1.large", "m1.xlarge"]
+    f = c.os("flavor", "create", "--ram", "256", "--vcpus", "1", "--disk", "1", "--property", "hw:mem_page_size=small",
+             "cli.flavor", "-f", "json")
+    assert f["ram"] == 256 and f["name"] == "cli.flavor"
+    c.os("flavor", "set", "--property", "k=v", "cli.flavor")
+    shown = c.os("flavor", "show", "cli.flavor", "-f", "json")
+    assert shown["properties"] == {"hw:mem_page_size": "small", "k": "v"}
+    c.os("flavor", "unset", "--property", "k", "cli.flavor")
+    assert c.os("flavor", "show", "cli.flavor", "-f", "json")["properties"] == {"hw:mem_page_size": "small"}
+    r = c.os("flavor", "create", "--ram", "256", "--vcpus", "1", "--disk", "1", "cli.flavor", check=False)
+    assert r.returncode != 0 and "409" in r.stderr
+    priv = c.os("flavor", "create", "--ram", "64", "--vcpus", "1", "--private", "--project", "admin", "cli.private",
+                "-f", "json")
+    assert priv["os-flavor-access:is_public"] is False
+    assert "cli.private" in [f["Name"] for f in c.os("flavor", "list", "--private", "-f", "json")]
+    c.os("flavor", "delete", "cli.flavor", "cli.private")
+    assert "cli.flavor" not in [f["Name"] for f in c.os("flavor", "list", "--all", "-f", "json")]

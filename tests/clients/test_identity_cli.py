@@ -40,15 +40,17 @@ def test_catalog_regions_services_endpoints(cloud):
     assert {e["Interface"] for e in eps if e["Service Type"] == "identity"} == {"public", "internal", "admin"}
     cloud.os("region", "create", "RegionTwo")
     assert any(r["Region"] == "RegionTwo" for r in cloud.os("region", "list", "-f", "json"))
-    svc = cloud.os("service", "create", "--name", "nova", "--description", "Compute", "compute", "-f", "json")
-    ep = cloud.os("endpoint", "create", "--region", "RegionTwo", "compute", "public",
+    # (all-in-one has its own `compute` service; this one is another type)
+    svc = cloud.os("service", "create", "--name", "nova-legacy", "--description", "Compute", "compute-legacy",
+                   "-f", "json")
+    ep = cloud.os("endpoint", "create", "--region", "RegionTwo", "nova-legacy", "public",
                   "http://127.0.0.1:8774/v2.1/$(project_id)s", "-f", "json")
     assert ep["region"] == "RegionTwo" and ep["service_id"] == svc["id"]
-    listed = cloud.os("endpoint", "list", "--service", "compute", "-f", "json")
+    listed = cloud.os("endpoint", "list", "--service", "nova-legacy", "-f", "json")
     assert [e["ID"] for e in listed] == [ep["id"]]
     # The catalog of a new token carries the compute endpoint with the project id filled in.
     project_id = cloud.os("token", "issue", "-f", "json")["project_id"]
-    cat = cloud.os("catalog", "show", "compute", "-f", "json")
+    cat = cloud.os("catalog", "show", "nova-legacy", "-f", "json")
     assert project_id in str(cat["endpoints"])
     cloud.os("endpoint", "delete", ep["id"])
     cloud.os("service", "delete", svc["id"])

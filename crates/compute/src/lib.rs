@@ -7,6 +7,7 @@ pub mod celldb;
 pub mod cells;
 pub mod cellv2;
 pub mod conductor;
+pub mod flavors;
 pub mod placement_client;
 pub mod virt;
 

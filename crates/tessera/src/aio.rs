@@ -103,6 +103,7 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
         roles::start_placement(&cfg, placement_db, &identity.identity, &auth_url, shutdown).await?;
     let cells = ensure_cells(&cfg).await?;
     let api_db = tessera_db::Db::connect(&cfg.get_str("api_database", "connection"), 8).await?;
+    tessera_compute::flavors::ensure_defaults(&api_db).await?;
     let compute = roles::start_compute_api(&cfg, api_db, &identity.identity, &auth_url, shutdown).await?;
     let compute_url = format!("{}/v2.1", compute.base_url);
     let params = BootstrapParams {

@@ -176,3 +176,188 @@ async fn services_hypervisors_and_zones_across_cells() {
         c.stop().await;
     });
 }
+
+async fn send(
+    c: &Cloud,
+    token: &str,
+    method: http::Method,
+    path: &str,
+    mv: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut rb = c
+        .http
+        .request(method, c.compute_url(path))
+        .header("X-Auth-Token", token)
+        .header("OpenStack-API-Version", format!("compute {mv}"));
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = rb.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn flavors_defaults_crud_specs_and_access() {
+    use http::Method;
+    use serde_json::json;
+    each_backend!(|b: Backend| async move {
+        let c = Cloud::start(&b).await;
+        let admin = c.admin_token().await;
+        let (_, v, _) = get(&c, &admin, "/flavors/detail", None).await;
+        let names: Vec<&str> = v["flavors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["m1.tiny", "m1.small", "m1.medium", "m1.large", "m1.xlarge"]
+        );
+        assert_eq!(v["flavors"][0]["swap"], "", "swap is \"\" before 2.75");
+        let (_, v, _) = get(&c, &admin, "/flavors/1", Some("2.75")).await;
+        assert_eq!(v["flavor"]["ram"], 512);
+        assert_eq!(v["flavor"]["swap"], 0);
+
+        // Create: 200 with the flavor; duplicates 409; bad input 400 and nothing written.
+        let (s, v) = send(&c, &admin, Method::POST, "/flavors", "2.55",
+            Some(json!({"flavor": {"name": "t.custom", "ram": "256", "vcpus": 1, "disk": 0, "id": "custom-1", "description": "d"}}))).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["flavor"]["ram"], 256);
+        assert_eq!(v["flavor"]["description"], "d");
+        let (s, v) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/flavors",
+            "2.1",
+            Some(json!({"flavor": {"name": "t.custom", "ram": 256, "vcpus": 1, "disk": 0}})),
+        )
+        .await;
+        assert_eq!(s, 409, "{v}");
+        assert_eq!(v["conflictingRequest"]["code"], 409);
+        for bad in [
+            json!({"flavor": {"name": "x", "ram": 0, "vcpus": 1, "disk": 0}}),
+            json!({"flavor": {"name": "x", "ram": 1, "vcpus": "one", "disk": 0}}),
+            json!({"flavor": {"name": " x", "ram": 1, "vcpus": 1, "disk": 0}}),
+            json!({"flavor": {"name": "x", "ram": 1, "vcpus": 1}}),
+            json!({"flavor": {"name": "x", "ram": 1, "vcpus": 1, "disk": 0, "color": "red"}}),
+            json!({"flavour": {}}),
+        ] {
+            let (s, v) = send(&c, &admin, Method::POST, "/flavors", "2.1", Some(bad.clone())).await;
+            assert_eq!(s, 400, "{bad} -> {v}");
+            assert_eq!(v["badRequest"]["code"], 400);
+        }
+        let (_, v, _) = get(&c, &admin, "/flavors", None).await;
+        assert_eq!(v["flavors"].as_array().unwrap().len(), 6);
+
+        // Extra specs.
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/flavors/custom-1/os-extra_specs",
+            "2.1",
+            Some(json!({"extra_specs": {"hw:cpu_policy": "dedicated", "k": "v"}})),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (_, v, _) = get(&c, &admin, "/flavors/custom-1/os-extra_specs/k", None).await;
+        assert_eq!(v, json!({"k": "v"}));
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::PUT,
+            "/flavors/custom-1/os-extra_specs/k",
+            "2.1",
+            Some(json!({"other": "v"})),
+        )
+        .await;
+        assert_eq!(s, 400);
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::DELETE,
+            "/flavors/custom-1/os-extra_specs/k",
+            "2.1",
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (_, v, _) = get(&c, &admin, "/flavors/custom-1", Some("2.61")).await;
+        assert_eq!(v["flavor"]["extra_specs"], json!({"hw:cpu_policy": "dedicated"}));
+
+        // A private flavor: invisible to a member until shared with their project.
+        let (s, v) = send(&c, &admin, Method::POST, "/flavors", "2.1",
+            Some(json!({"flavor": {"name": "t.private", "ram": 64, "vcpus": 1, "disk": 0, "id": "priv", "os-flavor-access:is_public": false}}))).await;
+        assert_eq!(s, 200, "{v}");
+        let (pid, _) = c
+            .project_with_member(&admin, "p-flavor", "u-flavor", "pw-flavor-1")
+            .await;
+        let user = c
+            .login("u-flavor", "pw-flavor-1", Some("p-flavor"))
+            .await
+            .subject_token();
+        let (s, _, _) = get(&c, &user, "/flavors/priv", None).await;
+        assert_eq!(s, 404);
+        let (s, v) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/flavors/priv/action",
+            "2.7",
+            Some(json!({"addTenantAccess": {"tenant": pid}})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["flavor_access"][0]["tenant_id"], pid);
+        let (s, _, _) = get(&c, &user, "/flavors/priv", None).await;
+        assert_eq!(s, 200);
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/flavors/1/action",
+            "2.7",
+            Some(json!({"addTenantAccess": {"tenant": pid}})),
+        )
+        .await;
+        assert_eq!(s, 409, "public flavors take no access list from 2.7");
+        // Members cannot manage flavors.
+        let (s, v) = send(
+            &c,
+            &user,
+            Method::POST,
+            "/flavors",
+            "2.1",
+            Some(json!({"flavor": {"name": "mine", "ram": 64, "vcpus": 1, "disk": 0}})),
+        )
+        .await;
+        assert_eq!(s, 403, "{v}");
+        let (s, _) = send(&c, &user, Method::DELETE, "/flavors/custom-1", "2.1", None).await;
+        assert_eq!(s, 403);
+
+        // Delete: 202, then 404; limits and markers page by id.
+        let (s, _) = send(&c, &admin, Method::DELETE, "/flavors/custom-1", "2.1", None).await;
+        assert_eq!(s, 202);
+        let (s, v, _) = get(&c, &admin, "/flavors/custom-1", None).await;
+        assert_eq!((s, v["itemNotFound"]["code"].clone()), (404, json!(404)));
+        let (_, v, _) = get(&c, &admin, "/flavors?limit=2&marker=2", None).await;
+        let ids: Vec<&str> = v["flavors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec!["3", "4"]);
+        assert!(v["flavors_links"][0]["href"]
+            .as_str()
+            .unwrap()
+            .contains("marker=4"));
+        let (s, _, _) = get(&c, &admin, "/flavors?marker=nope", None).await;
+        assert_eq!(s, 400);
+        c.stop().await;
+    });
+}

@@ -2,6 +2,7 @@
 //! `os-services`, `os-hypervisors` and `os-availability-zone`, read across every cell.
 
 mod aggregates;
+mod flavors;
 mod hypervisors;
 pub mod microversion;
 mod services;
@@ -160,7 +161,7 @@ fn version_doc(base: &str) -> serde_json::Value {
     })
 }
 
-fn base_url(headers: &http::HeaderMap) -> String {
+pub(crate) fn base_url(headers: &http::HeaderMap) -> String {
     let host = headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -205,6 +206,14 @@ pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity
     let protected = Router::new()
         .route("/v2.1/os-services", get(services::list))
         .route("/v2.1/os-aggregates", get(aggregates::list))
+        .route("/v2.1/flavors", get(flavors::list).post(flavors::create))
+        .route("/v2.1/flavors/detail", get(flavors::detail))
+        .route("/v2.1/flavors/{id}", get(flavors::show).put(flavors::update).delete(flavors::delete))
+        .route("/v2.1/flavors/{id}/action", axum::routing::post(flavors::action))
+        .route("/v2.1/flavors/{id}/os-flavor-access", get(flavors::access_list))
+        .route("/v2.1/flavors/{id}/os-extra_specs", get(flavors::specs_list).post(flavors::specs_create))
+        .route("/v2.1/flavors/{id}/os-extra_specs/{key}",
+            get(flavors::spec_show).put(flavors::spec_update).delete(flavors::spec_delete))
         .route("/v2.1/os-hypervisors", get(hypervisors::list))
         .route("/v2.1/os-hypervisors/detail", get(hypervisors::detail))
         .route("/v2.1/os-hypervisors/{id}", get(hypervisors::show))
