@@ -79,3 +79,27 @@ def test_flavors_with_the_cli(cells_cloud):
     assert "cli.private" in [f["Name"] for f in c.os("flavor", "list", "--private", "-f", "json")]
     c.os("flavor", "delete", "cli.flavor", "cli.private")
     assert "cli.flavor" not in [f["Name"] for f in c.os("flavor", "list", "--all", "-f", "json")]
+
+
+def test_keypairs_with_the_cli(cells_cloud, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    c = cells_cloud
+    pub = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    keyfile = tmp_path / "id.pub"
+    keyfile.write_text(pub + " test@example\n")
+    kp = c.os("keypair", "create", "--public-key", str(keyfile), "cli-imported", "-f", "json")
+    assert kp["name"] == "cli-imported" and kp["type"] == "ssh" and len(kp["fingerprint"]) == 47
+    # No key given: the client (at 2.92+) makes one and sends its public half; the private key is printed.
+    r = c.os("keypair", "create", "cli-generated", check=False)
+    assert r.returncode == 0, r.stderr
+    assert "PRIVATE KEY" in r.stdout
+    names = sorted(k["Name"] for k in c.os("keypair", "list", "-f", "json"))
+    assert names == ["cli-generated", "cli-imported"]
+    assert c.os("keypair", "show", "cli-imported", "-f", "json")["fingerprint"] == kp["fingerprint"]
+    r = c.os("keypair", "create", "--public-key", str(keyfile), "cli-imported", check=False)
+    assert r.returncode != 0 and "409" in r.stderr
+    c.os("keypair", "delete", "cli-imported", "cli-generated")
+    assert c.os("keypair", "list", "-f", "json") == []

@@ -8,6 +8,7 @@ pub mod cells;
 pub mod cellv2;
 pub mod conductor;
 pub mod flavors;
+pub mod keypairs;
 pub mod placement_client;
 pub mod virt;
 

@@ -361,3 +361,141 @@ async fn flavors_defaults_crud_specs_and_access() {
         c.stop().await;
     });
 }
+
+#[tokio::test]
+async fn keypairs_per_user_by_microversion() {
+    use http::Method;
+    use serde_json::json;
+    each_backend!(|b: Backend| async move {
+        let c = Cloud::start(&b).await;
+        let admin = c.admin_token().await;
+        // 2.1: generated key, 200; 2.2: 201 with type; 2.92: public key required.
+        let (s, v) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/os-keypairs",
+            "2.1",
+            Some(json!({"keypair": {"name": "gen"}})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert!(v["keypair"]["private_key"]
+            .as_str()
+            .unwrap()
+            .contains("OPENSSH PRIVATE KEY"));
+        let public = v["keypair"]["public_key"].as_str().unwrap().to_string();
+        let (s, v) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/os-keypairs",
+            "2.2",
+            Some(json!({"keypair": {"name": "imported", "public_key": public, "type": "ssh"}})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["keypair"]["type"], "ssh");
+        assert!(v["keypair"].get("private_key").is_none());
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/os-keypairs",
+            "2.92",
+            Some(json!({"keypair": {"name": "nokey"}})),
+        )
+        .await;
+        assert_eq!(s, 400);
+        let (s, v) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/os-keypairs",
+            "2.92",
+            Some(json!({"keypair": {"name": "me@host.x", "public_key": public}})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/os-keypairs",
+            "2.91",
+            Some(json!({"keypair": {"name": "me@host.y", "public_key": public}})),
+        )
+        .await;
+        assert_eq!(s, 400, "@ is allowed from 2.92 only");
+        // Bad keys and duplicates.
+        let (s, v) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/os-keypairs",
+            "2.2",
+            Some(json!({"keypair": {"name": "bad", "public_key": "ssh-rsa bm90IGEga2V5"}})),
+        )
+        .await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["badRequest"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fingerprint"));
+        let (s, v) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/os-keypairs",
+            "2.2",
+            Some(json!({"keypair": {"name": "imported", "public_key": public}})),
+        )
+        .await;
+        assert_eq!(s, 409, "{v}");
+        // Listing wraps each item; paging by name from 2.35.
+        let (_, v, _) = get(&c, &admin, "/os-keypairs", Some("2.35")).await;
+        let names: Vec<&str> = v["keypairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["keypair"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["gen", "imported", "me@host.x"]);
+        let (_, v, _) = get(&c, &admin, "/os-keypairs?limit=1&marker=gen", Some("2.35")).await;
+        assert_eq!(v["keypairs"][0]["keypair"]["name"], "imported");
+        let (_, v, _) = get(&c, &admin, "/os-keypairs/gen", Some("2.2")).await;
+        assert_eq!(v["keypair"]["deleted"], false);
+        assert!(v["keypair"]["id"].is_i64());
+
+        // Another user sees none of them and cannot name the admin's user id.
+        c.project_with_member(&admin, "p-kp", "u-kp", "pw-kp-1").await;
+        let user = c.login("u-kp", "pw-kp-1", Some("p-kp")).await.subject_token();
+        let (_, v, _) = get(&c, &user, "/os-keypairs", None).await;
+        assert_eq!(v["keypairs"], json!([]));
+        let (s, _, _) = get(&c, &user, "/os-keypairs/gen", None).await;
+        assert_eq!(s, 404);
+        let admin_id = c
+            .login("admin", tessera_test_harness::ADMIN_PASSWORD, Some("admin"))
+            .await
+            .body["token"]["user"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (s, _, _) = get(
+            &c,
+            &user,
+            &format!("/os-keypairs?user_id={admin_id}"),
+            Some("2.10"),
+        )
+        .await;
+        assert_eq!(s, 403);
+        // Delete: 202 at 2.1, 204 from 2.2, 404 after.
+        let (s, _) = send(&c, &admin, Method::DELETE, "/os-keypairs/gen", "2.1", None).await;
+        assert_eq!(s, 202);
+        let (s, _) = send(&c, &admin, Method::DELETE, "/os-keypairs/imported", "2.2", None).await;
+        assert_eq!(s, 204);
+        let (s, v) = send(&c, &admin, Method::DELETE, "/os-keypairs/imported", "2.2", None).await;
+        assert_eq!(s, 404, "{v}");
+        c.stop().await;
+    });
+}

@@ -4,6 +4,7 @@
 mod aggregates;
 mod flavors;
 mod hypervisors;
+mod keypairs;
 pub mod microversion;
 mod services;
 mod zones;
@@ -206,6 +207,8 @@ pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity
     let protected = Router::new()
         .route("/v2.1/os-services", get(services::list))
         .route("/v2.1/os-aggregates", get(aggregates::list))
+        .route("/v2.1/os-keypairs", get(keypairs::list).post(keypairs::create))
+        .route("/v2.1/os-keypairs/{name}", get(keypairs::show).delete(keypairs::delete))
         .route("/v2.1/flavors", get(flavors::list).post(flavors::create))
         .route("/v2.1/flavors/detail", get(flavors::detail))
         .route("/v2.1/flavors/{id}", get(flavors::show).put(flavors::update).delete(flavors::delete))
