@@ -103,3 +103,15 @@ def test_keypairs_with_the_cli(cells_cloud, tmp_path):
     assert r.returncode != 0 and "409" in r.stderr
     c.os("keypair", "delete", "cli-imported", "cli-generated")
     assert c.os("keypair", "list", "-f", "json") == []
+
+
+def test_disable_and_force_down_a_compute_service(cells_cloud):
+    c = cells_cloud
+    c.os("compute", "service", "set", "--disable", "--disable-reason", "maintenance", "cell1-compute2", "nova-compute")
+    s = c.os("compute", "service", "list", "--host", "cell1-compute2", "--long", "-f", "json")[0]
+    assert s["Status"] == "disabled" and s["Disabled Reason"] == "maintenance"
+    c.os("compute", "service", "set", "--down", "cell1-compute2", "nova-compute")
+    assert c.os("compute", "service", "list", "--host", "cell1-compute2", "-f", "json")[0]["State"] == "down"
+    c.os("compute", "service", "set", "--enable", "--up", "cell1-compute2", "nova-compute")
+    s = c.os("compute", "service", "list", "--host", "cell1-compute2", "-f", "json")[0]
+    assert (s["Status"], s["State"]) == ("enabled", "up")

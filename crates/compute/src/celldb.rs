@@ -419,3 +419,37 @@ pub async fn compute_nodes_full(db: &Db) -> Result<Vec<NodeRow>> {
     })
     .collect()
 }
+
+/// Find a live service record by uuid.
+pub async fn service_by_uuid(db: &Db, uuid: &str) -> Result<Option<ServiceRecord>> {
+    sqlx::query(&db.sql(&format!(
+        "SELECT {SVC_COLS} FROM services WHERE uuid = ? AND deleted = 0"
+    )))
+    .bind(uuid)
+    .fetch_optional(db.pool())
+    .await?
+    .as_ref()
+    .map(service_from)
+    .transpose()
+}
+
+/// Set a service's disabled flag, reason and forced-down flag.
+pub async fn service_update(
+    db: &Db,
+    id: i64,
+    disabled: bool,
+    reason: Option<&str>,
+    forced_down: bool,
+) -> Result<()> {
+    sqlx::query(&db.sql(
+        "UPDATE services SET disabled = ?, disabled_reason = ?, forced_down = ?, updated_at = ? WHERE id = ?",
+    ))
+    .bind(disabled as i64)
+    .bind(reason)
+    .bind(forced_down as i64)
+    .bind(tessera_types::now_epoch_micros())
+    .bind(id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}

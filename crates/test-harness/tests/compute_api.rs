@@ -96,6 +96,93 @@ async fn services_hypervisors_and_zones_across_cells() {
         assert_eq!(one["id"].as_str().unwrap().len(), 36, "uuid ids from 2.53");
         assert_eq!(one["forced_down"], false);
 
+        // Disable, force down, enable a compute (2.53: by uuid, flat body; 2.1: by host and binary).
+        let uuid = one["id"].as_str().unwrap().to_string();
+        let put = |path: String, mv: &'static str, body: Value| {
+            let c = &c;
+            let token = token.clone();
+            async move {
+                let r = c
+                    .http
+                    .put(c.compute_url(&path))
+                    .header("X-Auth-Token", &token)
+                    .header("OpenStack-API-Version", format!("compute {mv}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let s = r.status().as_u16();
+                (s, r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        let (s, v) = put(
+            format!("/os-services/{uuid}"),
+            "2.53",
+            serde_json::json!({"status": "disabled", "disabled_reason": "maintenance"}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["service"]["status"], "disabled");
+        assert_eq!(v["service"]["disabled_reason"], "maintenance");
+        let (s, v) = put(
+            format!("/os-services/{uuid}"),
+            "2.53",
+            serde_json::json!({"forced_down": true}),
+        )
+        .await;
+        assert_eq!(
+            (s, v["service"]["state"].clone()),
+            (200, serde_json::json!("down"))
+        );
+        let (s, _) = put(
+            format!("/os-services/{uuid}"),
+            "2.53",
+            serde_json::json!({"status": "enabled", "disabled_reason": "x"}),
+        )
+        .await;
+        assert_eq!(s, 400);
+        let (s, _) = put(format!("/os-services/{uuid}"), "2.53", serde_json::json!({})).await;
+        assert_eq!(s, 400);
+        let conductor = svcs.iter().find(|s| s["binary"] == "nova-conductor").unwrap()["host"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (_, v, _) = get(
+            &c,
+            &token,
+            &format!("/os-services?host={conductor}"),
+            Some("2.53"),
+        )
+        .await;
+        let cuuid = v["services"][0]["id"].as_str().unwrap().to_string();
+        let (s, _) = put(
+            format!("/os-services/{cuuid}"),
+            "2.53",
+            serde_json::json!({"status": "disabled"}),
+        )
+        .await;
+        assert_eq!(s, 400, "only nova-compute services can be updated");
+        let (s, v) = put(
+            "/os-services/enable".into(),
+            "2.11",
+            serde_json::json!({"host": "cell2-compute1", "binary": "nova-compute"}),
+        )
+        .await;
+        assert_eq!(
+            (s, v["service"]["status"].clone()),
+            (200, serde_json::json!("enabled"))
+        );
+        let (s, _) = put(
+            "/os-services/force-down".into(),
+            "2.11",
+            serde_json::json!({"host": "cell2-compute1", "binary": "nova-compute", "forced_down": false}),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (_, v, _) = get(&c, &token, "/os-services?host=cell2-compute1", None).await;
+        assert_eq!(v["services"][0]["state"], "up");
+        assert_eq!(v["services"][0]["status"], "enabled");
+
         // Hypervisors: one per host, both cells; stats up to 2.87 only.
         let (_, v, _) = get(&c, &token, "/os-hypervisors", None).await;
         let names: Vec<&str> = v["hypervisors"]

@@ -133,14 +133,15 @@ pub(crate) async fn create(
         Some(other) => return Err(bad(format!("Invalid input for field/attribute name. Value: {other}. Keypair name contains unsafe characters or is too long"))),
         None => return Err(bad("Invalid input for field/attribute keypair. 'name' is a required property")),
     };
-    let key_type =
-        match m.get("type") {
-            None => "ssh".to_string(),
-            Some(Value::String(t)) if t == "ssh" || t == "x509" => t.clone(),
-            Some(other) => return Err(bad(format!(
+    let key_type = match m.get("type") {
+        None => "ssh".to_string(),
+        Some(Value::String(t)) if t == "ssh" || t == "x509" => t.clone(),
+        Some(other) => {
+            return Err(bad(format!(
                 "Invalid input for field/attribute type. Value: {other}. It is not one of ['ssh', 'x509']"
-            ))),
-        };
+            )))
+        }
+    };
     let user = target_user(&ctx, mv, m.get("user_id").and_then(Value::as_str))?;
     let public = match m.get("public_key") {
         Some(Value::String(s)) => Some(s.trim().to_string()),

@@ -206,6 +206,7 @@ pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity
     #[rustfmt::skip]
     let protected = Router::new()
         .route("/v2.1/os-services", get(services::list))
+        .route("/v2.1/os-services/{id}", axum::routing::put(services::update))
         .route("/v2.1/os-aggregates", get(aggregates::list))
         .route("/v2.1/os-keypairs", get(keypairs::list).post(keypairs::create))
         .route("/v2.1/os-keypairs/{name}", get(keypairs::show).delete(keypairs::delete))

@@ -68,3 +68,165 @@ pub(crate) async fn list(
     }
     Ok(axum::Json(json!({ "services": out })).into_response())
 }
+
+fn bad(m: impl Into<String>) -> ApiError {
+    super::nova(http::StatusCode::BAD_REQUEST, m)
+}
+
+/// Find a service record (and its cell database) by a predicate, across cells.
+async fn find_service(
+    api: &std::sync::Arc<super::ComputeApi>,
+    pred: impl Fn(&ServiceRecord) -> bool + Copy,
+) -> Result<Option<(tessera_db::Db, ServiceRecord)>, ApiError> {
+    for c in api.cells().await? {
+        let db = api.cell_db(&c).await?;
+        if let Some(s) = crate::celldb::services(&db).await?.into_iter().find(|s| pred(s)) {
+            return Ok(Some((db, s)));
+        }
+    }
+    Ok(None)
+}
+
+/// `PUT /os-services/{uuid}` (2.53+): a flat body with `status`, `disabled_reason`, `forced_down`; only
+/// `nova-compute` services may be changed.
+pub(crate) async fn update(
+    State(api): S,
+    Caller(ctx): Caller,
+    Extension(mv): Extension<Mv>,
+    headers: http::HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    b: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&ctx, "os_compute_api:os-services:update")?;
+    let v = tessera_http::body::parse_json::<Value>(tessera_http::Family::Nova, &headers, &b)?;
+    if !mv.at_least(53) {
+        return legacy_action(api, mv, &id, v).await;
+    }
+    let m = v
+        .as_object()
+        .ok_or_else(|| bad("Invalid input: the body must be an object"))?;
+    if m.is_empty() {
+        return Err(bad(
+            "No updates were requested. Fields 'status' or 'forced_down' should be specified.",
+        ));
+    }
+    if let Some(k) = m
+        .keys()
+        .find(|k| !["status", "disabled_reason", "forced_down"].contains(&k.as_str()))
+    {
+        return Err(bad(format!("Invalid input for field/attribute request body. Additional properties are not allowed ('{k}' was unexpected)")));
+    }
+    let status = match m.get("status") {
+        None => None,
+        Some(Value::String(s)) if s == "enabled" || s == "disabled" => Some(s.as_str()),
+        Some(other) => return Err(bad(format!("Invalid input for field/attribute status. Value: {other}. It is not one of ['enabled', 'disabled']"))),
+    };
+    let reason = match m.get("disabled_reason") {
+        None => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
+        Some(other) => {
+            return Err(bad(format!(
+                "Invalid input for field/attribute disabled_reason. Value: {other}."
+            )))
+        }
+    };
+    if reason.is_some() && status != Some("disabled") {
+        return Err(bad(
+            "Specifying 'disabled_reason' with status 'enabled' is invalid.",
+        ));
+    }
+    let forced = match m.get("forced_down") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            return Err(bad(format!(
+                "Invalid input for field/attribute forced_down. Value: {other}."
+            )))
+        }
+    };
+    let (db, s) = find_service(&api, |s| s.uuid == id)
+        .await?
+        .ok_or_else(|| super::nova(http::StatusCode::NOT_FOUND, format!("Service {id} not found.")))?;
+    if s.binary != "nova-compute" {
+        return Err(bad(format!(
+            "Updating a {} service is not supported. Only nova-compute services can be updated.",
+            s.binary
+        )));
+    }
+    let disabled = status.map(|st| st == "disabled").unwrap_or(s.disabled);
+    let reason = if disabled {
+        reason.or(s.disabled_reason.clone())
+    } else {
+        None
+    };
+    let forced = forced.unwrap_or(s.forced_down);
+    crate::celldb::service_update(&db, s.id, disabled, reason.as_deref(), forced).await?;
+    let s = crate::celldb::service_by_uuid(&db, &id)
+        .await?
+        .ok_or_else(|| super::nova(http::StatusCode::NOT_FOUND, format!("Service {id} not found.")))?;
+    Ok(axum::Json(json!({ "service": service_view(&s, &api.settings, mv) })).into_response())
+}
+
+/// Before 2.53: `PUT /os-services/{enable|disable|disable-log-reason|force-down}` with `{host, binary}`.
+async fn legacy_action(
+    api: std::sync::Arc<super::ComputeApi>,
+    mv: Mv,
+    action: &str,
+    v: Value,
+) -> Result<Response, ApiError> {
+    let host = v
+        .get("host")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("Missing 'host' in the request body"))?
+        .to_string();
+    let binary = v
+        .get("binary")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("Missing 'binary' in the request body"))?
+        .to_string();
+    let (db, s) = find_service(&api, |s| s.host == host && s.binary == binary)
+        .await?
+        .ok_or_else(|| {
+            super::nova(
+                http::StatusCode::NOT_FOUND,
+                format!("Service {binary} on host {host} not found."),
+            )
+        })?;
+    let mut out = json!({"host": host, "binary": binary});
+    match action {
+        "enable" => {
+            crate::celldb::service_update(&db, s.id, false, None, s.forced_down).await?;
+            out["status"] = json!("enabled");
+        }
+        "disable" => {
+            crate::celldb::service_update(&db, s.id, true, s.disabled_reason.as_deref(), s.forced_down)
+                .await?;
+            out["status"] = json!("disabled");
+        }
+        "disable-log-reason" => {
+            let reason = v
+                .get("disabled_reason")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty() && r.len() <= 255)
+                .ok_or_else(|| bad("Missing disabled reason field"))?;
+            crate::celldb::service_update(&db, s.id, true, Some(reason), s.forced_down).await?;
+            out["status"] = json!("disabled");
+            out["disabled_reason"] = json!(reason);
+        }
+        "force-down" if mv.at_least(11) => {
+            let f = v
+                .get("forced_down")
+                .and_then(Value::as_bool)
+                .ok_or_else(|| bad("Missing forced_down field"))?;
+            crate::celldb::service_update(&db, s.id, s.disabled, s.disabled_reason.as_deref(), f).await?;
+            out["forced_down"] = json!(f);
+        }
+        other => {
+            return Err(super::nova(
+                http::StatusCode::NOT_FOUND,
+                format!("Unknown action {other}"),
+            ))
+        }
+    }
+    Ok(axum::Json(json!({ "service": out })).into_response())
+}
