@@ -115,3 +115,19 @@ def test_disable_and_force_down_a_compute_service(cells_cloud):
     c.os("compute", "service", "set", "--enable", "--up", "cell1-compute2", "nova-compute")
     s = c.os("compute", "service", "list", "--host", "cell1-compute2", "-f", "json")[0]
     assert (s["Status"], s["State"]) == ("enabled", "up")
+
+
+def test_aggregates_and_zones_with_the_cli(cells_cloud):
+    c = cells_cloud
+    agg = c.os("aggregate", "create", "--zone", "az-cli", "--property", "ssd=true", "agg-cli", "-f", "json")
+    assert agg["availability_zone"] == "az-cli"
+    c.os("aggregate", "add", "host", "agg-cli", "cell2-compute1")
+    shown = c.os("aggregate", "show", "agg-cli", "-f", "json")
+    assert shown["hosts"] == ["cell2-compute1"] and shown["properties"] == {"ssd": "true"}
+    zones = {z["Zone Name"] for z in c.os("availability zone", "list", "--compute", "-f", "json")}
+    assert "az-cli" in zones
+    r = c.os("aggregate", "add", "host", "agg-cli", "no-such-host", check=False)
+    assert r.returncode != 0 and "404" in r.stderr
+    c.os("aggregate", "remove", "host", "agg-cli", "cell2-compute1")
+    c.os("aggregate", "delete", "agg-cli")
+    assert c.os("aggregate", "list", "-f", "json") == []

@@ -2,6 +2,7 @@
 //! ([`cells`]) and the few cell-database reads and writes that `manage cell_v2` needs ([`celldb`]).
 
 pub mod agent;
+pub mod aggregates;
 pub mod api;
 pub mod celldb;
 pub mod cells;

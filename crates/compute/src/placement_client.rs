@@ -254,3 +254,61 @@ impl PlacementClient {
         })
     }
 }
+
+impl PlacementClient {
+    /// The provider named `name` (compute nodes are named after their host): (uuid).
+    async fn provider_by_name(&self, name: &str) -> Result<Option<String>> {
+        let (s, v) = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/resource_providers?name={name}"),
+                None,
+            )
+            .await?;
+        if s != StatusCode::OK {
+            return Self::fail("GET resource providers", s, &v);
+        }
+        Ok(v["resource_providers"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|p| p["uuid"].as_str())
+            .map(str::to_string))
+    }
+
+    /// Add (or remove) placement aggregate `agg` on the provider of host `host`, as Nova mirrors host
+    /// aggregate membership. Ok(false) when the host has no provider.
+    pub async fn aggregate_host(&self, agg: &str, host: &str, add: bool) -> Result<bool> {
+        let Some(rp) = self.provider_by_name(host).await? else {
+            return Ok(false);
+        };
+        let path = format!("/resource_providers/{rp}/aggregates");
+        for _ in 0..5 {
+            let (s, v) = self.request(reqwest::Method::GET, &path, None).await?;
+            if s != StatusCode::OK {
+                return Self::fail("GET provider aggregates", s, &v);
+            }
+            let gen = v["resource_provider_generation"].as_i64().unwrap_or(0);
+            let mut aggs: Vec<String> = v["aggregates"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            let present = aggs.iter().any(|a| a == agg);
+            if present == add {
+                return Ok(true);
+            }
+            if add {
+                aggs.push(agg.to_string());
+            } else {
+                aggs.retain(|a| a != agg);
+            }
+            let body = json!({"aggregates": aggs, "resource_provider_generation": gen});
+            let (s, v) = self.request(reqwest::Method::PUT, &path, Some(&body)).await?;
+            match s {
+                StatusCode::OK => return Ok(true),
+                StatusCode::CONFLICT => continue,
+                _ => return Self::fail("PUT provider aggregates", s, &v),
+            }
+        }
+        Ok(false)
+    }
+}

@@ -102,9 +102,28 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     let placement =
         roles::start_placement(&cfg, placement_db, &identity.identity, &auth_url, shutdown).await?;
     let cells = ensure_cells(&cfg).await?;
+    let creds = tessera_compute::placement_client::Credentials {
+        auth_url: auth_url.clone(),
+        username: cfg.get_str("bootstrap", "admin_username"),
+        password: password.clone(),
+        project_name: cfg.get_str("bootstrap", "project_name"),
+        user_domain_name: "Default".into(),
+        project_domain_name: "Default".into(),
+        region_name: cfg.get_str("bootstrap", "region_id"),
+        valid_interfaces: vec!["internal".into(), "public".into()],
+    };
+    let placement_client = Arc::new(tessera_compute::placement_client::PlacementClient::new(creds));
     let api_db = tessera_db::Db::connect(&cfg.get_str("api_database", "connection"), 8).await?;
     tessera_compute::flavors::ensure_defaults(&api_db).await?;
-    let compute = roles::start_compute_api(&cfg, api_db, &identity.identity, &auth_url, shutdown).await?;
+    let compute = roles::start_compute_api(
+        &cfg,
+        api_db,
+        &identity.identity,
+        &auth_url,
+        Some(placement_client.clone()),
+        shutdown,
+    )
+    .await?;
     let compute_url = format!("{}/v2.1", compute.base_url);
     let params = BootstrapParams {
         admin_username: cfg.get_str("bootstrap", "admin_username"),
@@ -133,17 +152,7 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     };
     identity.identity.bootstrap(&params).await?;
     let buses = Arc::new(tessera_bus::Buses::new());
-    let creds = tessera_compute::placement_client::Credentials {
-        auth_url: auth_url.clone(),
-        username: params.admin_username.clone(),
-        password: password.clone(),
-        project_name: params.project_name.clone(),
-        user_domain_name: "Default".into(),
-        project_domain_name: "Default".into(),
-        region_name: params.region_id.clone(),
-        valid_interfaces: vec!["internal".into(), "public".into()],
-    };
-    let computes = start_cells(&cfg, &cells, &buses, creds, shutdown).await?;
+    let computes = start_cells(&cfg, &cells, &buses, placement_client, shutdown).await?;
     let aio = AllInOne {
         state_dir: dir.clone(),
         cells,
@@ -207,12 +216,11 @@ async fn start_cells(
     cfg: &Config,
     cells: &[tessera_compute::cells::CellMapping],
     buses: &tessera_bus::Buses,
-    creds: tessera_compute::placement_client::Credentials,
+    placement: Arc<tessera_compute::placement_client::PlacementClient>,
     shutdown: &Shutdown,
 ) -> Result<Vec<Arc<tessera_compute::agent::ComputeAgent>>, StartError> {
     use tessera_compute::{agent, celldb, conductor, virt};
     let report = Duration::from_secs(cfg.get_int("DEFAULT", "report_interval").max(1) as u64);
-    let placement = Arc::new(tessera_compute::placement_client::PlacementClient::new(creds));
     let mut agents = Vec::new();
     let mut waits = Vec::new();
     for cell in cells.iter().filter(|c| !c.is_cell0()) {

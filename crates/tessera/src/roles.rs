@@ -237,6 +237,7 @@ pub async fn start_compute_api(
     api_db: Db,
     identity: &Arc<Identity>,
     identity_uri: &str,
+    placement: Option<Arc<tessera_compute::placement_client::PlacementClient>>,
     shutdown: &Shutdown,
 ) -> Result<ComputeApiRole, StartError> {
     let settings = tessera_compute::api::ApiSettings {
@@ -247,7 +248,7 @@ pub async fn start_compute_api(
         default_availability_zone: cfg.get_str("DEFAULT", "default_availability_zone"),
         internal_service_availability_zone: cfg.get_str("DEFAULT", "internal_service_availability_zone"),
     };
-    let api = tessera_compute::api::ComputeApi::new(api_db, settings);
+    let api = tessera_compute::api::ComputeApi::new(api_db, settings, placement);
     let (listener, addr, base_url) =
         listen_on(cfg, cfg.get_port("DEFAULT", "osapi_compute_listen_port")).await?;
     let router = tessera_compute::api::router(api.clone(), identity.validator(), identity_uri);

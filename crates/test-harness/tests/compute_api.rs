@@ -586,3 +586,195 @@ async fn keypairs_per_user_by_microversion() {
         c.stop().await;
     });
 }
+
+#[tokio::test]
+async fn aggregates_zones_and_placement_mirroring() {
+    use http::Method;
+    use serde_json::json;
+    each_backend!(|b: Backend| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::create(&b, dir.path()).await;
+        let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+        cfg.set("all_in_one", "hosts_per_cell", "2").unwrap();
+        let c = Cloud::start_with(&b, db, dir, cfg).await;
+        let admin = c.admin_token().await;
+        let (s, v) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/os-aggregates",
+            "2.41",
+            Some(json!({"aggregate": {"name": "agg1", "availability_zone": "az1"}})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let id = v["aggregate"]["id"].as_i64().unwrap();
+        let agg_uuid = v["aggregate"]["uuid"].as_str().unwrap().to_string();
+        assert_eq!(v["aggregate"]["availability_zone"], "az1");
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/os-aggregates",
+            "2.1",
+            Some(json!({"aggregate": {"name": "agg1"}})),
+        )
+        .await;
+        assert_eq!(s, 409);
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::POST,
+            "/os-aggregates",
+            "2.1",
+            Some(json!({"aggregate": {}})),
+        )
+        .await;
+        assert_eq!(s, 400);
+
+        let add = |host: &'static str| json!({"add_host": {"host": host}});
+        let (s, v) = send(
+            &c,
+            &admin,
+            Method::POST,
+            &format!("/os-aggregates/{id}/action"),
+            "2.1",
+            Some(add("cell1-compute1")),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["aggregate"]["hosts"], json!(["cell1-compute1"]));
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::POST,
+            &format!("/os-aggregates/{id}/action"),
+            "2.1",
+            Some(add("cell1-compute1")),
+        )
+        .await;
+        assert_eq!(s, 409);
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::POST,
+            &format!("/os-aggregates/{id}/action"),
+            "2.1",
+            Some(add("nowhere")),
+        )
+        .await;
+        assert_eq!(s, 404);
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::POST,
+            &format!("/os-aggregates/{id}/action"),
+            "2.1",
+            Some(json!({"frobnicate": {}})),
+        )
+        .await;
+        assert_eq!(s, 400);
+
+        // The host is now in az1 for services and zones, and its provider is in the placement aggregate.
+        let (_, v, _) = get(&c, &admin, "/os-services?binary=nova-compute", None).await;
+        let zones: std::collections::BTreeMap<String, String> = v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["host"].as_str().unwrap().to_string(),
+                    s["zone"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(zones["cell1-compute1"], "az1");
+        assert_eq!(zones["cell1-compute2"], "nova");
+        let (_, v, _) = get(&c, &admin, "/os-availability-zone", None).await;
+        let names: Vec<&str> = v["availabilityZoneInfo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|z| z["zoneName"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["az1", "nova"]);
+        let r = c
+            .http
+            .get(c.placement_url("/resource_providers?name=cell1-compute1"))
+            .header("X-Auth-Token", &admin)
+            .send()
+            .await
+            .unwrap();
+        let rp: Value = r.json().await.unwrap();
+        let rp_uuid = rp["resource_providers"][0]["uuid"].as_str().unwrap().to_string();
+        let r = c
+            .http
+            .get(c.placement_url(&format!("/resource_providers/{rp_uuid}/aggregates")))
+            .header("X-Auth-Token", &admin)
+            .header("OpenStack-API-Version", "placement 1.19")
+            .send()
+            .await
+            .unwrap();
+        let aggs: Value = r.json().await.unwrap();
+        assert_eq!(aggs["aggregates"], json!([agg_uuid]));
+
+        // Metadata, then removal and deletion rules.
+        let (s, v) = send(
+            &c,
+            &admin,
+            Method::POST,
+            &format!("/os-aggregates/{id}/action"),
+            "2.1",
+            Some(json!({"set_metadata": {"metadata": {"ssd": "true", "availability_zone": "az2"}}})),
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert_eq!(v["aggregate"]["availability_zone"], "az2");
+        assert_eq!(v["aggregate"]["metadata"]["ssd"], "true");
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::DELETE,
+            &format!("/os-aggregates/{id}"),
+            "2.1",
+            None,
+        )
+        .await;
+        assert_eq!(s, 400, "an aggregate with hosts cannot be deleted");
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::POST,
+            &format!("/os-aggregates/{id}/action"),
+            "2.1",
+            Some(json!({"remove_host": {"host": "cell1-compute1"}})),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let r = c
+            .http
+            .get(c.placement_url(&format!("/resource_providers/{rp_uuid}/aggregates")))
+            .header("X-Auth-Token", &admin)
+            .header("OpenStack-API-Version", "placement 1.19")
+            .send()
+            .await
+            .unwrap();
+        let aggs: Value = r.json().await.unwrap();
+        assert_eq!(aggs["aggregates"], json!([]));
+        let (s, _) = send(
+            &c,
+            &admin,
+            Method::DELETE,
+            &format!("/os-aggregates/{id}"),
+            "2.1",
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (s, _, _) = get(&c, &admin, &format!("/os-aggregates/{id}"), None).await;
+        assert_eq!(s, 404);
+        let (s, _, _) = get(&c, &admin, "/os-aggregates/abc", None).await;
+        assert_eq!(s, 400);
+        c.stop().await;
+    });
+}

@@ -43,6 +43,8 @@ pub struct ApiSettings {
 pub struct ComputeApi {
     pub api_db: Db,
     pub settings: ApiSettings,
+    /// For mirroring host aggregates into placement (None: not mirrored).
+    pub placement: Option<Arc<crate::placement_client::PlacementClient>>,
     cell_dbs: tokio::sync::Mutex<HashMap<String, Db>>,
 }
 
@@ -92,10 +94,15 @@ pub(crate) fn naive_time(micros: i64) -> String {
 }
 
 impl ComputeApi {
-    pub fn new(api_db: Db, settings: ApiSettings) -> Arc<Self> {
+    pub fn new(
+        api_db: Db,
+        settings: ApiSettings,
+        placement: Option<Arc<crate::placement_client::PlacementClient>>,
+    ) -> Arc<Self> {
         Arc::new(ComputeApi {
             api_db,
             settings,
+            placement,
             cell_dbs: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -207,7 +214,9 @@ pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity
     let protected = Router::new()
         .route("/v2.1/os-services", get(services::list))
         .route("/v2.1/os-services/{id}", axum::routing::put(services::update))
-        .route("/v2.1/os-aggregates", get(aggregates::list))
+        .route("/v2.1/os-aggregates", get(aggregates::list).post(aggregates::create))
+        .route("/v2.1/os-aggregates/{id}", get(aggregates::show).put(aggregates::update).delete(aggregates::delete))
+        .route("/v2.1/os-aggregates/{id}/action", axum::routing::post(aggregates::action))
         .route("/v2.1/os-keypairs", get(keypairs::list).post(keypairs::create))
         .route("/v2.1/os-keypairs/{name}", get(keypairs::show).delete(keypairs::delete))
         .route("/v2.1/flavors", get(flavors::list).post(flavors::create))

@@ -20,21 +20,30 @@ pub(crate) fn is_up(s: &ServiceRecord, settings: &ApiSettings) -> bool {
     age <= settings.service_down_time.as_micros() as i64
 }
 
-/// The zone a service is shown in: computes in the default zone (aggregates come later), the rest internal.
-pub(crate) fn zone_of(s: &ServiceRecord, settings: &ApiSettings) -> String {
+/// The zone a service is shown in: a compute in its aggregates' zone (else the default one), the rest in
+/// the internal zone.
+pub(crate) fn zone_of(s: &ServiceRecord, settings: &ApiSettings, zones: &HashMap<String, String>) -> String {
     if s.binary == "nova-compute" {
-        settings.default_availability_zone.clone()
+        zones
+            .get(&s.host)
+            .cloned()
+            .unwrap_or_else(|| settings.default_availability_zone.clone())
     } else {
         settings.internal_service_availability_zone.clone()
     }
 }
 
-pub(crate) fn service_view(s: &ServiceRecord, settings: &ApiSettings, mv: Mv) -> Value {
+pub(crate) fn service_view(
+    s: &ServiceRecord,
+    settings: &ApiSettings,
+    zones: &HashMap<String, String>,
+    mv: Mv,
+) -> Value {
     let mut v = json!({
         "id": if mv.at_least(53) { json!(s.uuid) } else { json!(s.id) },
         "binary": s.binary,
         "host": s.host,
-        "zone": zone_of(s, settings),
+        "zone": zone_of(s, settings, zones),
         "status": if s.disabled { "disabled" } else { "enabled" },
         "state": if is_up(s, settings) { "up" } else { "down" },
         "updated_at": naive_time(s.updated_at),
@@ -56,6 +65,7 @@ pub(crate) async fn list(
     let per_cell = api
         .each_cell(|_, db| async move { crate::celldb::services(&db).await })
         .await?;
+    let zones = crate::aggregates::host_zones(&api.api_db).await?;
     let mut out = Vec::new();
     for (_, svcs) in per_cell {
         for s in svcs {
@@ -63,7 +73,7 @@ pub(crate) async fn list(
             {
                 continue;
             }
-            out.push(service_view(&s, &api.settings, mv));
+            out.push(service_view(&s, &api.settings, &zones, mv));
         }
     }
     Ok(axum::Json(json!({ "services": out })).into_response())
@@ -164,7 +174,8 @@ pub(crate) async fn update(
     let s = crate::celldb::service_by_uuid(&db, &id)
         .await?
         .ok_or_else(|| super::nova(http::StatusCode::NOT_FOUND, format!("Service {id} not found.")))?;
-    Ok(axum::Json(json!({ "service": service_view(&s, &api.settings, mv) })).into_response())
+    let zones = crate::aggregates::host_zones(&api.api_db).await?;
+    Ok(axum::Json(json!({ "service": service_view(&s, &api.settings, &zones, mv) })).into_response())
 }
 
 /// Before 2.53: `PUT /os-services/{enable|disable|disable-log-reason|force-down}` with `{host, binary}`.

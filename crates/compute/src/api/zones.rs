@@ -15,11 +15,14 @@ pub(crate) async fn list(State(api): S, Caller(_ctx): Caller) -> Result<Response
         .each_cell(|_, db| async move { crate::celldb::services(&db).await })
         .await?;
     // Compute zones only; a zone is available when one of its enabled computes is up.
+    let host_zones = crate::aggregates::host_zones(&api.api_db).await?;
     let mut zones: BTreeMap<String, bool> = BTreeMap::new();
     for (_, svcs) in per_cell {
         for s in svcs.iter().filter(|s| s.binary == "nova-compute") {
             let avail = !s.disabled && is_up(s, &api.settings);
-            let e = zones.entry(zone_of(s, &api.settings)).or_insert(false);
+            let e = zones
+                .entry(zone_of(s, &api.settings, &host_zones))
+                .or_insert(false);
             *e |= avail;
         }
     }
@@ -35,12 +38,13 @@ pub(crate) async fn detail(State(api): S, Caller(ctx): Caller) -> Result<Respons
     let per_cell = api
         .each_cell(|_, db| async move { crate::celldb::services(&db).await })
         .await?;
+    let host_zones = crate::aggregates::host_zones(&api.api_db).await?;
     let mut zones: BTreeMap<String, (bool, Map<String, Value>)> = BTreeMap::new();
     for (_, svcs) in per_cell {
         for s in svcs {
             let up = is_up(&s, &api.settings);
             let z = zones
-                .entry(zone_of(&s, &api.settings))
+                .entry(zone_of(&s, &api.settings, &host_zones))
                 .or_insert((false, Map::new()));
             z.0 |= up && !s.disabled;
             let host = z.1.entry(s.host.clone()).or_insert_with(|| json!({}));
