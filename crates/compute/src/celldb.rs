@@ -453,3 +453,8 @@ pub async fn service_update(
     .await?;
     Ok(())
 }
+
+/// The live compute node with this uuid, if the cell has it.
+pub async fn compute_node_by_uuid(db: &Db, uuid: &str) -> Result<Option<NodeRow>> {
+    Ok(compute_nodes_full(db).await?.into_iter().find(|n| n.uuid == uuid))
+}

@@ -11,6 +11,7 @@ pub mod conductor;
 pub mod flavors;
 pub mod keypairs;
 pub mod placement_client;
+pub mod scheduler;
 pub mod virt;
 
 #[derive(Debug, thiserror::Error)]

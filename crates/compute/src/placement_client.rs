@@ -312,3 +312,56 @@ impl PlacementClient {
         Ok(false)
     }
 }
+
+impl PlacementClient {
+    /// `GET /allocation_candidates?{query}` at 1.36 (Nova's version for scheduling).
+    pub async fn allocation_candidates(&self, query: &str) -> Result<Value> {
+        let (s, v) = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/allocation_candidates?{query}"),
+                None,
+            )
+            .await?;
+        if s != StatusCode::OK {
+            return Self::fail("GET allocation candidates", s, &v);
+        }
+        Ok(v)
+    }
+
+    /// Claim: `PUT /allocations/{consumer}` with an allocation request's `allocations`; Ok(false) on a
+    /// conflict (capacity taken meanwhile, or the consumer changed).
+    pub async fn claim(
+        &self,
+        consumer: &str,
+        allocations: &Value,
+        project: &str,
+        user: &str,
+    ) -> Result<bool> {
+        let body = json!({"allocations": allocations, "project_id": project, "user_id": user,
+                          "consumer_generation": null, "consumer_type": "INSTANCE"});
+        let (s, v) = self
+            .request(
+                reqwest::Method::PUT,
+                &format!("/allocations/{consumer}"),
+                Some(&body),
+            )
+            .await?;
+        match s {
+            StatusCode::NO_CONTENT => Ok(true),
+            StatusCode::CONFLICT => Ok(false),
+            _ => Self::fail("PUT allocations", s, &v),
+        }
+    }
+
+    /// Release everything a consumer holds (idempotent).
+    pub async fn release(&self, consumer: &str) -> Result<()> {
+        let (s, v) = self
+            .request(reqwest::Method::DELETE, &format!("/allocations/{consumer}"), None)
+            .await?;
+        match s {
+            StatusCode::NO_CONTENT | StatusCode::NOT_FOUND => Ok(()),
+            _ => Self::fail("DELETE allocations", s, &v),
+        }
+    }
+}

@@ -6,7 +6,7 @@ mod flavors;
 mod hypervisors;
 mod keypairs;
 pub mod microversion;
-mod services;
+pub mod services;
 mod zones;
 
 use crate::cells::{self, CellMapping};

@@ -12,12 +12,16 @@ use tessera_http::ApiError;
 
 /// Whether a service counts as up: not forced down, and heard from within `service_down_time`.
 pub(crate) fn is_up(s: &ServiceRecord, settings: &ApiSettings) -> bool {
+    is_up_at(s, settings.service_down_time, tessera_types::now_epoch_micros())
+}
+
+/// [`is_up`] at time `now` (epoch microseconds).
+pub fn is_up_at(s: &ServiceRecord, down_time: std::time::Duration, now: i64) -> bool {
     if s.forced_down {
         return false;
     }
     let last = s.last_seen_up.unwrap_or(s.updated_at);
-    let age = tessera_types::now_epoch_micros() - last;
-    age <= settings.service_down_time.as_micros() as i64
+    now - last <= down_time.as_micros() as i64
 }
 
 /// The zone a service is shown in: a compute in its aggregates' zone (else the default one), the rest in
