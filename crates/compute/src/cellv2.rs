@@ -463,7 +463,7 @@ pub async fn discover(
     api: &Db,
     cell_uuid: Option<&str>,
     by_service: bool,
-    status: &mut dyn FnMut(String),
+    status: &mut (dyn FnMut(String) + Send),
 ) -> Result<Vec<String>> {
     let targets = match cell_uuid {
         Some(u) => vec![cells::cell_get(api, u)

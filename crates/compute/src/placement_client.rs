@@ -365,3 +365,41 @@ impl PlacementClient {
         }
     }
 }
+
+impl PlacementClient {
+    /// Add or remove a trait on the provider of host `host` (Nova flags disabled computes with
+    /// `COMPUTE_STATUS_DISABLED`). Ok(false) when the host has no provider.
+    pub async fn host_trait(&self, host: &str, name: &str, on: bool) -> Result<bool> {
+        let Some(rp) = self.provider_by_name(host).await? else {
+            return Ok(false);
+        };
+        let path = format!("/resource_providers/{rp}/traits");
+        for _ in 0..5 {
+            let (s, v) = self.request(reqwest::Method::GET, &path, None).await?;
+            if s != StatusCode::OK {
+                return Self::fail("GET provider traits", s, &v);
+            }
+            let gen = v["resource_provider_generation"].as_i64().unwrap_or(0);
+            let mut traits: Vec<String> = v["traits"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            if traits.iter().any(|t| t == name) == on {
+                return Ok(true);
+            }
+            if on {
+                traits.push(name.to_string());
+            } else {
+                traits.retain(|t| t != name);
+            }
+            let body = json!({"traits": traits, "resource_provider_generation": gen});
+            let (s, v) = self.request(reqwest::Method::PUT, &path, Some(&body)).await?;
+            match s {
+                StatusCode::OK => return Ok(true),
+                StatusCode::CONFLICT => continue,
+                _ => return Self::fail("PUT provider traits", s, &v),
+            }
+        }
+        Ok(false)
+    }
+}

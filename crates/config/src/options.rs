@@ -64,6 +64,11 @@ pub const GROUPS: &[(&str, &str)] = &[
         "all_in_one",
         "What `tessera all-in-one` runs besides the services.",
     ),
+    ("scheduler", "Scheduling (Nova's [scheduler] group)."),
+    (
+        "filter_scheduler",
+        "Filters and weighers of the scheduler (Nova's [filter_scheduler] group).",
+    ),
     (
         "fake",
         "Host resources and behaviour of the `fake` virt driver (compute_driver = fake).",
@@ -227,4 +232,20 @@ pub const OPTIONS: &[OptDef] = &[
     opt("fake", "disk_gb", OptType::Int { min: 1, max: i64::MAX }, "1024", "Disk of a fake host, in GB."),
     opt("fake", "spawn_delay_ms", OptType::Int { min: 0, max: 3_600_000 }, "0",
         "Milliseconds a fake spawn takes."),
+    // [scheduler] / [filter_scheduler]
+    opt("scheduler", "max_attempts", OptType::Int { min: 1, max: 100 }, "3",
+        "Hosts tried per instance: the chosen one and up to max_attempts - 1 alternates from its cell for reschedules."),
+    opt("scheduler", "max_placement_results", OptType::Int { min: 1, max: 100_000 }, "1000",
+        "Allocation candidates asked of placement per scheduling request."),
+    opt("scheduler", "discover_hosts_in_cells_interval", OptType::Int { min: -1, max: 86400 }, "-1",
+        "Seconds between automatic host discoveries (as `manage cell_v2 discover_hosts`); -1 turns it off, 0 means every 60 s."),
+    opt("filter_scheduler", "enabled_filters", OptType::List,
+        "ComputeFilter,AvailabilityZoneFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter,ServerGroupAntiAffinityFilter,ServerGroupAffinityFilter",
+        "Filters every candidate host must pass, in order (also available: AggregateInstanceExtraSpecsFilter)."),
+    opt("filter_scheduler", "ram_weight_multiplier", OptType::Float { min: -1000.0 }, "1.0",
+        "Weight of free RAM (negative stacks instead of spreading)."),
+    opt("filter_scheduler", "cpu_weight_multiplier", OptType::Float { min: -1000.0 }, "1.0",
+        "Weight of free vCPUs."),
+    opt("filter_scheduler", "disk_weight_multiplier", OptType::Float { min: -1000.0 }, "1.0",
+        "Weight of free disk."),
 ];

@@ -152,7 +152,9 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     };
     identity.identity.bootstrap(&params).await?;
     let buses = Arc::new(tessera_bus::Buses::new());
+    scheduler_config(&cfg)?;
     let computes = start_cells(&cfg, &cells, &buses, placement_client, shutdown).await?;
+    spawn_periodic_discovery(&cfg, shutdown);
     let aio = AllInOne {
         state_dir: dir.clone(),
         cells,
@@ -187,6 +189,64 @@ pub fn cell_url(base: &str, i: i64) -> String {
     } else {
         suffixed.replacen("_cell0", &format!("_cell{i}"), 1)
     }
+}
+
+/// Scheduler settings from the configuration; an unknown filter name is a start-up error.
+pub fn scheduler_config(cfg: &Config) -> Result<tessera_compute::scheduler::SchedulerConfig, StartError> {
+    let filters = cfg.get_list("filter_scheduler", "enabled_filters");
+    if let Some(f) = filters
+        .iter()
+        .find(|f| !tessera_compute::scheduler::KNOWN_FILTERS.contains(&f.as_str()))
+    {
+        return Err(StartError::Usage(format!(
+            "[filter_scheduler] enabled_filters: unknown filter {f} (known: {})",
+            tessera_compute::scheduler::KNOWN_FILTERS.join(", ")
+        )));
+    }
+    Ok(tessera_compute::scheduler::SchedulerConfig {
+        enabled_filters: filters,
+        ram_weight_multiplier: cfg.get_float("filter_scheduler", "ram_weight_multiplier"),
+        cpu_weight_multiplier: cfg.get_float("filter_scheduler", "cpu_weight_multiplier"),
+        disk_weight_multiplier: cfg.get_float("filter_scheduler", "disk_weight_multiplier"),
+        max_attempts: cfg.get_int("scheduler", "max_attempts").max(1) as usize,
+        service_down_time: Duration::from_secs(cfg.get_int("DEFAULT", "service_down_time").max(1) as u64),
+        default_availability_zone: cfg.get_str("DEFAULT", "default_availability_zone"),
+        max_placement_results: cfg.get_int("scheduler", "max_placement_results").max(1) as usize,
+    })
+}
+
+/// With `[scheduler] discover_hosts_in_cells_interval` ≥ 0, map new compute hosts to their cells
+/// periodically (0 means every 60 s), as nova-scheduler's periodic task does; a collision with a
+/// concurrent discovery is logged and retried next time.
+pub fn spawn_periodic_discovery(cfg: &Config, shutdown: &Shutdown) {
+    let interval = match cfg.get_int("scheduler", "discover_hosts_in_cells_interval") {
+        i if i < 0 => return,
+        0 => 60,
+        i => i,
+    };
+    let url = cfg.get_str("api_database", "connection");
+    let mut stop = shutdown.subscribe();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(interval as u64));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let r = async {
+                let api = tessera_db::Db::connect(&url, 1).await?;
+                let r = tessera_compute::cellv2::discover(&api, None, false, &mut |_| {}).await;
+                api.close().await;
+                Ok::<_, StartError>(r?)
+            }
+            .await;
+            match r {
+                Ok(hosts) if !hosts.is_empty() => tracing::info!(?hosts, "periodic discovery mapped hosts"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "periodic host discovery failed"),
+            }
+        }
+    });
 }
 
 /// Agent settings from the configuration, for host `host`.
@@ -348,4 +408,21 @@ fn write_client_files(a: &AllInOne) -> Result<(), StartError> {
         a.region
     );
     roles::write_private(&a.state_dir.join("openrc"), &openrc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_filters_are_refused_at_start() {
+        let mut cfg = Config::defaults();
+        assert!(scheduler_config(&cfg).is_ok());
+        cfg.set("filter_scheduler", "enabled_filters", "ComputeFilter,RamFilter")
+            .expect("set");
+        match scheduler_config(&cfg) {
+            Err(StartError::Usage(m)) => assert!(m.contains("RamFilter")),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -236,3 +236,43 @@ async fn all_in_one_cells_register_their_hosts() {
         c.stop().await;
     });
 }
+
+/// `[scheduler] discover_hosts_in_cells_interval`: a compute node that appears in a cell gets mapped
+/// without anyone running discover_hosts.
+#[tokio::test]
+async fn periodic_discovery_maps_new_hosts() {
+    let b = Backend::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&b, dir.path()).await;
+    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+    cfg.set("scheduler", "discover_hosts_in_cells_interval", "1")
+        .unwrap();
+    let c = tessera_test_harness::Cloud::start_with(&b, db, dir, cfg).await;
+    let api = Db::connect(&c.aio.config.get_str("api_database", "connection"), 1)
+        .await
+        .unwrap();
+    let cell1 = cells::cell_list(&api)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| !c.is_cell0())
+        .unwrap();
+    let cdb = Db::connect(&cell1.database_connection, 1).await.unwrap();
+    add_node(&cdb, "late-host").await;
+    let mut mapped = false;
+    for _ in 0..50 {
+        if cells::host_mapping_get(&api, "late-host")
+            .await
+            .unwrap()
+            .is_some()
+        {
+            mapped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(mapped, "the periodic discovery did not map the new host");
+    cdb.close().await;
+    api.close().await;
+    c.stop().await;
+}

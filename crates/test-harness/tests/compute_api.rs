@@ -124,6 +124,41 @@ async fn services_hypervisors_and_zones_across_cells() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["service"]["status"], "disabled");
         assert_eq!(v["service"]["disabled_reason"], "maintenance");
+        // The disabled compute's provider carries COMPUTE_STATUS_DISABLED (the scheduler's placement query
+        // leaves it out); enabling removes it.
+        let traits_of = |host: &'static str| {
+            let c = &c;
+            let token = token.clone();
+            async move {
+                let r: Value = c
+                    .http
+                    .get(c.placement_url(&format!("/resource_providers?name={host}")))
+                    .header("X-Auth-Token", &token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let rp = r["resource_providers"][0]["uuid"].as_str().unwrap().to_string();
+                let t: Value = c
+                    .http
+                    .get(c.placement_url(&format!("/resource_providers/{rp}/traits")))
+                    .header("X-Auth-Token", &token)
+                    .header("OpenStack-API-Version", "placement 1.6")
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                t["traits"].clone()
+            }
+        };
+        assert_eq!(
+            traits_of("cell2-compute1").await,
+            serde_json::json!(["COMPUTE_STATUS_DISABLED"])
+        );
         let (s, v) = put(
             format!("/os-services/{uuid}"),
             "2.53",
@@ -181,6 +216,7 @@ async fn services_hypervisors_and_zones_across_cells() {
         assert_eq!(s, 200);
         let (_, v, _) = get(&c, &token, "/os-services?host=cell2-compute1", None).await;
         assert_eq!(v["services"][0]["state"], "up");
+        assert_eq!(traits_of("cell2-compute1").await, serde_json::json!([]));
         assert_eq!(v["services"][0]["status"], "enabled");
 
         // Hypervisors: one per host, both cells; stats up to 2.87 only.

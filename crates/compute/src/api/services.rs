@@ -175,6 +175,7 @@ pub(crate) async fn update(
     };
     let forced = forced.unwrap_or(s.forced_down);
     crate::celldb::service_update(&db, s.id, disabled, reason.as_deref(), forced).await?;
+    sync_disabled_trait(&api, &s.host, disabled).await;
     let s = crate::celldb::service_by_uuid(&db, &id)
         .await?
         .ok_or_else(|| super::nova(http::StatusCode::NOT_FOUND, format!("Service {id} not found.")))?;
@@ -211,6 +212,7 @@ async fn legacy_action(
     match action {
         "enable" => {
             crate::celldb::service_update(&db, s.id, false, None, s.forced_down).await?;
+            sync_disabled_trait(&api, &host, false).await;
             out["status"] = json!("enabled");
         }
         "disable" => {
@@ -225,6 +227,7 @@ async fn legacy_action(
                 .filter(|r| !r.is_empty() && r.len() <= 255)
                 .ok_or_else(|| bad("Missing disabled reason field"))?;
             crate::celldb::service_update(&db, s.id, true, Some(reason), s.forced_down).await?;
+            sync_disabled_trait(&api, &host, true).await;
             out["status"] = json!("disabled");
             out["disabled_reason"] = json!(reason);
         }
@@ -244,4 +247,14 @@ async fn legacy_action(
         }
     }
     Ok(axum::Json(json!({ "service": out })).into_response())
+}
+
+/// Mirror a compute's enabled state into placement (`COMPUTE_STATUS_DISABLED` on its provider), so the
+/// scheduler's placement query leaves disabled hosts out; best effort, as upstream.
+async fn sync_disabled_trait(api: &super::ComputeApi, host: &str, disabled: bool) {
+    if let Some(p) = &api.placement {
+        if let Err(e) = p.host_trait(host, "COMPUTE_STATUS_DISABLED", disabled).await {
+            tracing::warn!(%host, error = %e, "cannot update COMPUTE_STATUS_DISABLED in placement");
+        }
+    }
 }
