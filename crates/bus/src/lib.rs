@@ -95,7 +95,7 @@ pub enum BusError {
     NoListener(String),
     #[error("the bus is closed")]
     Closed,
-    #[error("remote error")]
+    #[error("remote error: {0}")]
     Remote(#[from] RemoteError),
     #[error("bad message: {0}")]
     BadMessage(String),

@@ -5,7 +5,7 @@
 use crate::celldb::NodeReport;
 use crate::conductor;
 use crate::placement_client::{NodeInventory, PlacementClient};
-use crate::virt::VirtDriver;
+use crate::virt::{SpawnSpec, VirtDriver};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,6 +128,94 @@ impl ComputeAgent {
         Ok(uuid)
     }
 
+    async fn conductor(
+        &self,
+        method: &str,
+        args: serde_json::Value,
+        request_id: &str,
+    ) -> Result<serde_json::Value, String> {
+        conductor::call(&*self.bus, method, args, request_id, self.cfg.rpc_timeout)
+            .await
+            .map_err(|e| format!("{method}: {e}"))
+    }
+
+    /// Build an instance the conductor sent here: spawn it with the driver and report the outcome (ACTIVE,
+    /// or ERROR with a fault) through the cell conductor.
+    pub async fn build_and_run(&self, spec: SpawnSpec, request_id: &str) -> Result<(), String> {
+        match self.driver.spawn(&spec).await {
+            Ok(()) => {
+                let power = self
+                    .driver
+                    .get_info(&spec.uuid)
+                    .await
+                    .map(|i| i.state.code())
+                    .unwrap_or(1);
+                self.conductor(
+                    "instance_update",
+                    json!({"uuid": spec.uuid, "vm_state": "active", "task_state": null, "power_state": power, "launched": true}),
+                    request_id,
+                )
+                .await?;
+                tracing::info!(instance = %spec.uuid, host = %self.cfg.host, %request_id, "instance spawned");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(instance = %spec.uuid, host = %self.cfg.host, error = %e, %request_id, "spawn failed");
+                self.conductor(
+                    "instance_fault",
+                    json!({"uuid": spec.uuid, "code": 500, "message": e.to_string(), "details": "", "host": self.cfg.host}),
+                    request_id,
+                )
+                .await?;
+                self.conductor(
+                    "instance_update",
+                    json!({"uuid": spec.uuid, "vm_state": "error", "task_state": null, "power_state": 0}),
+                    request_id,
+                )
+                .await?;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Remove an instance from this host and mark it deleted in the cell.
+    pub async fn terminate(&self, uuid: &str, request_id: &str) -> Result<(), String> {
+        self.driver.destroy(uuid).await.map_err(|e| e.to_string())?;
+        self.conductor("instance_destroy", json!({ "uuid": uuid }), request_id)
+            .await?;
+        Ok(())
+    }
+
+    async fn handle(self: Arc<Self>, msg: tessera_bus::Envelope) -> tessera_bus::Reply {
+        let err = |kind: &str, m: String| tessera_bus::RemoteError {
+            kind: kind.into(),
+            message: m,
+        };
+        match msg.method.as_str() {
+            "build_and_run_instance" => {
+                let spec: SpawnSpec = serde_json::from_value(msg.args["instance"].clone())
+                    .map_err(|e| err("BadArguments", e.to_string()))?;
+                self.build_and_run(spec, &msg.request_id).await.map_err(|e| {
+                    tracing::warn!(request_id = %msg.request_id, error = %e, "build failed");
+                    err("BuildFailed", e)
+                })?;
+                Ok(json!({}))
+            }
+            "terminate_instance" => {
+                let uuid = msg.args["uuid"]
+                    .as_str()
+                    .ok_or_else(|| err("BadArguments", "uuid".into()))?
+                    .to_string();
+                self.terminate(&uuid, &msg.request_id).await.map_err(|e| {
+                    tracing::warn!(request_id = %msg.request_id, error = %e, "terminate failed");
+                    err("TerminateFailed", e)
+                })?;
+                Ok(json!({}))
+            }
+            other => Err(err("UnsupportedMethod", format!("compute has no method {other}"))),
+        }
+    }
+
     /// Register (retrying until the conductor and placement answer), then heartbeat and report resources
     /// periodically until `shutdown`. `ready` gets the registration once the first report is through.
     pub fn spawn(
@@ -137,6 +225,15 @@ impl ComputeAgent {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let host = self.cfg.host.clone();
+            // Work for this host (builds, deletes) arrives on the cell bus, addressed to the host.
+            match self.bus.listen(TOPIC, &host).await {
+                Ok(listener) => {
+                    let me = self.clone();
+                    let handler: tessera_bus::Handler = Arc::new(move |msg| Box::pin(me.clone().handle(msg)));
+                    tokio::spawn(tessera_bus::serve(listener, handler));
+                }
+                Err(e) => tracing::error!(%host, error = %e, "compute host cannot listen on its bus"),
+            }
             let mut backoff = Duration::from_millis(100);
             let (service_id, node_uuid) = loop {
                 let attempt = async {

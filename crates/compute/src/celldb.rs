@@ -458,3 +458,194 @@ pub async fn service_update(
 pub async fn compute_node_by_uuid(db: &Db, uuid: &str) -> Result<Option<NodeRow>> {
     Ok(compute_nodes_full(db).await?.into_iter().find(|n| n.uuid == uuid))
 }
+
+/// An instance row (the columns the boot and the API views use so far).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceRow {
+    pub id: i64,
+    pub uuid: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub display_name: Option<String>,
+    pub host: Option<String>,
+    pub node: Option<String>,
+    pub availability_zone: Option<String>,
+    pub vm_state: String,
+    pub task_state: Option<String>,
+    pub power_state: i64,
+    pub image_ref: Option<String>,
+    pub flavor: String,
+    pub memory_mb: i64,
+    pub vcpus: i64,
+    pub root_gb: i64,
+    pub ephemeral_gb: i64,
+    pub launched_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deleted: i64,
+}
+
+const INST_COLS: &str = "id, uuid, project_id, user_id, display_name, host, node, availability_zone, vm_state, \
+                         task_state, power_state, image_ref, flavor, memory_mb, vcpus, root_gb, ephemeral_gb, \
+                         launched_at, created_at, updated_at, deleted";
+
+fn instance_from(r: &tessera_db::AnyRow) -> Result<InstanceRow> {
+    use tessera_db::get_opt_text as opt;
+    Ok(InstanceRow {
+        id: r.try_get("id")?,
+        uuid: get_text(r, "uuid")?,
+        project_id: get_text(r, "project_id")?,
+        user_id: get_text(r, "user_id")?,
+        display_name: opt(r, "display_name")?,
+        host: opt(r, "host")?,
+        node: opt(r, "node")?,
+        availability_zone: opt(r, "availability_zone")?,
+        vm_state: get_text(r, "vm_state")?,
+        task_state: opt(r, "task_state")?,
+        power_state: r.try_get("power_state")?,
+        image_ref: opt(r, "image_ref")?,
+        flavor: get_text(r, "flavor")?,
+        memory_mb: r.try_get("memory_mb")?,
+        vcpus: r.try_get("vcpus")?,
+        root_gb: r.try_get("root_gb")?,
+        ephemeral_gb: r.try_get("ephemeral_gb")?,
+        launched_at: r.try_get("launched_at")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        deleted: r.try_get("deleted")?,
+    })
+}
+
+/// Insert an instance (vm_state `building`, task `scheduling` unless given otherwise).
+pub async fn instance_create(db: &Db, i: &InstanceRow) -> Result<InstanceRow> {
+    let now = tessera_types::now_epoch_micros();
+    sqlx::query(&db.sql(
+        "INSERT INTO instances (uuid, project_id, user_id, display_name, host, node, availability_zone, vm_state, \
+         task_state, power_state, image_ref, flavor, memory_mb, vcpus, root_gb, ephemeral_gb, locked, progress, \
+         launch_index, created_at, updated_at, deleted) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?, 0)",
+    ))
+    .bind(&i.uuid)
+    .bind(&i.project_id)
+    .bind(&i.user_id)
+    .bind(i.display_name.as_deref())
+    .bind(i.host.as_deref())
+    .bind(i.node.as_deref())
+    .bind(i.availability_zone.as_deref())
+    .bind(&i.vm_state)
+    .bind(i.task_state.as_deref())
+    .bind(i.power_state)
+    .bind(i.image_ref.as_deref())
+    .bind(&i.flavor)
+    .bind(i.memory_mb)
+    .bind(i.vcpus)
+    .bind(i.root_gb)
+    .bind(i.ephemeral_gb)
+    .bind(now)
+    .bind(now)
+    .execute(db.pool())
+    .await
+    .map_err(|e| crate::dup_or(e, || format!("instance {}", i.uuid)))?;
+    instance_get(db, &i.uuid)
+        .await?
+        .ok_or_else(|| crate::ComputeError::NotFound(format!("instance {}", i.uuid)))
+}
+
+/// An instance by uuid, deleted ones included.
+pub async fn instance_get(db: &Db, uuid: &str) -> Result<Option<InstanceRow>> {
+    sqlx::query(&db.sql(&format!("SELECT {INST_COLS} FROM instances WHERE uuid = ?")))
+        .bind(uuid)
+        .fetch_optional(db.pool())
+        .await?
+        .as_ref()
+        .map(instance_from)
+        .transpose()
+}
+
+/// State change from the compute host: vm/task/power state, and when it went active.
+pub async fn instance_set_state(
+    db: &Db,
+    uuid: &str,
+    vm_state: &str,
+    task_state: Option<&str>,
+    power_state: i64,
+    launched: bool,
+) -> Result<bool> {
+    let now = tessera_types::now_epoch_micros();
+    let n = sqlx::query(&db.sql(
+        "UPDATE instances SET vm_state = ?, task_state = ?, power_state = ?, \
+         launched_at = CASE WHEN ? = 1 THEN ? ELSE launched_at END, updated_at = ? WHERE uuid = ? AND deleted = 0",
+    ))
+    .bind(vm_state)
+    .bind(task_state)
+    .bind(power_state)
+    .bind(launched as i64)
+    .bind(now)
+    .bind(now)
+    .bind(uuid)
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Record a fault (the message users see on an ERROR server).
+pub async fn fault_create(
+    db: &Db,
+    uuid: &str,
+    code: i64,
+    message: &str,
+    details: &str,
+    host: Option<&str>,
+) -> Result<()> {
+    let msg: String = message.chars().take(255).collect();
+    sqlx::query(&db.sql(
+        "INSERT INTO instance_faults (instance_uuid, code, message, details, host, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    ))
+    .bind(uuid)
+    .bind(code)
+    .bind(msg)
+    .bind(details)
+    .bind(host)
+    .bind(tessera_types::now_epoch_micros())
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// The latest fault of an instance: (code, message, details, created_at).
+pub async fn fault_latest(db: &Db, uuid: &str) -> Result<Option<(i64, String, String, i64)>> {
+    let r = sqlx::query(&db.sql(
+        "SELECT code, message, details, created_at FROM instance_faults WHERE instance_uuid = ? \
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+    ))
+    .bind(uuid)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(match r {
+        Some(r) => Some((
+            r.try_get("code")?,
+            get_text(&r, "message")?,
+            tessera_db::get_opt_text(&r, "details")?.unwrap_or_default(),
+            r.try_get("created_at")?,
+        )),
+        None => None,
+    })
+}
+
+/// Soft-delete an instance (`deleted = id`, vm_state `deleted`).
+pub async fn instance_destroy(db: &Db, uuid: &str) -> Result<bool> {
+    let now = tessera_types::now_epoch_micros();
+    let n = sqlx::query(&db.sql(
+        "UPDATE instances SET deleted = id, vm_state = 'deleted', task_state = NULL, power_state = 0, \
+         terminated_at = ?, deleted_at = ?, updated_at = ? WHERE uuid = ? AND deleted = 0",
+    ))
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .bind(uuid)
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}

@@ -42,6 +42,42 @@ async fn handle(db: Db, msg: Envelope) -> Reply {
                 .map_err(|e| remote("DBError", e))?;
             Ok(json!({"id": id, "uuid": uuid}))
         }
+        "instance_update" => {
+            let uuid: String = arg(a, "uuid")?;
+            let vm_state: String = arg(a, "vm_state")?;
+            let task_state: Option<String> = arg(a, "task_state")?;
+            let power_state: i64 = arg(a, "power_state")?;
+            let launched: bool = arg::<Option<bool>>(a, "launched")?.unwrap_or(false);
+            let found = celldb::instance_set_state(
+                &db,
+                &uuid,
+                &vm_state,
+                task_state.as_deref(),
+                power_state,
+                launched,
+            )
+            .await
+            .map_err(|e| remote("DBError", e))?;
+            Ok(json!({ "updated": found }))
+        }
+        "instance_fault" => {
+            let uuid: String = arg(a, "uuid")?;
+            let code: i64 = arg(a, "code")?;
+            let message: String = arg(a, "message")?;
+            let details: String = arg::<Option<String>>(a, "details")?.unwrap_or_default();
+            let host: Option<String> = arg(a, "host")?;
+            celldb::fault_create(&db, &uuid, code, &message, &details, host.as_deref())
+                .await
+                .map_err(|e| remote("DBError", e))?;
+            Ok(json!({}))
+        }
+        "instance_destroy" => {
+            let uuid: String = arg(a, "uuid")?;
+            let found = celldb::instance_destroy(&db, &uuid)
+                .await
+                .map_err(|e| remote("DBError", e))?;
+            Ok(json!({ "destroyed": found }))
+        }
         other => Err(remote(
             "UnsupportedMethod",
             format!("conductor has no method {other}"),

@@ -276,3 +276,107 @@ async fn periodic_discovery_maps_new_hosts() {
     api.close().await;
     c.stop().await;
 }
+
+/// A compute host builds what its cell sends it and reports through the cell conductor: ACTIVE with a
+/// power state, or ERROR with a fault when the driver fails; terminate removes it.
+#[tokio::test]
+async fn compute_builds_and_terminates_through_the_cell_conductor() {
+    use tessera_bus::{Envelope, Target};
+    use tessera_compute::celldb::{self, InstanceRow};
+    tessera_test_harness::init_logging();
+    let b = Backend::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&b, dir.path()).await;
+    let cfg = {
+        let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+        cfg.set("all_in_one", "hosts_per_cell", "1").unwrap();
+        cfg
+    };
+    let c = tessera_test_harness::Cloud::start_with(&b, db, dir, cfg).await;
+    let api = Db::connect(&c.aio.config.get_str("api_database", "connection"), 1)
+        .await
+        .unwrap();
+    let cell1 = cells::cell_list(&api)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| !c.is_cell0())
+        .unwrap();
+    let cdb = Db::connect(&cell1.database_connection, 1).await.unwrap();
+    let bus = c.aio.buses.get(&cell1.transport_url).unwrap();
+    let new = |uuid: &str| InstanceRow {
+        id: 0,
+        uuid: uuid.into(),
+        project_id: "p".into(),
+        user_id: "u".into(),
+        display_name: Some("vm".into()),
+        host: Some("cell1-compute1".into()),
+        node: Some("cell1-compute1".into()),
+        availability_zone: None,
+        vm_state: "building".into(),
+        task_state: Some("spawning".into()),
+        power_state: 0,
+        image_ref: None,
+        flavor: "{}".into(),
+        memory_mb: 512,
+        vcpus: 1,
+        root_gb: 1,
+        ephemeral_gb: 0,
+        launched_at: None,
+        created_at: 0,
+        updated_at: 0,
+        deleted: 0,
+    };
+    let build = |uuid: &str| {
+        Envelope::new(
+            "build_and_run_instance",
+            serde_json::json!({"instance": {"uuid": uuid, "name": "instance-00000001", "vcpus": 1, "memory_mb": 512,
+                "root_gb": 1, "ephemeral_gb": 0, "image_id": null}}),
+            "req-test",
+        )
+    };
+    let target = Target::server("compute", "cell1-compute1");
+    let wait_state = |uuid: String, want: &'static str| {
+        let cdb = cdb.clone();
+        async move {
+            for _ in 0..100 {
+                let i = celldb::instance_get(&cdb, &uuid).await.unwrap().unwrap();
+                if i.vm_state == want {
+                    return i;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("instance {uuid} never reached {want}");
+        }
+    };
+
+    let ok = uuid::Uuid::new_v4().to_string();
+    celldb::instance_create(&cdb, &new(&ok)).await.unwrap();
+    bus.cast(&target, build(&ok)).await.unwrap();
+    let i = wait_state(ok.clone(), "active").await;
+    assert_eq!((i.power_state, i.task_state.clone()), (1, None));
+    assert!(i.launched_at.is_some());
+    let driver = &c.aio.computes[0].driver;
+    assert!(driver.list_instances().await.contains(&ok));
+
+    let bad = uuid::Uuid::new_v4().to_string();
+    celldb::instance_create(&cdb, &new(&bad)).await.unwrap();
+    driver.as_fake().unwrap().fail_next_spawn_of(&bad);
+    bus.cast(&target, build(&bad)).await.unwrap();
+    wait_state(bad.clone(), "error").await;
+    let (code, message, _, _) = celldb::fault_latest(&cdb, &bad).await.unwrap().unwrap();
+    assert_eq!(code, 500);
+    assert!(message.contains("injected failure"), "{message}");
+
+    bus.cast(
+        &target,
+        Envelope::new("terminate_instance", serde_json::json!({"uuid": ok}), "req-test"),
+    )
+    .await
+    .unwrap();
+    wait_state(ok.clone(), "deleted").await;
+    assert!(!driver.list_instances().await.contains(&ok));
+    cdb.close().await;
+    api.close().await;
+    c.stop().await;
+}

@@ -220,6 +220,10 @@ impl VirtDriver for FakeDriver {
         }
     }
 
+    fn as_fake(&self) -> Option<&FakeDriver> {
+        Some(self)
+    }
+
     async fn list_instances(&self) -> Vec<String> {
         self.guests
             .lock()

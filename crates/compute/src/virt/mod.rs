@@ -35,7 +35,7 @@ impl PowerState {
 }
 
 /// What to build (the parts of an instance a driver needs).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpawnSpec {
     pub uuid: String,
     /// `instance-%08x`.
@@ -106,4 +106,8 @@ pub trait VirtDriver: Send + Sync + 'static {
     async fn available_resources(&self) -> HostResources;
     /// Uuids of the instances on this host.
     async fn list_instances(&self) -> Vec<String>;
+    /// The fake driver behind this one, for tests that inject failures.
+    fn as_fake(&self) -> Option<&fake::FakeDriver> {
+        None
+    }
 }
