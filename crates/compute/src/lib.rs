@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod aggregates;
 pub mod api;
+pub mod boot;
 pub mod celldb;
 pub mod cells;
 pub mod cellv2;

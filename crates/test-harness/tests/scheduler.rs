@@ -193,3 +193,149 @@ async fn select_destinations_filters_weighs_and_claims() {
         c.stop().await;
     });
 }
+
+#[tokio::test]
+async fn super_conductor_builds_across_cells_or_buries_in_cell0() {
+    use tessera_compute::boot::{self, BootInstance, SuperConductor};
+    let b = Backend::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&b, dir.path()).await;
+    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+    cfg.set("all_in_one", "cells", "2").unwrap();
+    cfg.set("all_in_one", "hosts_per_cell", "2").unwrap();
+    let c = Cloud::start_with(&b, db, dir, cfg).await;
+    let token = c.admin_token().await;
+    let placement = Arc::new(PlacementClient::new(Credentials {
+        auth_url: c.url("/v3"),
+        username: "admin".into(),
+        password: tessera_test_harness::ADMIN_PASSWORD.into(),
+        project_name: "admin".into(),
+        user_domain_name: "Default".into(),
+        project_domain_name: "Default".into(),
+        region_name: String::new(),
+        valid_interfaces: vec!["public".into()],
+    }));
+    let api = Db::connect(&c.aio.config.get_str("api_database", "connection"), 4)
+        .await
+        .unwrap();
+    let sched = Arc::new(Scheduler::new(
+        api.clone(),
+        placement,
+        SchedulerConfig {
+            enabled_filters: DEFAULT_FILTERS.iter().map(|f| f.to_string()).collect(),
+            ram_weight_multiplier: 1.0,
+            cpu_weight_multiplier: 1.0,
+            disk_weight_multiplier: 1.0,
+            max_attempts: 3,
+            service_down_time: std::time::Duration::from_secs(60),
+            default_availability_zone: "nova".into(),
+            max_placement_results: 1000,
+        },
+    ));
+    let sc = SuperConductor::new(api.clone(), sched, c.aio.buses.clone());
+    let boot_of = |n: usize, vcpus: i64| -> (RequestSpec, Vec<BootInstance>) {
+        let s = spec(vcpus, 512, 1);
+        let list = (0..n)
+            .map(|k| BootInstance {
+                uuid: uuid::Uuid::new_v4().to_string(),
+                project_id: "p1".into(),
+                user_id: "u1".into(),
+                display_name: format!("vm-{k}"),
+                image_ref: None,
+                flavor: serde_json::json!({"name": "m1.tiny"}),
+                vcpus,
+                memory_mb: 512,
+                root_gb: 1,
+                ephemeral_gb: 0,
+                availability_zone: None,
+                created_at: tessera_types::now_epoch_micros(),
+            })
+            .collect();
+        (s, list)
+    };
+
+    // Four instances: each created in its host's cell, mapped there, built ACTIVE; no build request left.
+    let (s, list) = boot_of(4, 1);
+    boot::record(&api, &s, &list).await.unwrap();
+    assert_eq!(boot::build_requests_count(&api).await.unwrap(), 4);
+    let uuids: Vec<String> = list.iter().map(|i| i.uuid.clone()).collect();
+    sc.schedule_and_build(&uuids, "req-boot").await.unwrap();
+    assert_eq!(boot::build_requests_count(&api).await.unwrap(), 0);
+    let mut cells_used = std::collections::BTreeSet::new();
+    for u in &uuids {
+        let m = tessera_compute::cells::instance_mapping_get(&api, u)
+            .await
+            .unwrap()
+            .unwrap();
+        let cell = tessera_compute::cells::cell_get_by_id(&api, m.cell_id.unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!cell.is_cell0());
+        cells_used.insert(cell.uuid.clone());
+        let cdb = Db::connect(&cell.database_connection, 1).await.unwrap();
+        let mut state = String::new();
+        for _ in 0..100 {
+            state = tessera_compute::celldb::instance_get(&cdb, u)
+                .await
+                .unwrap()
+                .unwrap()
+                .vm_state;
+            if state == "active" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(state, "active");
+        cdb.close().await;
+        assert!(!allocations(&c, &token, u).await["allocations"]
+            .as_object()
+            .unwrap()
+            .is_empty());
+    }
+    assert_eq!(cells_used.len(), 2, "spread over both cells");
+
+    // Nothing fits: buried in cell0, ERROR with the NoValidHost fault, no claim left.
+    let (s, list) = boot_of(2, 999);
+    boot::record(&api, &s, &list).await.unwrap();
+    let uuids: Vec<String> = list.iter().map(|i| i.uuid.clone()).collect();
+    sc.schedule_and_build(&uuids, "req-bury").await.unwrap();
+    let cell0 = tessera_compute::cells::cell_get(&api, tessera_compute::cells::CELL0_UUID)
+        .await
+        .unwrap()
+        .unwrap();
+    let c0 = Db::connect(&cell0.database_connection, 1).await.unwrap();
+    for u in &uuids {
+        let m = tessera_compute::cells::instance_mapping_get(&api, u)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.cell_id, Some(cell0.id));
+        let i = tessera_compute::celldb::instance_get(&c0, u)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(i.vm_state, "error");
+        let (_, msg, _, _) = tessera_compute::celldb::fault_latest(&c0, u)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(msg.starts_with("No valid host was found."), "{msg}");
+        assert_eq!(
+            allocations(&c, &token, u).await["allocations"],
+            serde_json::json!({})
+        );
+        let mut out = String::new();
+        assert_eq!(
+            tessera_compute::cellv2::verify_instance(&api, u, false, &mut out)
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(out.contains("is in cell: cell0"), "{out}");
+    }
+    assert_eq!(boot::build_requests_count(&api).await.unwrap(), 0);
+    c0.close().await;
+    api.close().await;
+    c.stop().await;
+}
