@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use tessera_compute::placement_client::{Credentials, PlacementClient};
-use tessera_compute::scheduler::{RequestSpec, Scheduler, SchedulerConfig, SchedulerError, DEFAULT_FILTERS};
+use tessera_compute::scheduler::{RequestSpec, Scheduler, SchedulerError, DEFAULT_FILTERS};
 use tessera_db::Db;
 use tessera_test_harness::{each_backend, Backend, Cloud, TestDb};
 
@@ -30,6 +30,20 @@ async fn allocations(c: &Cloud, token: &str, consumer: &str) -> serde_json::Valu
     r.json().await.unwrap()
 }
 
+/// A placement client with the cloud's admin credentials (as compute hosts and the scheduler use it).
+fn admin_placement(c: &Cloud) -> Arc<PlacementClient> {
+    Arc::new(PlacementClient::new(Credentials {
+        auth_url: c.url("/v3"),
+        username: "admin".into(),
+        password: tessera_test_harness::ADMIN_PASSWORD.into(),
+        project_name: "admin".into(),
+        user_domain_name: "Default".into(),
+        project_domain_name: "Default".into(),
+        region_name: String::new(),
+        valid_interfaces: vec!["public".into()],
+    }))
+}
+
 #[tokio::test]
 async fn select_destinations_filters_weighs_and_claims() {
     each_backend!(|b: Backend| async move {
@@ -41,38 +55,22 @@ async fn select_destinations_filters_weighs_and_claims() {
         cfg.set("fake", "vcpus", "2").unwrap();
         cfg.set("fake", "memory_mb", "4096").unwrap();
         cfg.set("DEFAULT", "cpu_allocation_ratio", "1.0").unwrap();
+        cfg.set(
+            "filter_scheduler",
+            "enabled_filters",
+            format!("{},AggregateInstanceExtraSpecsFilter", DEFAULT_FILTERS.join(",")),
+        )
+        .unwrap();
         let c = Cloud::start_with(&b, db, dir, cfg).await;
         let token = c.admin_token().await;
-        let placement = Arc::new(PlacementClient::new(Credentials {
-            auth_url: c.url("/v3"),
-            username: "admin".into(),
-            password: tessera_test_harness::ADMIN_PASSWORD.into(),
-            project_name: "admin".into(),
-            user_domain_name: "Default".into(),
-            project_domain_name: "Default".into(),
-            region_name: String::new(),
-            valid_interfaces: vec!["public".into()],
-        }));
+        let placement = admin_placement(&c);
         let api = Db::connect(&c.aio.config.get_str("api_database", "connection"), 2)
             .await
             .unwrap();
         let s = Scheduler::new(
             api.clone(),
             placement.clone(),
-            SchedulerConfig {
-                enabled_filters: DEFAULT_FILTERS
-                    .iter()
-                    .map(|f| f.to_string())
-                    .chain(["AggregateInstanceExtraSpecsFilter".to_string()])
-                    .collect(),
-                ram_weight_multiplier: 1.0,
-                cpu_weight_multiplier: 1.0,
-                disk_weight_multiplier: 1.0,
-                max_attempts: 3,
-                service_down_time: std::time::Duration::from_secs(60),
-                default_availability_zone: "nova".into(),
-                max_placement_results: 1000,
-            },
+            tessera::aio::scheduler_config(&c.aio.config).unwrap(),
         );
 
         // Four instances on four equal hosts: the weighers spread them; each is claimed in placement.
@@ -205,32 +203,14 @@ async fn super_conductor_builds_across_cells_or_buries_in_cell0() {
     cfg.set("all_in_one", "hosts_per_cell", "2").unwrap();
     let c = Cloud::start_with(&b, db, dir, cfg).await;
     let token = c.admin_token().await;
-    let placement = Arc::new(PlacementClient::new(Credentials {
-        auth_url: c.url("/v3"),
-        username: "admin".into(),
-        password: tessera_test_harness::ADMIN_PASSWORD.into(),
-        project_name: "admin".into(),
-        user_domain_name: "Default".into(),
-        project_domain_name: "Default".into(),
-        region_name: String::new(),
-        valid_interfaces: vec!["public".into()],
-    }));
+    let placement = admin_placement(&c);
     let api = Db::connect(&c.aio.config.get_str("api_database", "connection"), 4)
         .await
         .unwrap();
     let sched = Arc::new(Scheduler::new(
         api.clone(),
         placement,
-        SchedulerConfig {
-            enabled_filters: DEFAULT_FILTERS.iter().map(|f| f.to_string()).collect(),
-            ram_weight_multiplier: 1.0,
-            cpu_weight_multiplier: 1.0,
-            disk_weight_multiplier: 1.0,
-            max_attempts: 3,
-            service_down_time: std::time::Duration::from_secs(60),
-            default_availability_zone: "nova".into(),
-            max_placement_results: 1000,
-        },
+        tessera::aio::scheduler_config(&c.aio.config).unwrap(),
     ));
     let sc = SuperConductor::new(api.clone(), sched, c.aio.buses.clone());
     let boot_of = |n: usize, vcpus: i64| -> (RequestSpec, Vec<BootInstance>) {

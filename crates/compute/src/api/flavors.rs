@@ -596,11 +596,7 @@ pub(crate) async fn action(
     b: Bytes,
 ) -> Result<Response, ApiError> {
     let v = body(&headers, &b)?;
-    let (name, arg) = v
-        .as_object()
-        .filter(|o| o.len() == 1)
-        .and_then(|o| o.iter().next())
-        .ok_or_else(|| bad("There is no such action"))?;
+    let (name, arg) = super::single_action(&v)?;
     let add = match name.as_str() {
         "addTenantAccess" => true,
         "removeTenantAccess" => false,

@@ -65,6 +65,14 @@ impl From<ComputeError> for ApiError {
     }
 }
 
+/// The one `{"action": {...}}` of an action body.
+pub(crate) fn single_action(v: &serde_json::Value) -> Result<(&String, &serde_json::Value), ApiError> {
+    v.as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.iter().next())
+        .ok_or_else(|| nova(StatusCode::BAD_REQUEST, "There is no such action"))
+}
+
 /// Admin-only rules (hypervisors, services, zone details).
 pub(crate) fn admin(ctx: &RequestContext, rule: &str) -> Result<(), ApiError> {
     if ctx.is_admin() {
