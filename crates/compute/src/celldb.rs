@@ -649,3 +649,34 @@ pub async fn instance_destroy(db: &Db, uuid: &str) -> Result<bool> {
     .rows_affected();
     Ok(n > 0)
 }
+
+/// Soft-delete a service record, and with a compute service its host's compute nodes; the deleted nodes'
+/// uuids.
+pub async fn service_delete(db: &Db, s: &ServiceRecord) -> Result<Vec<String>> {
+    let now = tessera_types::now_epoch_micros();
+    let mut tx = db.begin().await?;
+    let mut nodes = Vec::new();
+    if s.binary == "nova-compute" {
+        for r in sqlx::query(&db.sql("SELECT uuid FROM compute_nodes WHERE host = ? AND deleted = 0"))
+            .bind(&s.host)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            nodes.push(get_text(&r, "uuid")?);
+        }
+        sqlx::query(
+            &db.sql("UPDATE compute_nodes SET deleted = id, updated_at = ? WHERE host = ? AND deleted = 0"),
+        )
+        .bind(now)
+        .bind(&s.host)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(&db.sql("UPDATE services SET deleted = id, updated_at = ? WHERE id = ?"))
+        .bind(now)
+        .bind(s.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(nodes)
+}

@@ -403,3 +403,20 @@ impl PlacementClient {
         Ok(false)
     }
 }
+
+impl PlacementClient {
+    /// Delete a provider (a compute node that is gone); a provider already gone is fine.
+    pub async fn delete_provider(&self, uuid: &str) -> Result<()> {
+        let (s, v) = self
+            .request(
+                reqwest::Method::DELETE,
+                &format!("/resource_providers/{uuid}"),
+                None,
+            )
+            .await?;
+        match s {
+            StatusCode::NO_CONTENT | StatusCode::NOT_FOUND => Ok(()),
+            _ => Self::fail("DELETE resource provider", s, &v),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
+use tessera_db::Db;
 use tessera_test_harness::{each_backend, Backend, Cloud, TestDb};
 
 async fn get(c: &Cloud, token: &str, path: &str, mv: Option<&str>) -> (u16, Value, http::HeaderMap) {
@@ -813,4 +814,130 @@ async fn aggregates_zones_and_placement_mirroring() {
         assert_eq!(s, 400);
         c.stop().await;
     });
+}
+
+#[tokio::test]
+async fn deleting_services() {
+    use http::Method;
+    let b = Backend::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&b, dir.path()).await;
+    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+    cfg.set("all_in_one", "hosts_per_cell", "2").unwrap();
+    cfg.set("DEFAULT", "report_interval", "3600").unwrap();
+    let c = Cloud::start_with(&b, db, dir, cfg).await;
+    let admin = c.admin_token().await;
+    let (_, v, _) = get(&c, &admin, "/os-services", Some("2.53")).await;
+    let id_of = |host: &str| {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["host"] == host)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (one, two) = (id_of("cell1-compute1"), id_of("cell1-compute2"));
+    // An instance on compute2: its service cannot go.
+    let api = Db::connect(&c.aio.config.get_str("api_database", "connection"), 1)
+        .await
+        .unwrap();
+    let cell1 = tessera_compute::cells::cell_list(&api)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| !c.is_cell0())
+        .unwrap();
+    let cdb = Db::connect(&cell1.database_connection, 1).await.unwrap();
+    sqlx::query(
+        "INSERT INTO instances (uuid, project_id, user_id, host, vm_state, power_state, flavor, memory_mb, vcpus, \
+         root_gb, ephemeral_gb, locked, progress, launch_index, created_at, updated_at, deleted) \
+         VALUES ('i-1', 'p', 'u', 'cell1-compute2', 'active', 1, '{}', 1, 1, 1, 0, 0, 0, 0, 1, 1, 0)",
+    )
+    .execute(cdb.pool())
+    .await
+    .unwrap();
+    let (s, v) = send(
+        &c,
+        &admin,
+        Method::DELETE,
+        &format!("/os-services/{two}"),
+        "2.53",
+        None,
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["conflictingRequest"]["code"], 409);
+    // compute1 goes with its node, host mapping and provider.
+    let (s, _) = send(
+        &c,
+        &admin,
+        Method::DELETE,
+        &format!("/os-services/{one}"),
+        "2.53",
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (_, v, _) = get(&c, &admin, "/os-services", Some("2.53")).await;
+    assert!(v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["host"] != "cell1-compute1"));
+    let (_, v, _) = get(&c, &admin, "/os-hypervisors", Some("2.53")).await;
+    assert_eq!(v["hypervisors"].as_array().unwrap().len(), 1);
+    assert!(tessera_compute::cells::host_mapping_get(&api, "cell1-compute1")
+        .await
+        .unwrap()
+        .is_none());
+    let r: Value = c
+        .http
+        .get(c.placement_url("/resource_providers?name=cell1-compute1"))
+        .header("X-Auth-Token", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["resource_providers"], serde_json::json!([]));
+    // Before 2.53 ids are integers.
+    let (_, v, _) = get(&c, &admin, "/os-services?binary=nova-conductor", None).await;
+    let cid = v["services"][0]["id"].as_i64().unwrap();
+    let (s, _) = send(
+        &c,
+        &admin,
+        Method::DELETE,
+        &format!("/os-services/{cid}"),
+        "2.1",
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = send(
+        &c,
+        &admin,
+        Method::DELETE,
+        "/os-services/not-a-number",
+        "2.1",
+        None,
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = send(
+        &c,
+        &admin,
+        Method::DELETE,
+        &format!("/os-services/{one}"),
+        "2.53",
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    cdb.close().await;
+    api.close().await;
+    c.stop().await;
 }

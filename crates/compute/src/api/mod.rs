@@ -221,7 +221,7 @@ pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity
     #[rustfmt::skip]
     let protected = Router::new()
         .route("/v2.1/os-services", get(services::list))
-        .route("/v2.1/os-services/{id}", axum::routing::put(services::update))
+        .route("/v2.1/os-services/{id}", axum::routing::put(services::update).delete(services::delete))
         .route("/v2.1/os-aggregates", get(aggregates::list).post(aggregates::create))
         .route("/v2.1/os-aggregates/{id}", get(aggregates::show).put(aggregates::update).delete(aggregates::delete))
         .route("/v2.1/os-aggregates/{id}/action", axum::routing::post(aggregates::action))

@@ -258,3 +258,56 @@ async fn sync_disabled_trait(api: &super::ComputeApi, host: &str, disabled: bool
         }
     }
 }
+
+/// `DELETE /os-services/{id}` (integer id before 2.53, uuid from it): a compute hosting instances is refused
+/// with 409; otherwise the record goes, and with a compute its nodes, host mapping, aggregate memberships
+/// and placement providers.
+pub(crate) async fn delete(
+    State(api): S,
+    Caller(ctx): Caller,
+    Extension(mv): Extension<Mv>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&ctx, "os_compute_api:os-services:delete")?;
+    if !mv.at_least(53) && id.parse::<i64>().is_err() {
+        return Err(bad(format!("Invalid ID {id}")));
+    }
+    let by_uuid = mv.at_least(53);
+    let (db, s) = find_service(&api, |s| {
+        if by_uuid {
+            s.uuid == id
+        } else {
+            s.id.to_string() == id
+        }
+    })
+    .await?
+    .ok_or_else(|| {
+        super::nova(
+            http::StatusCode::NOT_FOUND,
+            format!("Service {id} could not be found."),
+        )
+    })?;
+    if s.binary == "nova-compute" && crate::celldb::live_instances(&db, Some(&s.host)).await? > 0 {
+        return Err(super::nova(
+            http::StatusCode::CONFLICT,
+            "Unable to delete compute service that is hosting instances. Migrate or delete the instances first.",
+        ));
+    }
+    let nodes = crate::celldb::service_delete(&db, &s).await?;
+    if s.binary == "nova-compute" {
+        crate::cells::host_mapping_delete(&api.api_db, &s.host).await?;
+        for a in crate::aggregates::list(&api.api_db).await? {
+            if a.hosts.contains(&s.host) {
+                crate::aggregates::remove_host(&api.api_db, a.id, &s.host).await?;
+            }
+        }
+        if let Some(p) = &api.placement {
+            for n in nodes {
+                if let Err(e) = p.delete_provider(&n).await {
+                    tracing::warn!(node = %n, error = %e, "cannot delete the compute node's resource provider");
+                }
+            }
+        }
+    }
+    Ok(http::StatusCode::NO_CONTENT.into_response())
+}
