@@ -19,6 +19,8 @@ pub struct AllInOne {
     pub computes: Vec<Arc<tessera_compute::agent::ComputeAgent>>,
     /// This process's buses (one per cell transport URL).
     pub buses: Arc<tessera_bus::Buses>,
+    /// The placement client compute hosts and the Compute API use.
+    pub placement_client: Arc<tessera_compute::placement_client::PlacementClient>,
     pub identity: IdentityRole,
     pub image: ImageRole,
     pub placement: PlacementRole,
@@ -153,13 +155,14 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     identity.identity.bootstrap(&params).await?;
     let buses = Arc::new(tessera_bus::Buses::new());
     scheduler_config(&cfg)?;
-    let computes = start_cells(&cfg, &cells, &buses, placement_client, shutdown).await?;
+    let computes = start_cells(&cfg, &cells, &buses, placement_client.clone(), shutdown).await?;
     spawn_periodic_discovery(&cfg, shutdown);
     let aio = AllInOne {
         state_dir: dir.clone(),
         cells,
         computes,
         buses,
+        placement_client,
         identity,
         image,
         placement,
@@ -279,46 +282,71 @@ async fn start_cells(
     placement: Arc<tessera_compute::placement_client::PlacementClient>,
     shutdown: &Shutdown,
 ) -> Result<Vec<Arc<tessera_compute::agent::ComputeAgent>>, StartError> {
+    let hosts = cfg.get_int("all_in_one", "hosts_per_cell").max(0) as usize;
+    let mut agents = Vec::new();
+    for cell in cells.iter().filter(|c| !c.is_cell0()) {
+        agents.extend(start_cell(cfg, cell, buses, placement.clone(), hosts, shutdown).await?);
+    }
+    if !agents.is_empty() {
+        let api = tessera_db::Db::connect(&cfg.get_str("api_database", "connection"), 2).await?;
+        let mapped =
+            tessera_compute::cellv2::discover(&api, None, false, &mut |m| tracing::debug!("{m}")).await;
+        api.close().await;
+        let mapped = mapped?;
+        tracing::info!(hosts = mapped.len(), "discovered compute hosts");
+    }
+    Ok(agents)
+}
+
+/// Start one cell's conductor and `hosts` fake compute hosts (`NAME-computeJ`) on the cell's bus, and wait
+/// until every host has registered (service record, compute node, placement provider). Mapping the hosts is
+/// discovery's job.
+pub async fn start_cell(
+    cfg: &Config,
+    cell: &tessera_compute::cells::CellMapping,
+    buses: &tessera_bus::Buses,
+    placement: Arc<tessera_compute::placement_client::PlacementClient>,
+    hosts: usize,
+    shutdown: &Shutdown,
+) -> Result<Vec<Arc<tessera_compute::agent::ComputeAgent>>, StartError> {
     use tessera_compute::{agent, celldb, conductor, virt};
     let report = Duration::from_secs(cfg.get_int("DEFAULT", "report_interval").max(1) as u64);
+    let name = cell.name.clone().unwrap_or_else(|| cell.uuid.clone());
+    let bus = buses
+        .get(&cell.transport_url)
+        .map_err(|e| StartError::Failed(format!("cell {name}: {e}")))?;
+    let db = celldb::open(&cell.database_connection, 8, true).await?;
+    conductor::spawn(
+        bus.clone(),
+        db,
+        format!("{name}-conductor"),
+        report,
+        shutdown.subscribe(),
+    )
+    .await
+    .map_err(|e| StartError::Failed(format!("cell {name}: conductor: {e}")))?;
     let mut agents = Vec::new();
     let mut waits = Vec::new();
-    for cell in cells.iter().filter(|c| !c.is_cell0()) {
-        let name = cell.name.clone().unwrap_or_else(|| cell.uuid.clone());
-        let bus = buses
-            .get(&cell.transport_url)
-            .map_err(|e| StartError::Failed(format!("cell {name}: {e}")))?;
-        let db = celldb::open(&cell.database_connection, 8, true).await?;
-        conductor::spawn(
+    for j in 1..=hosts {
+        let host = format!("{name}-compute{j}");
+        let driver = Arc::new(virt::fake::FakeDriver::new(virt::fake::FakeConfig {
+            hostname: host.clone(),
+            vcpus: cfg.get_int("fake", "vcpus"),
+            memory_mb: cfg.get_int("fake", "memory_mb"),
+            disk_gb: cfg.get_int("fake", "disk_gb"),
+            spawn_delay: Duration::from_millis(cfg.get_int("fake", "spawn_delay_ms") as u64),
+            fail_spawns: None,
+        }));
+        let a = Arc::new(agent::ComputeAgent::new(
+            agent_config(cfg, &host),
             bus.clone(),
-            db,
-            format!("{name}-conductor"),
-            report,
-            shutdown.subscribe(),
-        )
-        .await
-        .map_err(|e| StartError::Failed(format!("cell {name}: conductor: {e}")))?;
-        for j in 1..=cfg.get_int("all_in_one", "hosts_per_cell") {
-            let host = format!("{name}-compute{j}");
-            let driver = Arc::new(virt::fake::FakeDriver::new(virt::fake::FakeConfig {
-                hostname: host.clone(),
-                vcpus: cfg.get_int("fake", "vcpus"),
-                memory_mb: cfg.get_int("fake", "memory_mb"),
-                disk_gb: cfg.get_int("fake", "disk_gb"),
-                spawn_delay: Duration::from_millis(cfg.get_int("fake", "spawn_delay_ms") as u64),
-                fail_spawns: None,
-            }));
-            let a = Arc::new(agent::ComputeAgent::new(
-                agent_config(cfg, &host),
-                bus.clone(),
-                driver,
-                placement.clone(),
-            ));
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            a.clone().spawn(shutdown.subscribe(), tx);
-            waits.push((host, rx));
-            agents.push(a);
-        }
+            driver,
+            placement.clone(),
+        ));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        a.clone().spawn(shutdown.subscribe(), tx);
+        waits.push((host, rx));
+        agents.push(a);
     }
     for (host, rx) in waits {
         match tokio::time::timeout(Duration::from_secs(60), rx).await {
@@ -329,14 +357,6 @@ async fn start_cells(
                 )))
             }
         }
-    }
-    if !agents.is_empty() {
-        let api = tessera_db::Db::connect(&cfg.get_str("api_database", "connection"), 2).await?;
-        let mapped =
-            tessera_compute::cellv2::discover(&api, None, false, &mut |m| tracing::debug!("{m}")).await;
-        api.close().await;
-        let mapped = mapped?;
-        tracing::info!(hosts = mapped.len(), "discovered compute hosts");
     }
     Ok(agents)
 }

@@ -380,3 +380,114 @@ async fn compute_builds_and_terminates_through_the_cell_conductor() {
     api.close().await;
     c.stop().await;
 }
+
+/// The scenario of the issue: a running cloud; `create_cell` gives a new cell its own database and bus; a
+/// compute host started in it; `discover_hosts` — and the host is in `GET /os-hypervisors` and
+/// `GET /os-services` without restarting anything.
+#[tokio::test]
+async fn a_cell_created_at_run_time_serves_its_hosts() {
+    each_backend!(|b: Backend| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::create(&b, dir.path()).await;
+        let cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+        let c = tessera_test_harness::Cloud::start_with(&b, db, dir, cfg).await;
+        let api = Db::connect(&c.aio.config.get_str("api_database", "connection"), 2)
+            .await
+            .unwrap();
+        let d = Defaults {
+            transport_url: c.aio.config.get_str("DEFAULT", "transport_url"),
+            database_connection: c.aio.config.get_str("database", "connection"),
+        };
+        // On this backend: its own database (SQLite: a file of its own).
+        let cell_db_dir = tempfile::tempdir().unwrap();
+        let cell_db = TestDb::create(&b, cell_db_dir.path()).await;
+        let mut out = String::new();
+        let code = cellv2::create_cell(
+            &api,
+            &d,
+            Some("cellx"),
+            Some(&cell_db.url),
+            Some("inproc://cellx"),
+            true,
+            false,
+            &mut out,
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{out}");
+        let cellx = cells::cell_list(&api)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name.as_deref() == Some("cellx"))
+            .unwrap();
+        let agents = tessera::aio::start_cell(
+            &c.aio.config,
+            &cellx,
+            &c.aio.buses,
+            c.aio.placement_client.clone(),
+            1,
+            &c.shutdown,
+        )
+        .await
+        .unwrap();
+        assert_eq!(agents.len(), 1);
+        let mut out = String::new();
+        assert_eq!(
+            cellv2::discover_hosts(&api, None, true, true, false, &mut out)
+                .await
+                .unwrap(),
+            0,
+            "{out}"
+        );
+        assert!(
+            out.contains("Creating host mapping for compute host 'cellx-compute1'"),
+            "{out}"
+        );
+
+        let token = c.admin_token().await;
+        let get = |path: &'static str| {
+            let c = &c;
+            let token = token.clone();
+            async move {
+                let r = c
+                    .http
+                    .get(c.compute_url(path))
+                    .header("X-Auth-Token", &token)
+                    .header("OpenStack-API-Version", "compute 2.53")
+                    .send()
+                    .await
+                    .unwrap();
+                r.json::<serde_json::Value>().await.unwrap()
+            }
+        };
+        let hv = get("/os-hypervisors").await;
+        assert!(
+            hv["hypervisors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["hypervisor_hostname"] == "cellx-compute1"),
+            "{hv}"
+        );
+        let svcs = get("/os-services").await;
+        let hosts: Vec<&str> = svcs["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["host"].as_str().unwrap())
+            .collect();
+        assert!(
+            hosts.contains(&"cellx-compute1") && hosts.contains(&"cellx-conductor"),
+            "{hosts:?}"
+        );
+        let mut out = String::new();
+        cellv2::list_hosts(&api, Some(&cellx.uuid), &mut out)
+            .await
+            .unwrap();
+        assert!(out.contains("cellx-compute1"), "{out}");
+        api.close().await;
+        c.stop().await;
+        drop(cell_db);
+    });
+}
