@@ -37,7 +37,7 @@ fn view(a: &Aggregate, mv: Mv) -> Value {
     v
 }
 
-fn name_of(v: &Value, field: &str) -> Result<Option<String>, ApiError> {
+fn name_of(v: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
     match v.get(field) {
         None | Some(Value::Null) if field == "availability_zone" => Ok(None),
         None => Ok(None),
@@ -88,18 +88,7 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     admin(&ctx, "os_compute_api:os-aggregates:create")?;
     let v = body(&headers, &b)?;
-    let a = v
-        .get("aggregate")
-        .filter(|a| a.is_object() && v.as_object().is_some_and(|o| o.len() == 1))
-        .ok_or_else(|| {
-            bad("Invalid input for field/attribute aggregate. Value: the body must be {\"aggregate\": {...}}")
-        })?;
-    if let Some(k) = a
-        .as_object()
-        .and_then(|o| o.keys().find(|k| *k != "name" && *k != "availability_zone"))
-    {
-        return Err(bad(format!("Invalid input for field/attribute aggregate. Additional properties are not allowed ('{k}' was unexpected)")));
-    }
+    let a = super::wrapped(&v, "aggregate", &["name", "availability_zone"])?;
     let name = name_of(a, "name")?
         .ok_or_else(|| bad("Invalid input for field/attribute aggregate. 'name' is a required property"))?;
     let az = name_of(a, "availability_zone")?;
@@ -141,9 +130,8 @@ pub(crate) async fn update(
         .ok_or_else(|| {
             bad("Invalid input for field/attribute aggregate. Give 'name' and/or 'availability_zone'")
         })?;
-    let uv = Value::Object(u.clone());
     let a = load(&api, &id).await?;
-    if let Some(n) = name_of(&uv, "name")? {
+    if let Some(n) = name_of(u, "name")? {
         match aggregates::rename(&api.api_db, a.id, &n).await {
             Ok(()) => {}
             Err(ComputeError::Duplicate(_)) => {
@@ -156,7 +144,7 @@ pub(crate) async fn update(
         }
     }
     if u.contains_key("availability_zone") {
-        let z = name_of(&uv, "availability_zone")?;
+        let z = name_of(u, "availability_zone")?;
         aggregates::set_metadata(
             &api.api_db,
             a.id,

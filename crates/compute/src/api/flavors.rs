@@ -278,13 +278,6 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     admin(&ctx, "os_compute_api:os-flavor-manage:create")?;
     let v = body(&headers, &b)?;
-    let m = v
-        .get("flavor")
-        .and_then(Value::as_object)
-        .filter(|_| v.as_object().is_some_and(|o| o.len() == 1))
-        .ok_or_else(|| {
-            bad("Invalid input for field/attribute flavor. Value: the body must be {\"flavor\": {...}}")
-        })?;
     let mut allowed = vec![
         "name",
         "ram",
@@ -299,9 +292,7 @@ pub(crate) async fn create(
     if mv.at_least(55) {
         allowed.push("description");
     }
-    if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(bad(format!("Invalid input for field/attribute flavor. Additional properties are not allowed ('{k}' was unexpected)")));
-    }
+    let m = super::wrapped(&v, "flavor", &allowed)?;
     let name = match m.get("name") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 && s.trim() == s => s.clone(),
         Some(Value::String(s)) => return Err(bad(format!("Invalid input for field/attribute name. Value: {s}. '{s}' does not match the name rules (1-255 characters, no leading or trailing whitespace)"))),

@@ -111,13 +111,6 @@ pub(crate) async fn create(
     b: Bytes,
 ) -> Result<Response, ApiError> {
     let v = tessera_http::body::parse_json::<Value>(Family::Nova, &headers, &b)?;
-    let m = v
-        .get("keypair")
-        .and_then(Value::as_object)
-        .filter(|_| v.as_object().is_some_and(|o| o.len() == 1))
-        .ok_or_else(|| {
-            bad("Invalid input for field/attribute keypair. Value: the body must be {\"keypair\": {...}}")
-        })?;
     let mut allowed = vec!["name", "public_key"];
     if mv.at_least(2) {
         allowed.push("type");
@@ -125,9 +118,7 @@ pub(crate) async fn create(
     if mv.at_least(10) {
         allowed.push("user_id");
     }
-    if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(bad(format!("Invalid input for field/attribute keypair. Additional properties are not allowed ('{k}' was unexpected)")));
-    }
+    let m = super::wrapped(&v, "keypair", &allowed)?;
     let name = match m.get("name") {
         Some(Value::String(s)) if name_ok(s, mv) => s.clone(),
         Some(other) => return Err(bad(format!("Invalid input for field/attribute name. Value: {other}. Keypair name contains unsafe characters or is too long"))),

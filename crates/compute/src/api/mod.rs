@@ -65,6 +65,33 @@ impl From<ComputeError> for ApiError {
     }
 }
 
+/// The object of a `{"<key>": {...}}` body, holding only `allowed` members (Nova's schemas forbid others).
+pub(crate) fn wrapped<'a>(
+    v: &'a serde_json::Value,
+    key: &str,
+    allowed: &[&str],
+) -> Result<&'a serde_json::Map<String, serde_json::Value>, ApiError> {
+    let m = v
+        .get(key)
+        .and_then(serde_json::Value::as_object)
+        .filter(|_| v.as_object().is_some_and(|o| o.len() == 1))
+        .ok_or_else(|| {
+            nova(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Invalid input for field/attribute {key}. Value: the body must be {{\"{key}\": {{...}}}}"
+                ),
+            )
+        })?;
+    if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(nova(
+            StatusCode::BAD_REQUEST,
+            format!("Invalid input for field/attribute {key}. Additional properties are not allowed ('{k}' was unexpected)"),
+        ));
+    }
+    Ok(m)
+}
+
 /// The one `{"action": {...}}` of an action body.
 pub(crate) fn single_action(v: &serde_json::Value) -> Result<(&String, &serde_json::Value), ApiError> {
     v.as_object()
