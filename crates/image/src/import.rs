@@ -180,6 +180,9 @@ impl ImageService {
             Err(e) => {
                 task.status = "failure".into();
                 task.message = e.to_string();
+                // The task says why before the image shows `queued` again: whoever sees the image back in
+                // `queued` finds a finished, failed task.
+                store::task_update(&self.db, task).await?;
                 let _ = tokio::fs::remove_file(self.staging_path(&id)).await;
                 if let Some(mut i) = store::image_get(&self.db, &id).await? {
                     if i.status == "importing" {
@@ -192,6 +195,7 @@ impl ImageService {
                     }
                 }
                 tracing::warn!(image_id = %id, task_id = %task.id, error = %e, "import failed; image back to queued");
+                return Ok(());
             }
         }
         store::task_update(&self.db, task).await
