@@ -12,7 +12,6 @@ use crate::virt::SpawnSpec;
 use crate::{ComputeError, Result};
 use serde_json::json;
 use sqlx::Row;
-use std::collections::HashMap;
 use std::sync::Arc;
 use tessera_db::{get_text, Db};
 
@@ -161,7 +160,7 @@ pub struct SuperConductor {
     pub api: Db,
     pub scheduler: Arc<Scheduler>,
     pub buses: Arc<tessera_bus::Buses>,
-    cell_dbs: tokio::sync::Mutex<HashMap<String, Db>>,
+    cell_dbs: celldb::CellDbs,
 }
 
 impl SuperConductor {
@@ -170,18 +169,12 @@ impl SuperConductor {
             api,
             scheduler,
             buses,
-            cell_dbs: tokio::sync::Mutex::new(HashMap::new()),
+            cell_dbs: celldb::CellDbs::new(),
         }
     }
 
     async fn cell_db(&self, c: &CellMapping) -> Result<Db> {
-        let mut dbs = self.cell_dbs.lock().await;
-        if let Some(db) = dbs.get(&c.uuid) {
-            return Ok(db.clone());
-        }
-        let db = celldb::open(&c.database_connection, 4, false).await?;
-        dbs.insert(c.uuid.clone(), db.clone());
-        Ok(db)
+        self.cell_dbs.get(c).await
     }
 
     /// Put instances that could not be scheduled into cell0, in ERROR with a fault, mapped there, their

@@ -6,6 +6,30 @@ use crate::Result;
 use sqlx::Row;
 use tessera_db::{get_text, Db};
 
+/// One connection pool per cell database, opened on first use and shared afterwards (the API, the
+/// scheduler and the super conductor each keep one set).
+#[derive(Default)]
+pub struct CellDbs {
+    open: tokio::sync::Mutex<std::collections::HashMap<String, Db>>,
+}
+
+impl CellDbs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The pool of `cell`'s database.
+    pub async fn get(&self, cell: &crate::cells::CellMapping) -> Result<Db> {
+        let mut open = self.open.lock().await;
+        if let Some(db) = open.get(&cell.uuid) {
+            return Ok(db.clone());
+        }
+        let db = self::open(&cell.database_connection, 4, false).await?;
+        open.insert(cell.uuid.clone(), db.clone());
+        Ok(db)
+    }
+}
+
 /// Open a cell's database (pool of `max` connections) and bring its schema up to date when `sync`.
 pub async fn open(url: &str, max: u32, sync: bool) -> Result<Db> {
     let db = Db::connect(url, max).await?;
@@ -452,11 +476,6 @@ pub async fn service_update(
     .execute(db.pool())
     .await?;
     Ok(())
-}
-
-/// The live compute node with this uuid, if the cell has it.
-pub async fn compute_node_by_uuid(db: &Db, uuid: &str) -> Result<Option<NodeRow>> {
-    Ok(compute_nodes_full(db).await?.into_iter().find(|n| n.uuid == uuid))
 }
 
 /// An instance row (the columns the boot and the API views use so far).

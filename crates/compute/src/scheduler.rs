@@ -107,7 +107,7 @@ pub struct Scheduler {
     pub api_db: Db,
     pub placement: Arc<PlacementClient>,
     pub cfg: SchedulerConfig,
-    cell_dbs: tokio::sync::Mutex<HashMap<String, Db>>,
+    cell_dbs: celldb::CellDbs,
 }
 
 impl Scheduler {
@@ -116,18 +116,12 @@ impl Scheduler {
             api_db,
             placement,
             cfg,
-            cell_dbs: tokio::sync::Mutex::new(HashMap::new()),
+            cell_dbs: celldb::CellDbs::new(),
         }
     }
 
     async fn cell_db(&self, c: &CellMapping) -> Result<Db, crate::ComputeError> {
-        let mut dbs = self.cell_dbs.lock().await;
-        if let Some(db) = dbs.get(&c.uuid) {
-            return Ok(db.clone());
-        }
-        let db = celldb::open(&c.database_connection, 4, false).await?;
-        dbs.insert(c.uuid.clone(), db.clone());
-        Ok(db)
+        self.cell_dbs.get(c).await
     }
 
     fn placement_query(&self, spec: &RequestSpec, aggs: &[Aggregate]) -> Result<String, SchedulerError> {

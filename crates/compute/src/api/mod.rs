@@ -18,7 +18,6 @@ use axum::routing::get;
 use axum::Router;
 use http::StatusCode;
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_db::Db;
@@ -45,7 +44,7 @@ pub struct ComputeApi {
     pub settings: ApiSettings,
     /// For mirroring host aggregates into placement (None: not mirrored).
     pub placement: Option<Arc<crate::placement_client::PlacementClient>>,
-    cell_dbs: tokio::sync::Mutex<HashMap<String, Db>>,
+    cell_dbs: celldb::CellDbs,
 }
 
 type S = State<Arc<ComputeApi>>;
@@ -138,19 +137,13 @@ impl ComputeApi {
             api_db,
             settings,
             placement,
-            cell_dbs: tokio::sync::Mutex::new(HashMap::new()),
+            cell_dbs: celldb::CellDbs::new(),
         })
     }
 
     /// The pool of one cell's database.
     pub async fn cell_db(&self, cell: &CellMapping) -> Result<Db, ComputeError> {
-        let mut dbs = self.cell_dbs.lock().await;
-        if let Some(db) = dbs.get(&cell.uuid) {
-            return Ok(db.clone());
-        }
-        let db = celldb::open(&cell.database_connection, 4, false).await?;
-        dbs.insert(cell.uuid.clone(), db.clone());
-        Ok(db)
+        self.cell_dbs.get(cell).await
     }
 
     /// Every cell mapping (cell0 included), read fresh: a new cell is seen without a restart.
