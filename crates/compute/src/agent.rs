@@ -2,6 +2,7 @@
 //! conductor (it has no database credentials), and runs the resource tracker — the compute node record (via
 //! the conductor) and the node's resource provider with VCPU / MEMORY_MB / DISK_GB inventories in placement.
 
+use crate::boot::BuildRequest;
 use crate::celldb::NodeReport;
 use crate::conductor;
 use crate::placement_client::{NodeInventory, PlacementClient};
@@ -139,10 +140,13 @@ impl ComputeAgent {
             .map_err(|e| format!("{method}: {e}"))
     }
 
-    /// Build an instance the conductor sent here: spawn it with the driver and report the outcome (ACTIVE,
-    /// or ERROR with a fault) through the cell conductor.
-    pub async fn build_and_run(&self, spec: SpawnSpec, request_id: &str) -> Result<(), String> {
-        match self.driver.spawn(&spec).await {
+    /// Build an instance the conductor sent here: spawn it with the driver and report the outcome through
+    /// the cell conductor — ACTIVE; or, when the spawn fails and alternates are left, the claim here released
+    /// and the build handed back to the conductor for the next alternate; or ERROR with a fault, its
+    /// allocations released.
+    pub async fn build_and_run(&self, build: BuildRequest, request_id: &str) -> Result<(), String> {
+        let spec = &build.instance;
+        match self.driver.spawn(spec).await {
             Ok(()) => {
                 let power = self
                     .driver
@@ -150,17 +154,36 @@ impl ComputeAgent {
                     .await
                     .map(|i| i.state.code())
                     .unwrap_or(1);
-                self.conductor(
-                    "instance_update",
-                    json!({"uuid": spec.uuid, "vm_state": "active", "task_state": null, "power_state": power, "launched": true}),
-                    request_id,
-                )
-                .await?;
+                let v = self
+                    .conductor(
+                        "instance_update",
+                        json!({"uuid": spec.uuid, "vm_state": "active", "task_state": null, "power_state": power, "launched": true}),
+                        request_id,
+                    )
+                    .await?;
+                if v["updated"] == json!(false) {
+                    // Deleted while it spawned: do not leave a guest nobody owns.
+                    tracing::info!(instance = %spec.uuid, %request_id, "deleted during its build; cleaning up");
+                    let _ = self.driver.destroy(&spec.uuid).await;
+                    self.release(&spec.uuid).await;
+                    return Ok(());
+                }
                 tracing::info!(instance = %spec.uuid, host = %self.cfg.host, %request_id, "instance spawned");
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(instance = %spec.uuid, host = %self.cfg.host, error = %e, %request_id, "spawn failed");
+                let _ = self.driver.destroy(&spec.uuid).await;
+                self.release(&spec.uuid).await;
+                if !build.alternates.is_empty() {
+                    self.conductor(
+                        "build_instances",
+                        json!({"build": build, "reason": e.to_string()}),
+                        request_id,
+                    )
+                    .await?;
+                    return Err(format!("{e}; rescheduled"));
+                }
                 self.conductor(
                     "instance_fault",
                     json!({"uuid": spec.uuid, "code": 500, "message": e.to_string(), "details": "", "host": self.cfg.host}),
@@ -178,12 +201,117 @@ impl ComputeAgent {
         }
     }
 
-    /// Remove an instance from this host and mark it deleted in the cell.
+    /// Release an instance's allocations (logged, not fatal: the heal at start-up catches up).
+    async fn release(&self, uuid: &str) {
+        if let Err(e) = self.placement.release(uuid).await {
+            tracing::warn!(instance = %uuid, error = %e, "cannot release allocations");
+        }
+    }
+
+    /// Remove an instance from this host, release its allocations and mark it deleted in the cell.
     pub async fn terminate(&self, uuid: &str, request_id: &str) -> Result<(), String> {
         self.driver.destroy(uuid).await.map_err(|e| e.to_string())?;
+        self.release(uuid).await;
         self.conductor("instance_destroy", json!({ "uuid": uuid }), request_id)
             .await?;
         Ok(())
+    }
+
+    /// A power action (`start`, `stop`, `reboot`/`reboot_hard`): the driver acts, then the instance's states
+    /// follow what the driver reports; a failure clears the task and records a fault.
+    pub async fn power_action(&self, uuid: &str, action: &str, request_id: &str) -> Result<(), String> {
+        let r = match action {
+            "start" => self.driver.power_on(uuid).await,
+            "stop" => self.driver.power_off(uuid).await,
+            "reboot" => self.driver.reboot(uuid, false).await,
+            _ => self.driver.reboot(uuid, true).await,
+        };
+        let info = self.driver.get_info(uuid).await.ok();
+        let power = info.as_ref().map(|i| i.state.code()).unwrap_or(0);
+        let vm_state = match info.map(|i| i.state) {
+            Some(crate::virt::PowerState::Running) => "active",
+            Some(crate::virt::PowerState::Shutdown) => "stopped",
+            Some(crate::virt::PowerState::Paused) => "paused",
+            Some(crate::virt::PowerState::Suspended) => "suspended",
+            _ => "error",
+        };
+        if let Err(e) = &r {
+            self.conductor(
+                "instance_fault",
+                json!({"uuid": uuid, "code": 500, "message": e.to_string(), "details": "", "host": self.cfg.host}),
+                request_id,
+            )
+            .await?;
+        }
+        self.conductor(
+            "instance_update",
+            json!({"uuid": uuid, "vm_state": vm_state, "task_state": null, "power_state": power}),
+            request_id,
+        )
+        .await?;
+        r.map_err(|e| e.to_string())
+    }
+
+    /// Start-up reconciliation (Nova's `init_host`): what the cell says is on this host against what the
+    /// driver has. A delete that was under way finishes; a build that never reached the driver ends in
+    /// ERROR with a fault and its allocations released; a power action interrupted midway has its task
+    /// cleared with the state the driver reports; a guest the driver no longer has is shown stopped.
+    pub async fn init_host(&self) -> Result<usize, String> {
+        let request_id = tessera_types::new_request_id();
+        let v = self
+            .conductor("host_instances", json!({"host": self.cfg.host}), &request_id)
+            .await?;
+        let known: std::collections::HashSet<String> =
+            self.driver.list_instances().await.into_iter().collect();
+        let mut n = 0;
+        for i in v.as_array().cloned().unwrap_or_default() {
+            let uuid = i["uuid"].as_str().unwrap_or_default().to_string();
+            let vm_state = i["vm_state"].as_str().unwrap_or_default();
+            let task = i["task_state"].as_str();
+            let has = known.contains(&uuid);
+            if task == Some("deleting") {
+                self.terminate(&uuid, &request_id).await?;
+            } else if vm_state == "building" && !has {
+                let spawn: Option<SpawnSpec> = serde_json::from_value(i["spawn"].clone()).ok();
+                tracing::warn!(instance = %uuid, "build interrupted by a restart of its host");
+                self.conductor(
+                    "instance_fault",
+                    json!({"uuid": uuid, "code": 500, "host": self.cfg.host, "details": "",
+                           "message": "Build of the instance was interrupted by a restart of its compute host."}),
+                    &request_id,
+                )
+                .await?;
+                self.conductor(
+                    "instance_update",
+                    json!({"uuid": uuid, "vm_state": "error", "task_state": null, "power_state": 0}),
+                    &request_id,
+                )
+                .await?;
+                if spawn.is_some() {
+                    self.release(&uuid).await;
+                }
+            } else if task.is_some() || (vm_state == "active" && !has) {
+                let info = self.driver.get_info(&uuid).await.ok();
+                let (state, power) = match info.map(|i| i.state) {
+                    Some(crate::virt::PowerState::Running) => ("active", 1),
+                    Some(crate::virt::PowerState::Paused) => ("paused", 3),
+                    Some(crate::virt::PowerState::Suspended) => ("suspended", 7),
+                    Some(_) => ("stopped", 4),
+                    None if vm_state == "error" => ("error", 0),
+                    None => ("stopped", 0),
+                };
+                self.conductor(
+                    "instance_update",
+                    json!({"uuid": uuid, "vm_state": state, "task_state": null, "power_state": power}),
+                    &request_id,
+                )
+                .await?;
+            } else {
+                continue;
+            }
+            n += 1;
+        }
+        Ok(n)
     }
 
     async fn handle(self: Arc<Self>, msg: tessera_bus::Envelope) -> tessera_bus::Reply {
@@ -191,24 +319,41 @@ impl ComputeAgent {
             kind: kind.into(),
             message: m,
         };
+        let uuid_arg = || {
+            msg.args["uuid"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| err("BadArguments", "uuid".into()))
+        };
         match msg.method.as_str() {
             "build_and_run_instance" => {
-                let spec: SpawnSpec = serde_json::from_value(msg.args["instance"].clone())
+                let build: BuildRequest = serde_json::from_value(msg.args.clone())
                     .map_err(|e| err("BadArguments", e.to_string()))?;
-                self.build_and_run(spec, &msg.request_id).await.map_err(|e| {
+                self.build_and_run(build, &msg.request_id).await.map_err(|e| {
                     tracing::warn!(request_id = %msg.request_id, error = %e, "build failed");
                     err("BuildFailed", e)
                 })?;
                 Ok(json!({}))
             }
             "terminate_instance" => {
-                let uuid = msg.args["uuid"]
-                    .as_str()
-                    .ok_or_else(|| err("BadArguments", "uuid".into()))?
-                    .to_string();
+                let uuid = uuid_arg()?;
                 self.terminate(&uuid, &msg.request_id).await.map_err(|e| {
                     tracing::warn!(request_id = %msg.request_id, error = %e, "terminate failed");
                     err("TerminateFailed", e)
+                })?;
+                Ok(json!({}))
+            }
+            "start_instance" | "stop_instance" | "reboot_instance" => {
+                let uuid = uuid_arg()?;
+                let action = match msg.method.as_str() {
+                    "start_instance" => "start",
+                    "stop_instance" => "stop",
+                    _ if msg.args["hard"] == json!(true) => "reboot_hard",
+                    _ => "reboot",
+                };
+                self.power_action(&uuid, action, &msg.request_id).await.map_err(|e| {
+                    tracing::warn!(request_id = %msg.request_id, %action, error = %e, "power action failed");
+                    err("InstanceFault", e)
                 })?;
                 Ok(json!({}))
             }
@@ -225,15 +370,6 @@ impl ComputeAgent {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let host = self.cfg.host.clone();
-            // Work for this host (builds, deletes) arrives on the cell bus, addressed to the host.
-            match self.bus.listen(TOPIC, &host).await {
-                Ok(listener) => {
-                    let me = self.clone();
-                    let handler: tessera_bus::Handler = Arc::new(move |msg| Box::pin(me.clone().handle(msg)));
-                    tokio::spawn(tessera_bus::serve(listener, handler));
-                }
-                Err(e) => tracing::error!(%host, error = %e, "compute host cannot listen on its bus"),
-            }
             let mut backoff = Duration::from_millis(100);
             let (service_id, node_uuid) = loop {
                 let attempt = async {
@@ -254,6 +390,21 @@ impl ComputeAgent {
                 }
             };
             tracing::info!(%host, node = %node_uuid, "compute host registered");
+            match self.init_host().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(%host, instances = n, "reconciled instances left mid-operation"),
+                Err(e) => tracing::warn!(%host, error = %e, "start-up reconciliation failed"),
+            }
+            // Work for this host (builds, deletes, power actions) arrives on the cell bus, addressed to the
+            // host — taken only after the reconciliation, which must not mistake a new build for an old one.
+            match self.bus.listen(TOPIC, &host).await {
+                Ok(listener) => {
+                    let me = self.clone();
+                    let handler: tessera_bus::Handler = Arc::new(move |msg| Box::pin(me.clone().handle(msg)));
+                    tokio::spawn(tessera_bus::serve(listener, handler));
+                }
+                Err(e) => tracing::error!(%host, error = %e, "compute host cannot listen on its bus"),
+            }
             let _ = ready.send(Registered {
                 service_id,
                 node_uuid,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tessera_db::{get_text, Db};
 
 /// What the API records about one server before it has a cell (stored in `build_requests.instance`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BootInstance {
     pub uuid: String,
     pub project_id: String,
@@ -31,23 +31,86 @@ pub struct BootInstance {
     pub ephemeral_gb: i64,
     pub availability_zone: Option<String>,
     pub created_at: i64,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub key_name: Option<String>,
+    #[serde(default)]
+    pub key_data: Option<String>,
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub config_drive: Option<String>,
+    #[serde(default)]
+    pub reservation_id: Option<String>,
+    #[serde(default)]
+    pub launch_index: i64,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub access_ip_v4: Option<String>,
+    #[serde(default)]
+    pub access_ip_v6: Option<String>,
+    /// Whether the server gets an address on the built-in flat network (`networks: "auto"`).
+    #[serde(default)]
+    pub auto_network: bool,
+    /// Its addresses once allocated (JSON list of `{"network", "addr", "mac", "version"}`).
+    #[serde(default)]
+    pub network_info: Option<String>,
 }
 
-/// Write the build requests, request specs and cell-less instance mappings of one boot, atomically.
-pub async fn record(api: &Db, spec: &RequestSpec, instances: &[BootInstance]) -> Result<()> {
+/// Write the build requests, request specs and cell-less instance mappings of one boot, and the flat-network
+/// addresses of the servers that want one, atomically. A lost race for an address (another boot took it
+/// between our read and our insert) is retried a few times.
+pub async fn record(
+    api: &Db,
+    spec: &RequestSpec,
+    instances: &mut [BootInstance],
+    flat: Option<&crate::flat::FlatNetwork>,
+) -> Result<()> {
+    let mut last = None;
+    for _ in 0..8 {
+        match record_once(api, spec, instances, flat).await {
+            Err(ComputeError::Duplicate(what)) if what.starts_with("address") => last = Some(what),
+            r => return r,
+        }
+    }
+    Err(ComputeError::Duplicate(last.unwrap_or_default()))
+}
+
+async fn record_once(
+    api: &Db,
+    spec: &RequestSpec,
+    instances: &mut [BootInstance],
+    flat: Option<&crate::flat::FlatNetwork>,
+) -> Result<()> {
     let now = tessera_types::now_epoch_micros();
     let spec_json = serde_json::to_string(spec).map_err(|e| ComputeError::NotFound(e.to_string()))?;
-    let mut tx = api.begin().await?;
-    for i in instances {
+    let mut tx = api.begin_write().await?;
+    let wanted = instances.iter().filter(|i| i.auto_network).count();
+    if wanted > 0 {
+        let net = flat.ok_or_else(|| ComputeError::Invalid("no network is available for \"auto\"".into()))?;
+        let addrs = net.allocate(api, &mut tx, wanted).await?;
+        for (i, a) in instances.iter_mut().filter(|i| i.auto_network).zip(addrs) {
+            net.record(api, &mut tx, &a, &i.uuid).await?;
+            i.network_info = Some(net.network_info(&a).to_string());
+        }
+    }
+    for i in instances.iter() {
         let inst = serde_json::to_string(i).map_err(|e| ComputeError::NotFound(e.to_string()))?;
         sqlx::query(&api.sql(
-            "INSERT INTO build_requests (instance_uuid, project_id, instance, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO build_requests (instance_uuid, project_id, instance, created_at, updated_at, vcpus, \
+             memory_mb) VALUES (?, ?, ?, ?, ?, ?, ?)",
         ))
         .bind(&i.uuid)
         .bind(&i.project_id)
         .bind(inst)
         .bind(now)
         .bind(now)
+        .bind(i.vcpus)
+        .bind(i.memory_mb)
         .execute(&mut *tx)
         .await
         .map_err(|e| crate::dup_or(e, || format!("build request {}", i.uuid)))?;
@@ -152,6 +215,27 @@ fn row_for(
         created_at: i.created_at,
         updated_at: i.created_at,
         deleted: 0,
+        display_description: i.description.clone(),
+        hostname: i.hostname.clone(),
+        key_name: i.key_name.clone(),
+        key_data: i.key_data.clone(),
+        user_data: i.user_data.clone(),
+        config_drive: i.config_drive.clone(),
+        reservation_id: i.reservation_id.clone(),
+        launch_index: i.launch_index,
+        network_info: i.network_info.clone(),
+        locked_by: None,
+        terminated_at: None,
+        access_ip_v4: i.access_ip_v4.clone(),
+        access_ip_v6: i.access_ip_v6.clone(),
+        metadata: i.metadata.clone(),
+    }
+}
+
+impl BootInstance {
+    /// How the API shows a server that is still a build request.
+    pub fn as_row(&self) -> InstanceRow {
+        row_for(self, None, "building", Some("scheduling"), None)
     }
 }
 
@@ -224,7 +308,9 @@ impl SuperConductor {
             Err(SchedulerError::Placement(e)) => return Err(ComputeError::NotFound(e.to_string())),
         };
         for (i, sel) in instances.iter().zip(selections) {
-            let Some(chosen) = sel.first() else { continue };
+            let Some((chosen, alternates)) = sel.split_first() else {
+                continue;
+            };
             let Some(hm) = cells::host_mapping_get(&self.api, &chosen.host).await? else {
                 if let Err(e) = self.scheduler.placement.release(&i.uuid).await {
                     tracing::warn!(instance = %i.uuid, error = %e, "cannot release the claim");
@@ -269,27 +355,13 @@ impl SuperConductor {
                 .buses
                 .get(&cell.transport_url)
                 .map_err(|e| ComputeError::NotFound(e.to_string()))?;
-            let spawn = SpawnSpec {
-                uuid: i.uuid.clone(),
-                name: instance_name(row.id),
-                vcpus: i.vcpus,
-                memory_mb: i.memory_mb,
-                root_gb: i.root_gb,
-                ephemeral_gb: i.ephemeral_gb,
-                image_id: i.image_ref.clone(),
+            let build = BuildRequest {
+                instance: spawn_spec(&row),
+                project_id: i.project_id.clone(),
+                user_id: i.user_id.clone(),
+                alternates: alternates.to_vec(),
             };
-            let msg = tessera_bus::Envelope::new(
-                "build_and_run_instance",
-                json!({ "instance": spawn }),
-                request_id,
-            );
-            if let Err(e) = bus
-                .cast(
-                    &tessera_bus::Target::server(crate::agent::TOPIC, &chosen.host),
-                    msg,
-                )
-                .await
-            {
+            if let Err(e) = cast_build(&*bus, &chosen.host, &build, request_id).await {
                 tracing::warn!(instance = %i.uuid, host = %chosen.host, error = %e, "cannot reach the compute host");
                 celldb::fault_create(
                     &db,
@@ -305,6 +377,170 @@ impl SuperConductor {
         }
         Ok(())
     }
+}
+
+/// What a compute host is asked to build: the instance, whose it is (for claims on a reschedule), and the
+/// alternate hosts of its cell still to try if the spawn fails.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BuildRequest {
+    pub instance: SpawnSpec,
+    pub project_id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub alternates: Vec<crate::scheduler::Selection>,
+}
+
+/// What a driver needs of an instance row.
+pub fn spawn_spec(row: &InstanceRow) -> SpawnSpec {
+    SpawnSpec {
+        uuid: row.uuid.clone(),
+        name: instance_name(row.id),
+        vcpus: row.vcpus,
+        memory_mb: row.memory_mb,
+        root_gb: row.root_gb,
+        ephemeral_gb: row.ephemeral_gb,
+        image_id: row.image_ref.clone(),
+    }
+}
+
+/// Cast a build to a compute host on its cell's bus.
+pub async fn cast_build(
+    bus: &dyn tessera_bus::Bus,
+    host: &str,
+    build: &BuildRequest,
+    request_id: &str,
+) -> std::result::Result<(), tessera_bus::BusError> {
+    let args = serde_json::to_value(build).map_err(|e| tessera_bus::BusError::BadMessage(e.to_string()))?;
+    bus.cast(
+        &tessera_bus::Target::server(crate::agent::TOPIC, host),
+        tessera_bus::Envelope::new("build_and_run_instance", args, request_id),
+    )
+    .await
+}
+
+/// The super conductor's topic on the API-level bus (`[DEFAULT] transport_url`).
+pub const SUPER_TOPIC: &str = "conductor";
+
+impl SuperConductor {
+    /// Serve `schedule_and_build_instances` casts from the API on `bus` until `shutdown`.
+    pub async fn serve(
+        self: Arc<Self>,
+        bus: Arc<dyn tessera_bus::Bus>,
+        host: &str,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> std::result::Result<tokio::task::JoinHandle<()>, tessera_bus::BusError> {
+        let listener = bus.listen(SUPER_TOPIC, host).await?;
+        let me = self.clone();
+        let handler: tessera_bus::Handler = Arc::new(move |msg| {
+            let me = me.clone();
+            Box::pin(async move {
+                match msg.method.as_str() {
+                    "schedule_and_build_instances" => {
+                        let uuids: Vec<String> =
+                            serde_json::from_value(msg.args["uuids"].clone()).map_err(|e| {
+                                tessera_bus::RemoteError {
+                                    kind: "BadArguments".into(),
+                                    message: e.to_string(),
+                                }
+                            })?;
+                        if let Err(e) = me.schedule_and_build(&uuids, &msg.request_id).await {
+                            tracing::error!(request_id = %msg.request_id, error = %e, "schedule and build failed");
+                            return Err(tessera_bus::RemoteError {
+                                kind: "BuildFailed".into(),
+                                message: e.to_string(),
+                            });
+                        }
+                        Ok(json!({}))
+                    }
+                    other => Err(tessera_bus::RemoteError {
+                        kind: "UnsupportedMethod".into(),
+                        message: format!("the super conductor has no method {other}"),
+                    }),
+                }
+            })
+        });
+        let serving = tokio::spawn(tessera_bus::serve(listener, handler));
+        Ok(tokio::spawn(async move {
+            let _ = shutdown.changed().await;
+            serving.abort();
+        }))
+    }
+
+    /// Finish the boots a previous run of the process left half-way (crash recovery), for build requests
+    /// created before `before`: a build request without a cell is scheduled again (any claim it had is
+    /// released first); one already mapped to a cell had its instance created but never cast to its host, so
+    /// its build request goes and the build is cast to the host the instance row names.
+    pub async fn recover(&self, before: i64) -> Result<usize> {
+        let rows = sqlx::query(&self.api.sql(
+            "SELECT b.instance_uuid AS uuid, m.cell_id AS cell_id FROM build_requests b \
+             LEFT JOIN instance_mappings m ON m.instance_uuid = b.instance_uuid WHERE b.created_at < ?",
+        ))
+        .bind(before)
+        .fetch_all(self.api.pool())
+        .await?;
+        let mut n = 0;
+        for r in rows {
+            let uuid = get_text(&r, "uuid")?;
+            let cell_id: Option<i64> = r.try_get("cell_id")?;
+            let request_id = tessera_types::new_request_id();
+            match cell_id {
+                None => {
+                    self.scheduler.placement.release(&uuid).await.map_err(|e| {
+                        ComputeError::NotFound(format!("cannot release the claim of {uuid}: {e}"))
+                    })?;
+                    tracing::info!(instance = %uuid, %request_id, "recovering an unscheduled boot");
+                    self.schedule_and_build(std::slice::from_ref(&uuid), &request_id)
+                        .await?;
+                }
+                Some(cell_id) => {
+                    let cell = cells::cell_get_by_id(&self.api, cell_id)
+                        .await?
+                        .ok_or_else(|| ComputeError::NotFound(format!("cell {cell_id}")))?;
+                    let db = self.cell_db(&cell).await?;
+                    let spec = request_spec_get(&self.api, &uuid).await?.unwrap_or_default();
+                    build_request_delete(&self.api, &uuid).await?;
+                    let Some(row) = celldb::instance_get(&db, &uuid).await? else {
+                        continue;
+                    };
+                    let Some(host) = row.host.clone().filter(|_| row.deleted == 0) else {
+                        continue;
+                    };
+                    tracing::info!(instance = %uuid, %host, %request_id, "recovering a boot never cast to its host");
+                    let bus = self
+                        .buses
+                        .get(&cell.transport_url)
+                        .map_err(|e| ComputeError::NotFound(e.to_string()))?;
+                    let build = BuildRequest {
+                        instance: spawn_spec(&row),
+                        project_id: spec.project_id.clone(),
+                        user_id: spec.user_id.clone(),
+                        alternates: Vec::new(),
+                    };
+                    if let Err(e) = cast_build(&*bus, &host, &build, &request_id).await {
+                        tracing::warn!(instance = %uuid, error = %e, "cannot reach the compute host");
+                    }
+                }
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Remove every API-database trace of a server that never reached a cell (its build request, if still
+/// there, its request spec, its instance mapping, its flat addresses), in one transaction.
+pub async fn unrecord(api: &Db, uuid: &str) -> Result<()> {
+    let mut tx = api.begin_write().await?;
+    for sql in [
+        "DELETE FROM build_requests WHERE instance_uuid = ?",
+        "DELETE FROM request_specs WHERE instance_uuid = ?",
+        "DELETE FROM instance_mappings WHERE instance_uuid = ?",
+        "DELETE FROM flat_addresses WHERE instance_uuid = ?",
+    ] {
+        sqlx::query(&api.sql(sql)).bind(uuid).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Count of build requests left (for tests and recovery).

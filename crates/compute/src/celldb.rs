@@ -221,7 +221,7 @@ fn service_from(r: &tessera_db::AnyRow) -> Result<ServiceRecord> {
 const SVC_COLS: &str =
     "id, uuid, host, service_binary, disabled, forced_down, report_count, last_seen_up, disabled_reason, updated_at";
 
-async fn service_get(db: &Db, host: &str, binary: &str) -> Result<Option<ServiceRecord>> {
+pub async fn service_get(db: &Db, host: &str, binary: &str) -> Result<Option<ServiceRecord>> {
     sqlx::query(&db.sql(&format!(
         "SELECT {SVC_COLS} FROM services WHERE host = ? AND service_binary = ? AND deleted = 0"
     )))
@@ -479,7 +479,7 @@ pub async fn service_update(
 }
 
 /// An instance row (the columns the boot and the API views use so far).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InstanceRow {
     pub id: i64,
     pub uuid: String,
@@ -502,11 +502,43 @@ pub struct InstanceRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub deleted: i64,
+    #[serde(default)]
+    pub display_description: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub key_name: Option<String>,
+    #[serde(default)]
+    pub key_data: Option<String>,
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub config_drive: Option<String>,
+    #[serde(default)]
+    pub reservation_id: Option<String>,
+    #[serde(default)]
+    pub launch_index: i64,
+    /// The server's addresses as `[{"network", "addr", "mac", "version"}]` (JSON).
+    #[serde(default)]
+    pub network_info: Option<String>,
+    #[serde(default)]
+    pub locked_by: Option<String>,
+    #[serde(default)]
+    pub terminated_at: Option<i64>,
+    #[serde(default)]
+    pub access_ip_v4: Option<String>,
+    #[serde(default)]
+    pub access_ip_v6: Option<String>,
+    /// User metadata (instance_metadata rows; loaded by the listing, written by create).
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 const INST_COLS: &str = "id, uuid, project_id, user_id, display_name, host, node, availability_zone, vm_state, \
                          task_state, power_state, image_ref, flavor, memory_mb, vcpus, root_gb, ephemeral_gb, \
-                         launched_at, created_at, updated_at, deleted";
+                         launched_at, created_at, updated_at, deleted, display_description, hostname, key_name, \
+                         key_data, user_data, config_drive, reservation_id, launch_index, network_info, locked_by, \
+                         terminated_at, access_ip_v4, access_ip_v6";
 
 fn instance_from(r: &tessera_db::AnyRow) -> Result<InstanceRow> {
     use tessera_db::get_opt_text as opt;
@@ -532,17 +564,33 @@ fn instance_from(r: &tessera_db::AnyRow) -> Result<InstanceRow> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         deleted: r.try_get("deleted")?,
+        display_description: opt(r, "display_description")?,
+        hostname: opt(r, "hostname")?,
+        key_name: opt(r, "key_name")?,
+        key_data: opt(r, "key_data")?,
+        user_data: opt(r, "user_data")?,
+        config_drive: opt(r, "config_drive")?,
+        reservation_id: opt(r, "reservation_id")?,
+        launch_index: r.try_get("launch_index")?,
+        network_info: opt(r, "network_info")?,
+        locked_by: opt(r, "locked_by")?,
+        terminated_at: r.try_get("terminated_at")?,
+        access_ip_v4: opt(r, "access_ip_v4")?,
+        access_ip_v6: opt(r, "access_ip_v6")?,
+        metadata: Default::default(),
     })
 }
 
-/// Insert an instance (vm_state `building`, task `scheduling` unless given otherwise).
+/// Insert an instance with its metadata (one transaction).
 pub async fn instance_create(db: &Db, i: &InstanceRow) -> Result<InstanceRow> {
     let now = tessera_types::now_epoch_micros();
+    let mut tx = db.begin().await?;
     sqlx::query(&db.sql(
         "INSERT INTO instances (uuid, project_id, user_id, display_name, host, node, availability_zone, vm_state, \
          task_state, power_state, image_ref, flavor, memory_mb, vcpus, root_gb, ephemeral_gb, locked, progress, \
-         launch_index, created_at, updated_at, deleted) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?, 0)",
+         launch_index, created_at, updated_at, deleted, display_description, hostname, key_name, key_data, \
+         user_data, config_drive, reservation_id, network_info, access_ip_v4, access_ip_v6, launched_on) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     ))
     .bind(&i.uuid)
     .bind(&i.project_id)
@@ -560,25 +608,57 @@ pub async fn instance_create(db: &Db, i: &InstanceRow) -> Result<InstanceRow> {
     .bind(i.vcpus)
     .bind(i.root_gb)
     .bind(i.ephemeral_gb)
+    .bind(i.launch_index)
+    .bind(i.created_at)
     .bind(now)
-    .bind(now)
-    .execute(db.pool())
+    .bind(i.display_description.as_deref())
+    .bind(i.hostname.as_deref())
+    .bind(i.key_name.as_deref())
+    .bind(i.key_data.as_deref())
+    .bind(i.user_data.as_deref())
+    .bind(i.config_drive.as_deref())
+    .bind(i.reservation_id.as_deref())
+    .bind(i.network_info.as_deref())
+    .bind(i.access_ip_v4.as_deref())
+    .bind(i.access_ip_v6.as_deref())
+    .bind(i.host.as_deref())
+    .execute(&mut *tx)
     .await
     .map_err(|e| crate::dup_or(e, || format!("instance {}", i.uuid)))?;
+    for (k, v) in &i.metadata {
+        sqlx::query(
+            &db.sql("INSERT INTO instance_metadata (instance_uuid, meta_key, meta_value) VALUES (?, ?, ?)"),
+        )
+        .bind(&i.uuid)
+        .bind(k)
+        .bind(v)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
     instance_get(db, &i.uuid)
         .await?
         .ok_or_else(|| crate::ComputeError::NotFound(format!("instance {}", i.uuid)))
 }
 
-/// An instance by uuid, deleted ones included.
+/// An instance by uuid, deleted ones included, with its metadata.
 pub async fn instance_get(db: &Db, uuid: &str) -> Result<Option<InstanceRow>> {
-    sqlx::query(&db.sql(&format!("SELECT {INST_COLS} FROM instances WHERE uuid = ?")))
+    let row = sqlx::query(&db.sql(&format!("SELECT {INST_COLS} FROM instances WHERE uuid = ?")))
         .bind(uuid)
         .fetch_optional(db.pool())
         .await?
         .as_ref()
         .map(instance_from)
-        .transpose()
+        .transpose()?;
+    match row {
+        Some(r) => {
+            let mut v = [r];
+            load_metadata(db, &mut v).await?;
+            let [r] = v;
+            Ok(Some(r))
+        }
+        None => Ok(None),
+    }
 }
 
 /// State change from the compute host: vm/task/power state, and when it went active.
@@ -698,4 +778,365 @@ pub async fn service_delete(db: &Db, s: &ServiceRecord) -> Result<Vec<String>> {
         .await?;
     tx.commit().await?;
     Ok(nodes)
+}
+
+/// A sort column of the server listing: its SQL expression (NULLs folded so comparisons hold) and kind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SortCol {
+    pub key: &'static str,
+    pub int: bool,
+    pub desc: bool,
+}
+
+/// The sort keys the listing accepts (Nova's names), text or integer.
+pub const SORT_KEYS: &[(&str, bool)] = &[
+    ("uuid", false),
+    ("display_name", false),
+    ("display_description", false),
+    ("host", false),
+    ("hostname", false),
+    ("node", false),
+    ("availability_zone", false),
+    ("image_ref", false),
+    ("key_name", false),
+    ("project_id", false),
+    ("user_id", false),
+    ("vm_state", false),
+    ("task_state", false),
+    ("created_at", true),
+    ("updated_at", true),
+    ("launched_at", true),
+    ("terminated_at", true),
+    ("power_state", true),
+    ("launch_index", true),
+];
+
+impl SortCol {
+    pub fn new(key: &str, desc: bool) -> Option<SortCol> {
+        SORT_KEYS.iter().find(|(k, _)| *k == key).map(|(k, int)| SortCol {
+            key: k,
+            int: *int,
+            desc,
+        })
+    }
+    fn expr(&self) -> String {
+        if self.int {
+            format!("COALESCE({}, 0)", self.key)
+        } else {
+            format!("COALESCE({}, '')", self.key)
+        }
+    }
+}
+
+/// One value of a sort column, as the merge of several cells compares it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SortVal {
+    Int(i64),
+    Text(String),
+}
+
+impl InstanceRow {
+    /// The value of a sort column (NULL folded as in SQL: '' or 0).
+    pub fn sort_value(&self, c: &SortCol) -> SortVal {
+        let t = |s: &Option<String>| SortVal::Text(s.clone().unwrap_or_default());
+        match c.key {
+            "uuid" => SortVal::Text(self.uuid.clone()),
+            "display_name" => t(&self.display_name),
+            "display_description" => t(&self.display_description),
+            "host" => t(&self.host),
+            "hostname" => t(&self.hostname),
+            "node" => t(&self.node),
+            "availability_zone" => t(&self.availability_zone),
+            "image_ref" => t(&self.image_ref),
+            "key_name" => t(&self.key_name),
+            "project_id" => SortVal::Text(self.project_id.clone()),
+            "user_id" => SortVal::Text(self.user_id.clone()),
+            "vm_state" => SortVal::Text(self.vm_state.clone()),
+            "task_state" => t(&self.task_state),
+            "created_at" => SortVal::Int(self.created_at),
+            "updated_at" => SortVal::Int(self.updated_at),
+            "launched_at" => SortVal::Int(self.launched_at.unwrap_or(0)),
+            "terminated_at" => SortVal::Int(self.terminated_at.unwrap_or(0)),
+            "power_state" => SortVal::Int(self.power_state),
+            _ => SortVal::Int(self.launch_index),
+        }
+    }
+}
+
+/// Compare two rows under a sort order (the last column decides ties; callers end it with uuid).
+pub fn compare_rows(a: &InstanceRow, b: &InstanceRow, sort: &[SortCol]) -> std::cmp::Ordering {
+    for c in sort {
+        let o = a.sort_value(c).cmp(&b.sort_value(c));
+        let o = if c.desc { o.reverse() } else { o };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    std::cmp::Ordering::Equal
+}
+
+/// What a server listing selects.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub project_id: Option<String>,
+    pub user_id: Option<String>,
+    /// Substring of the name (Nova matches a regular expression; a plain name matches the same).
+    pub name: Option<String>,
+    pub vm_states: Option<Vec<String>>,
+    pub host: Option<String>,
+    pub availability_zone: Option<String>,
+    pub image_ref: Option<String>,
+    pub key_name: Option<String>,
+    pub reservation_id: Option<String>,
+    /// updated_at ≥ (deleted servers included, as Nova does with changes-since).
+    pub changes_since: Option<i64>,
+    pub changes_before: Option<i64>,
+    /// Only deleted servers (`deleted=true`, admins).
+    pub deleted_only: bool,
+}
+
+impl ListFilter {
+    /// Whether a row (a build request's, say) passes the filter (the same rules as the SQL).
+    pub fn matches(&self, r: &InstanceRow) -> bool {
+        let eq = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
+        let deleted = r.deleted != 0;
+        let show_deleted = self.changes_since.is_some() || self.changes_before.is_some() || self.deleted_only;
+        (show_deleted || !deleted)
+            && (!self.deleted_only || deleted)
+            && eq(&self.project_id, Some(&r.project_id))
+            && eq(&self.user_id, Some(&r.user_id))
+            && eq(&self.host, r.host.as_deref())
+            && eq(&self.availability_zone, r.availability_zone.as_deref())
+            && eq(&self.image_ref, r.image_ref.as_deref())
+            && eq(&self.key_name, r.key_name.as_deref())
+            && eq(&self.reservation_id, r.reservation_id.as_deref())
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|n| r.display_name.as_deref().unwrap_or("").contains(n))
+            && self.vm_states.as_ref().is_none_or(|v| v.contains(&r.vm_state))
+            && self.changes_since.is_none_or(|t| r.updated_at >= t)
+            && self.changes_before.is_none_or(|t| r.updated_at <= t)
+    }
+}
+
+/// One page of a cell's instances in `sort` order (which ends with uuid), strictly after `after` (the
+/// marker's sort values), at most `limit`; metadata loaded.
+pub async fn instances_list(
+    db: &Db,
+    f: &ListFilter,
+    sort: &[SortCol],
+    after: Option<&[SortVal]>,
+    limit: i64,
+) -> Result<Vec<InstanceRow>> {
+    let mut sql = format!("SELECT {INST_COLS} FROM instances WHERE 1 = 1");
+    enum B<'a> {
+        T(&'a str),
+        I(i64),
+        S(String),
+    }
+    let mut binds: Vec<B> = Vec::new();
+    let show_deleted = f.changes_since.is_some() || f.changes_before.is_some() || f.deleted_only;
+    if f.deleted_only {
+        sql.push_str(" AND deleted <> 0");
+    } else if !show_deleted {
+        sql.push_str(" AND deleted = 0");
+    }
+    for (col, v) in [
+        ("project_id", &f.project_id),
+        ("user_id", &f.user_id),
+        ("host", &f.host),
+        ("availability_zone", &f.availability_zone),
+        ("image_ref", &f.image_ref),
+        ("key_name", &f.key_name),
+        ("reservation_id", &f.reservation_id),
+    ] {
+        if let Some(v) = v {
+            sql.push_str(&format!(" AND {col} = ?"));
+            binds.push(B::T(v));
+        }
+    }
+    if let Some(n) = &f.name {
+        let escaped = n.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        sql.push_str(" AND display_name LIKE ? ESCAPE '\\'");
+        binds.push(B::S(format!("%{escaped}%")));
+    }
+    if let Some(states) = &f.vm_states {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        sql.push_str(&format!(
+            " AND vm_state IN ({})",
+            vec!["?"; states.len()].join(", ")
+        ));
+        binds.extend(states.iter().map(|s| B::T(s)));
+    }
+    if let Some(t) = f.changes_since {
+        sql.push_str(" AND updated_at >= ?");
+        binds.push(B::I(t));
+    }
+    if let Some(t) = f.changes_before {
+        sql.push_str(" AND updated_at <= ?");
+        binds.push(B::I(t));
+    }
+    if let Some(vals) = after {
+        // Keyset: (k0 > v0) OR (k0 = v0 AND k1 > v1) OR …, each comparison in its column's direction.
+        let mut ors = Vec::new();
+        for i in 0..sort.len().min(vals.len()) {
+            let mut ands = Vec::new();
+            for c in sort.iter().take(i) {
+                ands.push(format!("{} = ?", c.expr()));
+            }
+            ands.push(format!(
+                "{} {} ?",
+                sort[i].expr(),
+                if sort[i].desc { "<" } else { ">" }
+            ));
+            ors.push(format!("({})", ands.join(" AND ")));
+            for v in vals.iter().take(i + 1) {
+                binds.push(match v {
+                    SortVal::Int(n) => B::I(*n),
+                    SortVal::Text(s) => B::S(s.clone()),
+                });
+            }
+        }
+        if !ors.is_empty() {
+            sql.push_str(&format!(" AND ({})", ors.join(" OR ")));
+        }
+    }
+    let order: Vec<String> = sort
+        .iter()
+        .map(|c| format!("{} {}", c.expr(), if c.desc { "DESC" } else { "ASC" }))
+        .collect();
+    sql.push_str(&format!(" ORDER BY {} LIMIT ?", order.join(", ")));
+    binds.push(B::I(limit));
+    let sql = db.sql(&sql);
+    let mut q = sqlx::query(&sql);
+    for b in &binds {
+        q = match b {
+            B::T(s) => q.bind(*s),
+            B::I(n) => q.bind(*n),
+            B::S(s) => q.bind(s.as_str()),
+        };
+    }
+    let mut rows = q
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(instance_from)
+        .collect::<Result<Vec<_>>>()?;
+    load_metadata(db, &mut rows).await?;
+    Ok(rows)
+}
+
+/// Fill the metadata of rows (one query per 500 rows).
+pub async fn load_metadata(db: &Db, rows: &mut [InstanceRow]) -> Result<()> {
+    for chunk in rows.chunks_mut(500) {
+        let raw = format!(
+            "SELECT instance_uuid, meta_key, meta_value FROM instance_metadata WHERE instance_uuid IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let sql = db.sql(&raw);
+        let mut q = sqlx::query(&sql);
+        for r in chunk.iter() {
+            q = q.bind(r.uuid.as_str());
+        }
+        let found = q.fetch_all(db.pool()).await?;
+        if found.is_empty() {
+            continue;
+        }
+        let mut by: std::collections::HashMap<String, std::collections::BTreeMap<String, String>> =
+            std::collections::HashMap::new();
+        for m in &found {
+            by.entry(get_text(m, "instance_uuid")?)
+                .or_default()
+                .insert(get_text(m, "meta_key")?, get_text(m, "meta_value")?);
+        }
+        for r in chunk.iter_mut() {
+            if let Some(m) = by.remove(&r.uuid) {
+                r.metadata = m;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Live instances of a project in this cell: (count, vcpus, memory_mb) for quota checks.
+pub async fn project_usage(db: &Db, project: &str) -> Result<(i64, i64, i64)> {
+    let r = sqlx::query(&db.sql(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(vcpus), 0) AS c, COALESCE(SUM(memory_mb), 0) AS m FROM instances \
+         WHERE project_id = ? AND deleted = 0",
+    ))
+    .bind(project)
+    .fetch_one(db.pool())
+    .await?;
+    Ok((r.try_get("n")?, r.try_get("c")?, r.try_get("m")?))
+}
+
+/// Set a task state when the instance is in one of `vm_states` with no task running (an action's guard).
+/// False when the guard failed (or the instance is gone).
+pub async fn instance_begin_task(db: &Db, uuid: &str, vm_states: &[&str], task: &str) -> Result<bool> {
+    let raw = format!(
+        "UPDATE instances SET task_state = ?, updated_at = ? WHERE uuid = ? AND deleted = 0 AND task_state IS NULL \
+         AND vm_state IN ({})",
+        vec!["?"; vm_states.len()].join(", ")
+    );
+    let sql = db.sql(&raw);
+    let mut q = sqlx::query(&sql)
+        .bind(task)
+        .bind(tessera_types::now_epoch_micros())
+        .bind(uuid);
+    for s in vm_states {
+        q = q.bind(*s);
+    }
+    Ok(q.execute(db.pool()).await?.rows_affected() > 0)
+}
+
+/// Mark an instance as being deleted (any task it had is superseded).
+pub async fn instance_set_deleting(db: &Db, uuid: &str) -> Result<bool> {
+    let n =
+        sqlx::query(&db.sql(
+            "UPDATE instances SET task_state = 'deleting', updated_at = ? WHERE uuid = ? AND deleted = 0",
+        ))
+        .bind(tessera_types::now_epoch_micros())
+        .bind(uuid)
+        .execute(db.pool())
+        .await?
+        .rows_affected();
+    Ok(n > 0)
+}
+
+/// Move an instance to another host (a reschedule to an alternate).
+pub async fn instance_set_host(db: &Db, uuid: &str, host: &str, node: &str) -> Result<bool> {
+    let n = sqlx::query(&db.sql(
+        "UPDATE instances SET host = ?, node = ?, launched_on = ?, updated_at = ? WHERE uuid = ? AND deleted = 0",
+    ))
+    .bind(host)
+    .bind(node)
+    .bind(host)
+    .bind(tessera_types::now_epoch_micros())
+    .bind(uuid)
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Instances on a host that are not deleted: (uuid, vm_state, task_state).
+pub async fn host_instances(db: &Db, host: &str) -> Result<Vec<(String, String, Option<String>)>> {
+    let rows = sqlx::query(
+        &db.sql("SELECT uuid, vm_state, task_state FROM instances WHERE host = ? AND deleted = 0"),
+    )
+    .bind(host)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                get_text(r, "uuid")?,
+                get_text(r, "vm_state")?,
+                tessera_db::get_opt_text(r, "task_state")?,
+            ))
+        })
+        .collect()
 }

@@ -47,6 +47,7 @@ pub struct InstanceMapping {
     pub project_id: String,
     pub user_id: Option<String>,
     pub queued_for_delete: bool,
+    pub created_at: i64,
 }
 
 const CELL_COLS: &str = "id, uuid, name, transport_url, database_connection, disabled";
@@ -223,7 +224,7 @@ pub async fn host_mapping_delete(db: &Db, host: &str) -> Result<bool> {
     Ok(n > 0)
 }
 
-const IM_COLS: &str = "id, instance_uuid, cell_id, project_id, user_id, queued_for_delete";
+const IM_COLS: &str = "id, instance_uuid, cell_id, project_id, user_id, queued_for_delete, created_at";
 
 fn im_from(r: &AnyRow) -> Result<InstanceMapping> {
     Ok(InstanceMapping {
@@ -233,7 +234,41 @@ fn im_from(r: &AnyRow) -> Result<InstanceMapping> {
         project_id: get_text(r, "project_id")?,
         user_id: get_opt_text(r, "user_id")?,
         queued_for_delete: r.try_get::<i64, _>("queued_for_delete")? != 0,
+        created_at: r.try_get("created_at")?,
     })
+}
+
+/// Mark an instance mapping as queued for delete (its server is being or has been deleted).
+pub async fn instance_mapping_queue_for_delete(db: &Db, instance_uuid: &str) -> Result<()> {
+    sqlx::query(
+        &db.sql("UPDATE instance_mappings SET queued_for_delete = 1, updated_at = ? WHERE instance_uuid = ?"),
+    )
+    .bind(tessera_types::now_epoch_micros())
+    .bind(instance_uuid)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Live (not queued for delete) instance mappings of a cell, optionally of one project: what a listing
+/// shows for a cell that does not answer.
+pub async fn live_instance_mappings(
+    db: &Db,
+    cell_id: i64,
+    project_id: Option<&str>,
+) -> Result<Vec<InstanceMapping>> {
+    let sql = match project_id {
+        Some(_) => format!(
+            "SELECT {IM_COLS} FROM instance_mappings WHERE cell_id = ? AND queued_for_delete = 0 AND project_id = ?"
+        ),
+        None => format!("SELECT {IM_COLS} FROM instance_mappings WHERE cell_id = ? AND queued_for_delete = 0"),
+    };
+    let sql = db.sql(&sql);
+    let mut q = sqlx::query(&sql).bind(cell_id);
+    if let Some(p) = project_id {
+        q = q.bind(p);
+    }
+    q.fetch_all(db.pool()).await?.iter().map(im_from).collect()
 }
 
 pub async fn instance_mapping_get(db: &Db, instance_uuid: &str) -> Result<Option<InstanceMapping>> {

@@ -2,7 +2,9 @@
 //! (topic `conductor`) and writes what compute hosts report — service heartbeats, compute node records —
 //! and heartbeats its own `nova-conductor` service record.
 
+use crate::boot::BuildRequest;
 use crate::celldb::{self, NodeReport};
+use crate::placement_client::PlacementClient;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +26,107 @@ fn arg<T: serde::de::DeserializeOwned>(args: &Value, key: &str) -> Result<T, Rem
         .map_err(|e| remote("BadArguments", format!("{key}: {e}")))
 }
 
-async fn handle(db: Db, msg: Envelope) -> Reply {
+/// What the conductor's handlers share.
+struct Cell {
+    db: Db,
+    bus: Arc<dyn Bus>,
+    placement: Option<Arc<PlacementClient>>,
+}
+
+/// A build failed on a host: try the alternates in order — claim the alternate's allocation request in
+/// placement, move the instance there and cast the build with the alternates left — or, when none is left
+/// or none can be claimed, put the instance in ERROR with a fault saying the retries are exhausted.
+async fn reschedule(
+    cell: &Cell,
+    mut build: BuildRequest,
+    reason: &str,
+    request_id: &str,
+) -> Result<(), RemoteError> {
+    let uuid = build.instance.uuid.clone();
+    let placement = cell.placement.as_ref();
+    while !build.alternates.is_empty() {
+        let alt = build.alternates.remove(0);
+        let claimed = match placement {
+            Some(p) => p
+                .claim(
+                    &uuid,
+                    &alt.allocation_request["allocations"],
+                    &build.project_id,
+                    &build.user_id,
+                )
+                .await
+                .map_err(|e| remote("PlacementError", e))?,
+            None => false,
+        };
+        if !claimed {
+            continue;
+        }
+        if !celldb::instance_set_host(&cell.db, &uuid, &alt.host, &alt.nodename)
+            .await
+            .map_err(|e| remote("DBError", e))?
+        {
+            // Deleted meanwhile.
+            if let Some(p) = placement {
+                p.release(&uuid).await.map_err(|e| remote("PlacementError", e))?;
+            }
+            return Ok(());
+        }
+        tracing::info!(instance = %uuid, host = %alt.host, %request_id, "rescheduling to an alternate host");
+        match crate::boot::cast_build(&*cell.bus, &alt.host, &build, request_id).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(instance = %uuid, host = %alt.host, error = %e, "alternate unreachable");
+                if let Some(p) = placement {
+                    p.release(&uuid).await.map_err(|e| remote("PlacementError", e))?;
+                }
+            }
+        }
+    }
+    let msg = format!(
+        "Exceeded maximum number of retries. Exhausted all hosts available for retrying build failures for \
+         instance {uuid}."
+    );
+    celldb::fault_create(&cell.db, &uuid, 500, &msg, reason, None)
+        .await
+        .map_err(|e| remote("DBError", e))?;
+    celldb::instance_set_state(&cell.db, &uuid, "error", None, 0, false)
+        .await
+        .map_err(|e| remote("DBError", e))?;
+    if let Some(p) = placement {
+        p.release(&uuid).await.map_err(|e| remote("PlacementError", e))?;
+    }
+    Ok(())
+}
+
+async fn handle(cell: Arc<Cell>, msg: Envelope) -> Reply {
+    let db = cell.db.clone();
     let a = &msg.args;
     match msg.method.as_str() {
+        "build_instances" => {
+            let build: BuildRequest = arg(a, "build")?;
+            let reason: String = arg::<Option<String>>(a, "reason")?.unwrap_or_default();
+            reschedule(&cell, build, &reason, &msg.request_id).await?;
+            Ok(json!({}))
+        }
+        "host_instances" => {
+            let host: String = arg(a, "host")?;
+            let rows = celldb::host_instances(&db, &host)
+                .await
+                .map_err(|e| remote("DBError", e))?;
+            let mut out = Vec::new();
+            for (uuid, vm_state, task_state) in rows {
+                let row = celldb::instance_get(&db, &uuid)
+                    .await
+                    .map_err(|e| remote("DBError", e))?;
+                let Some(row) = row else { continue };
+                out.push(
+                    json!({"uuid": uuid, "vm_state": vm_state, "task_state": task_state,
+                                "project_id": row.project_id, "user_id": row.user_id,
+                                "spawn": crate::boot::spawn_spec(&row)}),
+                );
+            }
+            Ok(Value::Array(out))
+        }
         "service_report" => {
             let (host, binary, topic): (String, String, String) =
                 (arg(a, "host")?, arg(a, "binary")?, arg(a, "topic")?);
@@ -85,20 +185,23 @@ async fn handle(db: Db, msg: Envelope) -> Reply {
     }
 }
 
-/// Serve the cell conductor for `db` on `bus` as `host` until `shutdown` turns true.
+/// Serve the cell conductor for `db` on `bus` as `host` until `shutdown` turns true. With `placement`, it
+/// also reschedules failed builds to their alternates (claims are placement's).
 pub async fn spawn(
     bus: Arc<dyn Bus>,
     db: Db,
+    placement: Option<Arc<PlacementClient>>,
     host: String,
     report_interval: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, tessera_bus::BusError> {
     let listener = bus.listen(TOPIC, &host).await?;
-    let handler_db = db.clone();
-    let handler: tessera_bus::Handler = Arc::new(move |msg| {
-        let db = handler_db.clone();
-        Box::pin(handle(db, msg))
+    let cell = Arc::new(Cell {
+        db: db.clone(),
+        bus: bus.clone(),
+        placement,
     });
+    let handler: tessera_bus::Handler = Arc::new(move |msg| Box::pin(handle(cell.clone(), msg)));
     let serving = tokio::spawn(tessera_bus::serve(listener, handler));
     Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(report_interval);

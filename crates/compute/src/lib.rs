@@ -9,6 +9,7 @@ pub mod celldb;
 pub mod cells;
 pub mod cellv2;
 pub mod conductor;
+pub mod flat;
 pub mod flavors;
 pub mod keypairs;
 pub mod placement_client;
@@ -26,6 +27,9 @@ pub enum ComputeError {
     Duplicate(String),
     #[error("{0}")]
     NotFound(String),
+    /// A request that cannot be honoured as asked (the API answers 400 with the message).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = ComputeError> = std::result::Result<T, E>;

@@ -35,6 +35,8 @@ struct Session {
     token: String,
     expires: Instant,
     endpoint: String,
+    /// The token's catalog (other services' endpoints are found there too).
+    catalog: Value,
 }
 
 pub struct PlacementClient {
@@ -107,7 +109,7 @@ impl PlacementClient {
             .ok_or_else(|| PlacementClientError::Auth("no X-Subject-Token in the answer".into()))?
             .to_string();
         let v: Value = r.json().await?;
-        let endpoint = self.endpoint_from(&v).ok_or_else(|| {
+        let endpoint = self.endpoint_from(&v, "placement").ok_or_else(|| {
             PlacementClientError::Auth(
                 "the catalog has no placement endpoint for the configured interfaces".into(),
             )
@@ -117,12 +119,27 @@ impl PlacementClient {
             token,
             expires: Instant::now() + Duration::from_secs(1800),
             endpoint,
+            catalog: v,
         })
     }
 
-    fn endpoint_from(&self, token: &Value) -> Option<String> {
+    /// The endpoint of another service (`image`, …) from the service token's catalog, with the same
+    /// interface and region preferences.
+    pub async fn service_endpoint(&self, service_type: &str) -> Result<String> {
+        let mut s = self.session.lock().await;
+        if s.as_ref().is_none_or(|s| s.expires <= Instant::now()) {
+            *s = Some(self.login().await?);
+        }
+        let s = s
+            .as_ref()
+            .ok_or_else(|| PlacementClientError::Auth("no session".into()))?;
+        self.endpoint_from(&s.catalog, service_type)
+            .ok_or_else(|| PlacementClientError::Auth(format!("the catalog has no {service_type} endpoint")))
+    }
+
+    fn endpoint_from(&self, token: &Value, service_type: &str) -> Option<String> {
         let catalog = token.pointer("/token/catalog")?.as_array()?;
-        let svc = catalog.iter().find(|s| s["type"] == "placement")?;
+        let svc = catalog.iter().find(|s| s["type"] == service_type)?;
         let eps = svc["endpoints"].as_array()?;
         let interfaces = if self.creds.valid_interfaces.is_empty() {
             vec!["internal".to_string(), "public".to_string()]

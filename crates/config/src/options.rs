@@ -73,6 +73,15 @@ pub const GROUPS: &[(&str, &str)] = &[
         "fake",
         "Host resources and behaviour of the `fake` virt driver (compute_driver = fake).",
     ),
+    ("api", "The Compute API (Nova's [api] group)."),
+    (
+        "quota",
+        "Default Compute quotas per project (Nova's [quota] group); -1 is unlimited.",
+    ),
+    (
+        "flat_network",
+        "The built-in flat network servers booted with `networks: \"auto\"` get an address from.",
+    ),
 ];
 
 pub const OPTIONS: &[OptDef] = &[
@@ -232,6 +241,19 @@ pub const OPTIONS: &[OptDef] = &[
     opt("fake", "disk_gb", OptType::Int { min: 1, max: i64::MAX }, "1024", "Disk of a fake host, in GB."),
     opt("fake", "spawn_delay_ms", OptType::Int { min: 0, max: 3_600_000 }, "0",
         "Milliseconds a fake spawn takes."),
+    // [api] / [quota] / [flat_network]
+    opt("api", "max_limit", OptType::Int { min: 1, max: 100_000 }, "1000",
+        "Most items one page of a Compute API listing returns."),
+    opt("api", "enable_instance_password", OptType::Bool, "true",
+        "Whether a server create answer carries an adminPass."),
+    opt("quota", "instances", OptType::Int { min: -1, max: i64::MAX }, "10", "Servers per project."),
+    opt("quota", "cores", OptType::Int { min: -1, max: i64::MAX }, "20", "vCPUs per project."),
+    opt("quota", "ram", OptType::Int { min: -1, max: i64::MAX }, "51200", "Memory (MB) per project."),
+    opt("quota", "metadata_items", OptType::Int { min: -1, max: i64::MAX }, "128", "Metadata items per server."),
+    opt("flat_network", "name", OptType::Str, "private",
+        "Name the servers' addresses are shown under."),
+    opt("flat_network", "cidr", OptType::Str, "10.0.0.0/16",
+        "IPv4 range of the flat network (the first address is the gateway's)."),
     // [scheduler] / [filter_scheduler]
     opt("scheduler", "max_attempts", OptType::Int { min: 1, max: 100 }, "3",
         "Hosts tried per instance: the chosen one and up to max_attempts - 1 alternates from its cell for reschedules."),

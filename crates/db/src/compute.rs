@@ -78,6 +78,19 @@ pub const API_MIGRATIONS: MigrationSet = MigrationSet {
              created_at BIGINT NOT NULL, PRIMARY KEY (group_id, instance_uuid)){engine}",
             "CREATE INDEX ix_instance_group_member_instance ON instance_group_member (instance_uuid)",
         ],
+    }, Migration {
+        version: 2,
+        name: "flat network addresses; build request sizes for quota counts",
+        statements: &[
+            // Addresses of the built-in flat network (`networks: "auto"` before the Networking service):
+            // the primary key is what keeps two servers from getting one address.
+            "CREATE TABLE flat_addresses (address VARCHAR(39) NOT NULL, network VARCHAR(255) NOT NULL, \
+             instance_uuid VARCHAR(36) NOT NULL, mac_address VARCHAR(17) NOT NULL, created_at BIGINT NOT NULL, \
+             PRIMARY KEY (address)){engine}",
+            "CREATE INDEX ix_flat_addresses_instance ON flat_addresses (instance_uuid)",
+            "ALTER TABLE build_requests ADD COLUMN vcpus BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE build_requests ADD COLUMN memory_mb BIGINT NOT NULL DEFAULT 0",
+        ],
     }],
 };
 
@@ -164,10 +177,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite:///{}/c.sqlite", dir.path().display());
         let db = crate::Db::connect(&url, 2).await.expect("connect");
-        for set in [&API_MIGRATIONS, &CELL_MIGRATIONS] {
-            assert_eq!(db.migrate(set).await.expect("migrate"), vec![1]);
+        for (set, versions) in [(&API_MIGRATIONS, vec![1, 2]), (&CELL_MIGRATIONS, vec![1])] {
+            let last = versions.last().copied();
+            assert_eq!(db.migrate(set).await.expect("migrate"), versions);
             assert!(db.migrate(set).await.expect("again").is_empty());
-            assert_eq!(db.schema_version(set).await.expect("version"), 1);
+            assert_eq!(Some(db.schema_version(set).await.expect("version")), last);
         }
         // {autoid} numbers rows.
         for name in ["a", "b"] {

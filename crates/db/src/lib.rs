@@ -240,22 +240,6 @@ pub fn in_list(n: usize) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn placeholders() {
-        assert_eq!(
-            rewrite_placeholders(Dialect::Postgres, "a = ? AND b = ?"),
-            "a = $1 AND b = $2"
-        );
-        assert_eq!(rewrite_placeholders(Dialect::MySql, "a = ?"), "a = ?");
-        assert_eq!(in_list(3), "(?, ?, ?)");
-        assert_eq!(in_list(0), "(?)");
-    }
-}
-
 /// Read a text column. MySQL reports `TEXT` columns as blobs through the `Any` driver, so fall back on bytes.
 pub fn get_text(row: &AnyRow, col: &str) -> Result<String, sqlx::Error> {
     match row.try_get::<String, _>(col) {
@@ -275,5 +259,21 @@ pub fn get_opt_text(row: &AnyRow, col: &str) -> Result<Option<String>, sqlx::Err
             .try_get::<Option<Vec<u8>>, _>(col)
             .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned())),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders() {
+        assert_eq!(
+            rewrite_placeholders(Dialect::Postgres, "a = ? AND b = ?"),
+            "a = $1 AND b = $2"
+        );
+        assert_eq!(rewrite_placeholders(Dialect::MySql, "a = ?"), "a = ?");
+        assert_eq!(in_list(3), "(?, ?, ?)");
+        assert_eq!(in_list(0), "(?)");
     }
 }

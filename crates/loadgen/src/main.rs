@@ -118,13 +118,13 @@ async fn provider(c: &Client, i: usize) -> Result<String, Error> {
         )
         .await?;
     let mut traits = Vec::new();
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         traits.push(TRAITS[0]);
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         traits.push(TRAITS[1]);
     }
-    if i % 50 == 0 {
+    if i.is_multiple_of(50) {
         traits.push(TRAITS[2]);
     }
     let body = json!({"resource_provider_generation": generation(&b, "resource_provider_generation")?, "traits": traits});

@@ -154,9 +154,23 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     };
     identity.identity.bootstrap(&params).await?;
     let buses = Arc::new(tessera_bus::Buses::new());
-    scheduler_config(&cfg)?;
+    let started = tessera_types::now_epoch_micros();
     let computes = start_cells(&cfg, &cells, &buses, placement_client.clone(), shutdown).await?;
     spawn_periodic_discovery(&cfg, shutdown);
+    let super_conductor = start_super_conductor(&cfg, &buses, placement_client.clone(), shutdown).await?;
+    compute.api.wire_boot(tessera_compute::api::servers::BootWiring {
+        api_bus: buses
+            .get(&cfg.get_str("DEFAULT", "transport_url"))
+            .map_err(|e| StartError::Failed(format!("API bus: {e}")))?,
+        buses: buses.clone(),
+        flat: Some(flat_network(&cfg)?),
+    });
+    // Boots a previous run left half-way finish now.
+    match super_conductor.recover(started).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(boots = n, "recovered interrupted boots"),
+        Err(e) => tracing::warn!(error = %e, "boot recovery failed"),
+    }
     let aio = AllInOne {
         state_dir: dir.clone(),
         cells,
@@ -175,6 +189,43 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     };
     write_client_files(&aio)?;
     Ok(aio)
+}
+
+/// The `[flat_network]` behind `networks: "auto"`.
+pub fn flat_network(cfg: &Config) -> Result<tessera_compute::flat::FlatNetwork, StartError> {
+    tessera_compute::flat::FlatNetwork::parse(
+        &cfg.get_str("flat_network", "name"),
+        &cfg.get_str("flat_network", "cidr"),
+    )
+    .map_err(|e| StartError::Usage(format!("[flat_network] cidr: {e}")))
+}
+
+/// The super conductor (with its scheduler) serving the API-level bus (`[DEFAULT] transport_url`).
+pub async fn start_super_conductor(
+    cfg: &Config,
+    buses: &Arc<tessera_bus::Buses>,
+    placement: Arc<tessera_compute::placement_client::PlacementClient>,
+    shutdown: &Shutdown,
+) -> Result<Arc<tessera_compute::boot::SuperConductor>, StartError> {
+    let api = tessera_db::Db::connect(&cfg.get_str("api_database", "connection"), 8).await?;
+    let sched = Arc::new(tessera_compute::scheduler::Scheduler::new(
+        api.clone(),
+        placement,
+        scheduler_config(cfg)?,
+    ));
+    let sc = Arc::new(tessera_compute::boot::SuperConductor::new(
+        api,
+        sched,
+        buses.clone(),
+    ));
+    let bus = buses
+        .get(&cfg.get_str("DEFAULT", "transport_url"))
+        .map_err(|e| StartError::Failed(format!("API bus: {e}")))?;
+    sc.clone()
+        .serve(bus, "super-conductor", shutdown.subscribe())
+        .await
+        .map_err(|e| StartError::Failed(format!("super conductor: {e}")))?;
+    Ok(sc)
 }
 
 /// Database URL of all-in-one's cell `i` (0 is cell0) from `[database] connection` (which is cell1's):
@@ -319,6 +370,7 @@ pub async fn start_cell(
     conductor::spawn(
         bus.clone(),
         db,
+        Some(placement.clone()),
         format!("{name}-conductor"),
         report,
         shutdown.subscribe(),

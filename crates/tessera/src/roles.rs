@@ -248,7 +248,15 @@ pub async fn start_compute_api(
         default_availability_zone: cfg.get_str("DEFAULT", "default_availability_zone"),
         internal_service_availability_zone: cfg.get_str("DEFAULT", "internal_service_availability_zone"),
     };
-    let api = tessera_compute::api::ComputeApi::new(api_db, settings, placement);
+    let servers = tessera_compute::api::servers::ServerSettings {
+        instances: cfg.get_int("quota", "instances"),
+        cores: cfg.get_int("quota", "cores"),
+        ram: cfg.get_int("quota", "ram"),
+        metadata_items: cfg.get_int("quota", "metadata_items"),
+        max_limit: cfg.get_int("api", "max_limit"),
+        enable_instance_password: cfg.get_bool("api", "enable_instance_password"),
+    };
+    let api = tessera_compute::api::ComputeApi::with_servers(api_db, settings, placement, servers);
     let (listener, addr, base_url) =
         listen_on(cfg, cfg.get_port("DEFAULT", "osapi_compute_listen_port")).await?;
     let router = tessera_compute::api::router(api.clone(), identity.validator(), identity_uri);

@@ -326,12 +326,13 @@ async fn compute_builds_and_terminates_through_the_cell_conductor() {
         created_at: 0,
         updated_at: 0,
         deleted: 0,
+        ..Default::default()
     };
     let build = |uuid: &str| {
         Envelope::new(
             "build_and_run_instance",
             serde_json::json!({"instance": {"uuid": uuid, "name": "instance-00000001", "vcpus": 1, "memory_mb": 512,
-                "root_gb": 1, "ephemeral_gb": 0, "image_id": null}}),
+                "root_gb": 1, "ephemeral_gb": 0, "image_id": null}, "project_id": "p", "user_id": "u"}),
             "req-test",
         )
     };

@@ -100,7 +100,10 @@ async fn select_destinations_filters_weighs_and_claims() {
 
         // Nothing fits: NoValidHost, and nothing is left claimed.
         let big = uuid::Uuid::new_v4().to_string();
-        match s.select_destinations(&spec(64, 512, 1), &[big.clone()]).await {
+        match s
+            .select_destinations(&spec(64, 512, 1), std::slice::from_ref(&big))
+            .await
+        {
             Err(SchedulerError::NoValidHost(_)) => {}
             other => panic!("{other:?}"),
         }
@@ -160,7 +163,10 @@ async fn select_destinations_filters_weighs_and_claims() {
         let mut zspec = spec(1, 256, 1);
         zspec.availability_zone = Some("az9".into());
         let zoned = uuid::Uuid::new_v4().to_string();
-        let sel = s.select_destinations(&zspec, &[zoned.clone()]).await.unwrap();
+        let sel = s
+            .select_destinations(&zspec, std::slice::from_ref(&zoned))
+            .await
+            .unwrap();
         assert_eq!(sel[0][0].host, "cell2-compute1");
         placement.release(&zoned).await.unwrap();
         zspec.availability_zone = Some("nowhere".into());
@@ -229,14 +235,15 @@ async fn super_conductor_builds_across_cells_or_buries_in_cell0() {
                 ephemeral_gb: 0,
                 availability_zone: None,
                 created_at: tessera_types::now_epoch_micros(),
+                ..Default::default()
             })
             .collect();
         (s, list)
     };
 
     // Four instances: each created in its host's cell, mapped there, built ACTIVE; no build request left.
-    let (s, list) = boot_of(4, 1);
-    boot::record(&api, &s, &list).await.unwrap();
+    let (s, mut list) = boot_of(4, 1);
+    boot::record(&api, &s, &mut list, None).await.unwrap();
     assert_eq!(boot::build_requests_count(&api).await.unwrap(), 4);
     let uuids: Vec<String> = list.iter().map(|i| i.uuid.clone()).collect();
     sc.schedule_and_build(&uuids, "req-boot").await.unwrap();
@@ -276,8 +283,8 @@ async fn super_conductor_builds_across_cells_or_buries_in_cell0() {
     assert_eq!(cells_used.len(), 2, "spread over both cells");
 
     // Nothing fits: buried in cell0, ERROR with the NoValidHost fault, no claim left.
-    let (s, list) = boot_of(2, 999);
-    boot::record(&api, &s, &list).await.unwrap();
+    let (s, mut list) = boot_of(2, 999);
+    boot::record(&api, &s, &mut list, None).await.unwrap();
     let uuids: Vec<String> = list.iter().map(|i| i.uuid.clone()).collect();
     sc.schedule_and_build(&uuids, "req-bury").await.unwrap();
     let cell0 = tessera_compute::cells::cell_get(&api, tessera_compute::cells::CELL0_UUID)

@@ -206,7 +206,11 @@ pub(crate) async fn detail(
 }
 
 /// A flavor the caller may see (private ones only through access, for non-admins).
-async fn find(api: &super::ComputeApi, ctx: &RequestContext, id: &str) -> Result<Flavor, ApiError> {
+pub(crate) async fn find(
+    api: &super::ComputeApi,
+    ctx: &RequestContext,
+    id: &str,
+) -> Result<Flavor, ApiError> {
     let f = flavors::get(&api.api_db, id)
         .await?
         .ok_or_else(|| not_found(id))?;

@@ -6,6 +6,7 @@ mod flavors;
 mod hypervisors;
 mod keypairs;
 pub mod microversion;
+pub mod servers;
 pub mod services;
 mod zones;
 
@@ -44,6 +45,12 @@ pub struct ComputeApi {
     pub settings: ApiSettings,
     /// For mirroring host aggregates into placement (None: not mirrored).
     pub placement: Option<Arc<crate::placement_client::PlacementClient>>,
+    /// Quotas and server options.
+    pub servers: servers::ServerSettings,
+    /// The boot pipeline (set once the buses exist; POST /servers answers 503 until then).
+    pub boot: std::sync::OnceLock<servers::BootWiring>,
+    /// For reading images from the Image API with the caller's token.
+    pub(crate) http: reqwest::Client,
     cell_dbs: celldb::CellDbs,
 }
 
@@ -137,8 +144,36 @@ impl ComputeApi {
             api_db,
             settings,
             placement,
+            servers: servers::ServerSettings::default(),
+            boot: std::sync::OnceLock::new(),
+            http: reqwest::Client::new(),
             cell_dbs: celldb::CellDbs::new(),
         })
+    }
+
+    /// Like [`ComputeApi::new`] with server settings (quotas) from the configuration.
+    pub fn with_servers(
+        api_db: Db,
+        settings: ApiSettings,
+        placement: Option<Arc<crate::placement_client::PlacementClient>>,
+        servers: servers::ServerSettings,
+    ) -> Arc<Self> {
+        Arc::new(ComputeApi {
+            api_db,
+            settings,
+            placement,
+            servers,
+            boot: std::sync::OnceLock::new(),
+            http: reqwest::Client::new(),
+            cell_dbs: celldb::CellDbs::new(),
+        })
+    }
+
+    /// Connect the API to the boot pipeline (once).
+    pub fn wire_boot(&self, w: servers::BootWiring) {
+        if self.boot.set(w).is_err() {
+            tracing::warn!("the boot pipeline was wired twice; keeping the first");
+        }
     }
 
     /// The pool of one cell's database.
@@ -240,6 +275,10 @@ pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity
     let metrics = Metrics::new("compute");
     #[rustfmt::skip]
     let protected = Router::new()
+        .route("/v2.1/servers", get(servers::list).post(servers::create))
+        .route("/v2.1/servers/detail", get(servers::detail))
+        .route("/v2.1/servers/{id}", get(servers::show).delete(servers::delete))
+        .route("/v2.1/servers/{id}/action", axum::routing::post(servers::action))
         .route("/v2.1/os-services", get(services::list))
         .route("/v2.1/os-services/{id}", axum::routing::put(services::update).delete(services::delete))
         .route("/v2.1/os-aggregates", get(aggregates::list).post(aggregates::create))

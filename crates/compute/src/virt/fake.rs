@@ -235,6 +235,7 @@ impl VirtDriver for FakeDriver {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
