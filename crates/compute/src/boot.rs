@@ -326,10 +326,12 @@ impl SuperConductor {
                 .await?
                 .ok_or_else(|| ComputeError::NotFound(format!("cell {}", hm.cell_id)))?;
             let db = self.cell_db(&cell).await?;
+            // The host's zone (its aggregates', else the default zone) becomes the instance's.
             let zone = crate::aggregates::host_zones(&self.api)
                 .await?
                 .get(&chosen.host)
-                .cloned();
+                .cloned()
+                .or_else(|| Some(self.scheduler.cfg.default_availability_zone.clone()));
             let row = match celldb::instance_create(
                 &db,
                 &row_for(i, Some(&chosen.host), "building", Some("spawning"), zone),

@@ -20,12 +20,14 @@ impl CellDbs {
 
     /// The pool of `cell`'s database.
     pub async fn get(&self, cell: &crate::cells::CellMapping) -> Result<Db> {
+        // Keyed by the URL too: `update_cell` pointing a cell elsewhere takes effect without a restart.
+        let key = format!("{}|{}", cell.uuid, cell.database_connection);
         let mut open = self.open.lock().await;
-        if let Some(db) = open.get(&cell.uuid) {
+        if let Some(db) = open.get(&key) {
             return Ok(db.clone());
         }
         let db = self::open(&cell.database_connection, 4, false).await?;
-        open.insert(cell.uuid.clone(), db.clone());
+        open.insert(key, db.clone());
         Ok(db)
     }
 }

@@ -905,6 +905,68 @@ fn parse_networks(v: Option<&Value>, mv: Mv) -> Result<Networks, ApiError> {
     }
 }
 
+const NO_VOLUMES: &str =
+    "Block Device Mapping is Invalid: volumes need the Block Storage service, which this cloud does not have.";
+
+/// Check `block_device_mapping_v2`: the one mapping this cloud can honour is the image booted onto the local
+/// root disk (what clients send alongside `imageRef`); volumes, snapshots and blank disks are refused.
+/// The image the mapping names, if any.
+fn bdm_image(v: Option<&Value>, image_ref: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    let items = v.as_array().ok_or_else(|| {
+        invalid_field(
+            "block_device_mapping_v2",
+            v,
+            &format!("{v} is not of type 'array'"),
+        )
+    })?;
+    let mut image = None;
+    for b in items {
+        let o = b.as_object().ok_or_else(|| {
+            invalid_field(
+                "block_device_mapping_v2",
+                v,
+                &format!("{b} is not of type 'object'"),
+            )
+        })?;
+        let source = o.get("source_type").and_then(Value::as_str).unwrap_or("");
+        let dest = o
+            .get("destination_type")
+            .and_then(Value::as_str)
+            .unwrap_or("local");
+        if !["image", "volume", "snapshot", "blank"].contains(&source) {
+            return Err(bad(format!(
+                "Block Device Mapping is Invalid: unknown source_type '{source}'."
+            )));
+        }
+        if dest == "volume" || source == "volume" || source == "snapshot" {
+            return Err(bad(NO_VOLUMES));
+        }
+        if source == "blank" {
+            return Err(bad("Block Device Mapping is Invalid: extra local disks are not supported; use a flavor with ephemeral or swap space."));
+        }
+        let boot = o
+            .get("boot_index")
+            .map(|b| b.as_i64().or_else(|| b.as_str().and_then(|s| s.parse().ok())));
+        if boot != Some(Some(0)) {
+            return Err(bad(
+                "Block Device Mapping is Invalid: an image mapping must be the boot device (boot_index 0).",
+            ));
+        }
+        let uuid = o
+            .get("uuid")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("Block Device Mapping is Invalid: the image mapping has no uuid."))?;
+        if image_ref.is_some_and(|i| i != uuid) || image.is_some() {
+            return Err(bad(
+                "Block Device Mapping is Invalid: the boot image and imageRef differ.",
+            ));
+        }
+        image = Some(uuid.to_string());
+    }
+    Ok(image)
+}
+
 /// An image as the Image API shows it to the caller.
 async fn image_get(api: &ComputeApi, token: &str, id: &str) -> Result<Value, ApiError> {
     let Some(p) = &api.placement else {
@@ -1115,7 +1177,7 @@ pub(crate) async fn create(
             ))
         }
     };
-    let image_ref = match s.get("imageRef") {
+    let mut image_ref = match s.get("imageRef") {
         Some(Value::String(x)) if !x.is_empty() => Some(x.rsplit('/').next().unwrap_or(x).to_string()),
         Some(Value::String(_)) | None => None,
         Some(v) => {
@@ -1126,14 +1188,19 @@ pub(crate) async fn create(
             ))
         }
     };
-    for bdm in ["block_device_mapping", "block_device_mapping_v2"] {
-        match s.get(bdm) {
-            None => {}
-            Some(Value::Array(a)) if a.is_empty() => {}
-            Some(Value::Array(_)) => {
-                return Err(bad("Block Device Mapping is Invalid: block devices need the Block Storage service, which this cloud does not have."))
-            }
-            Some(v) => return Err(invalid_field(bdm, v, &format!("{v} is not of type 'array'"))),
+    if let Some(img) = bdm_image(s.get("block_device_mapping_v2"), image_ref.as_deref())? {
+        image_ref = Some(img);
+    }
+    match s.get("block_device_mapping") {
+        None => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(Value::Array(_)) => return Err(bad(NO_VOLUMES)),
+        Some(v) => {
+            return Err(invalid_field(
+                "block_device_mapping",
+                v,
+                &format!("{v} is not of type 'array'"),
+            ))
         }
     }
     let Some(image_ref) = image_ref else {

@@ -44,15 +44,23 @@ pub struct FakeDriver {
     guests: Mutex<BTreeMap<String, Guest>>,
     /// Instances whose next spawn fails (consumed by the attempt).
     fail_once: Mutex<BTreeSet<String>>,
+    /// Every spawn fails while set (starts as `fail_spawns`).
+    failing: Mutex<Option<String>>,
 }
 
 impl FakeDriver {
     pub fn new(cfg: FakeConfig) -> Self {
         FakeDriver {
+            failing: Mutex::new(cfg.fail_spawns.clone()),
             cfg,
             guests: Mutex::new(BTreeMap::new()),
             fail_once: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Make every spawn on this host fail with `reason` (None: spawns work again).
+    pub fn set_failing(&self, reason: Option<&str>) {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = reason.map(str::to_string);
     }
 
     /// Make the next spawn of `uuid` on this host fail.
@@ -112,12 +120,8 @@ impl VirtDriver for FakeDriver {
             .lock()
             .map(|mut f| f.remove(&spec.uuid))
             .unwrap_or(false);
-        if let Some(reason) = self
-            .cfg
-            .fail_spawns
-            .clone()
-            .or(once.then(|| "injected failure".to_string()))
-        {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(reason) = failing.or(once.then(|| "injected failure".to_string())) {
             return Err(VirtError::SpawnFailed {
                 uuid: spec.uuid.clone(),
                 reason,

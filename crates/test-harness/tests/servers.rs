@@ -1,0 +1,600 @@
+//! `/servers` over HTTP: the Cells v2 boot across two cells (multi-create, placement claims, cell0 burial),
+//! listings merged across cells with markers and sort keys, power actions, delete in every state, project
+//! isolation, bad input that leaves nothing behind, reschedules to alternates, and the 2.69 records of a
+//! cell that does not answer.
+
+#![allow(clippy::unwrap_used)]
+
+use http::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tessera_test_harness::{each_backend, Backend, Cloud, TestDb};
+
+async fn call(
+    c: &Cloud,
+    method: Method,
+    path: &str,
+    token: &str,
+    mv: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut rb = c
+        .http
+        .request(method, c.compute_url(path))
+        .header("X-Auth-Token", token)
+        .header("OpenStack-API-Version", format!("compute {mv}"));
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = rb.send().await.unwrap();
+    let s = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap_or_default();
+    (s, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// An active image (1 KiB of data).
+async fn image(c: &Cloud, token: &str) -> String {
+    let r = c
+        .http
+        .post(c.image_url("/v2/images"))
+        .header("X-Auth-Token", token)
+        .json(&json!({"name": "img", "disk_format": "raw", "container_format": "bare"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .http
+        .put(c.image_url(&format!("/v2/images/{id}/file")))
+        .header("X-Auth-Token", token)
+        .header("Content-Type", "application/octet-stream")
+        .body(vec![7u8; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    id
+}
+
+/// Poll until every listed server satisfies `done` (bounded).
+async fn wait_servers(c: &Cloud, token: &str, query: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        let (s, v) = call(
+            c,
+            Method::GET,
+            &format!("/servers/detail{query}"),
+            token,
+            "2.100",
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        last = v["servers"].as_array().unwrap().clone();
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("servers did not settle: {last:?}");
+}
+
+fn all_status(st: &'static str) -> impl Fn(&[Value]) -> bool {
+    move |l: &[Value]| l.iter().all(|s| s["status"] == st)
+}
+
+async fn usage_total(c: &Cloud, token: &str) -> i64 {
+    let r = c
+        .http
+        .get(c.placement_url("/resource_providers"))
+        .header("X-Auth-Token", token)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let mut total = 0;
+    for p in v["resource_providers"].as_array().unwrap() {
+        let u: Value = c
+            .http
+            .get(c.placement_url(&format!(
+                "/resource_providers/{}/usages",
+                p["uuid"].as_str().unwrap()
+            )))
+            .header("X-Auth-Token", token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        total += u["usages"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_i64().unwrap())
+            .sum::<i64>();
+    }
+    total
+}
+
+async fn api_count(c: &Cloud, table: &str) -> i64 {
+    use sqlx::Row;
+    let db = &c.aio.compute.api.api_db;
+    let r = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    r.try_get::<i64, _>("n").unwrap()
+}
+
+fn two_cells(b: &Backend, dir: &std::path::Path, db: &TestDb, hosts: &str) -> tessera_config::Config {
+    let _ = b;
+    let mut cfg = tessera_test_harness::test_config(dir, &db.url);
+    cfg.set("all_in_one", "cells", "2").unwrap();
+    cfg.set("all_in_one", "hosts_per_cell", hosts).unwrap();
+    cfg
+}
+
+#[tokio::test]
+async fn servers_boot_list_act_and_delete_across_cells() {
+    each_backend!(|b: Backend| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::create(&b, dir.path()).await;
+        let cfg = two_cells(&b, dir.path(), &db, "2");
+        let c = Cloud::start_with(&b, db, dir, cfg).await;
+        let t = c.admin_token().await;
+        let img = image(&c, &t).await;
+
+        // Eight at once, no network: 202 with the first server; all ACTIVE, spread over both cells.
+        let (s, v) = call(&c, Method::POST, "/servers", &t, "2.100", Some(json!({"server": {
+            "name": "vm", "flavorRef": "1", "imageRef": img, "networks": "none", "min_count": 8, "max_count": 8,
+            "metadata": {"role": "test"}}}))).await;
+        assert_eq!(s, 202, "{v}");
+        assert!(v["server"]["adminPass"].is_string());
+        let first = v["server"]["id"].as_str().unwrap().to_string();
+        let servers = wait_servers(&c, &t, "", |l| l.len() == 8 && all_status("ACTIVE")(l)).await;
+        let hosts: std::collections::BTreeSet<&str> = servers
+            .iter()
+            .map(|s| s["OS-EXT-SRV-ATTR:host"].as_str().unwrap())
+            .collect();
+        assert!(
+            hosts.iter().any(|h| h.starts_with("cell1")) && hosts.iter().any(|h| h.starts_with("cell2")),
+            "{hosts:?}"
+        );
+        let one = servers.iter().find(|s| s["id"] == first.as_str()).unwrap();
+        assert_eq!(one["metadata"]["role"], "test");
+        assert_eq!(one["flavor"]["original_name"], "m1.tiny");
+        assert_eq!(one["OS-EXT-AZ:availability_zone"], "nova");
+        assert_eq!(one["addresses"], json!({}));
+        assert_eq!(one["host_status"], "UP");
+        assert_eq!(api_count(&c, "build_requests").await, 0);
+        assert_eq!(usage_total(&c, &t).await, 8 * (1 + 512 + 1));
+
+        // Pages of three across the cells come back in the same order as one listing, no repeats.
+        let (_, all) = call(&c, Method::GET, "/servers", &t, "2.1", None).await;
+        let order: Vec<String> = all["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(order.len(), 8);
+        let mut paged = Vec::new();
+        let mut marker = String::new();
+        for _ in 0..5 {
+            let q = if marker.is_empty() {
+                "/servers?limit=3".to_string()
+            } else {
+                format!("/servers?limit=3&marker={marker}")
+            };
+            let (s, v) = call(&c, Method::GET, &q, &t, "2.1", None).await;
+            assert_eq!(s, 200, "{v}");
+            let page: Vec<String> = v["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_string())
+                .collect();
+            if page.is_empty() {
+                break;
+            }
+            assert_eq!(v["servers_links"].is_array(), page.len() == 3, "{v}");
+            marker = page.last().unwrap().clone();
+            paged.extend(page);
+        }
+        assert_eq!(paged, order);
+        let (_, v) = call(
+            &c,
+            Method::GET,
+            "/servers?sort_key=display_name&sort_dir=asc",
+            &t,
+            "2.1",
+            None,
+        )
+        .await;
+        let names: Vec<&str> = v["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["vm-1", "vm-2", "vm-3", "vm-4", "vm-5", "vm-6", "vm-7", "vm-8"]
+        );
+        let (s, v) = call(
+            &c,
+            Method::GET,
+            "/servers?marker=00000000-0000-0000-0000-00000000ffff",
+            &t,
+            "2.1",
+            None,
+        )
+        .await;
+        assert_eq!((s, v["badRequest"]["code"].as_i64()), (400, Some(400)));
+        let (_, v) = call(&c, Method::GET, "/servers/detail?name=vm-3", &t, "2.1", None).await;
+        assert_eq!(v["servers"].as_array().unwrap().len(), 1);
+        let (_, v) = call(&c, Method::GET, "/servers/detail?status=SHUTOFF", &t, "2.1", None).await;
+        assert!(v["servers"].as_array().unwrap().is_empty());
+
+        // networks "auto": an address on the flat network.
+        let (s, v) = call(
+            &c,
+            Method::POST,
+            "/servers",
+            &t,
+            "2.100",
+            Some(json!({"server": {
+            "name": "auto", "flavorRef": "1", "imageRef": img, "networks": "auto"}})),
+        )
+        .await;
+        assert_eq!(s, 202, "{v}");
+        let auto = v["server"]["id"].as_str().unwrap().to_string();
+        wait_servers(&c, &t, "?name=auto", all_status("ACTIVE")).await;
+        let (_, v) = call(&c, Method::GET, &format!("/servers/{auto}"), &t, "2.100", None).await;
+        assert_eq!(v["server"]["addresses"]["private"][0]["addr"], "10.0.0.2", "{v}");
+        assert_eq!(api_count(&c, "flat_addresses").await, 1);
+
+        // Power actions and their state guards.
+        let act = |body: Value| {
+            let c = &c;
+            let t = t.clone();
+            let first = first.clone();
+            async move {
+                call(
+                    c,
+                    Method::POST,
+                    &format!("/servers/{first}/action"),
+                    &t,
+                    "2.100",
+                    Some(body),
+                )
+                .await
+            }
+        };
+        assert_eq!(act(json!({"os-start": null})).await.0, 409);
+        assert_eq!(act(json!({"os-stop": null})).await.0, 202);
+        let shut = wait_servers(&c, &t, "?status=SHUTOFF", |l| l.len() == 1).await;
+        assert_eq!(shut[0]["OS-EXT-STS:power_state"], 4);
+        let (s, v) = act(json!({"os-stop": null})).await;
+        assert_eq!(s, 409, "{v}");
+        assert!(v["conflictingRequest"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vm_state stopped"));
+        assert_eq!(act(json!({"reboot": {"type": "SOFT"}})).await.0, 409);
+        assert_eq!(act(json!({"reboot": {"type": "bogus"}})).await.0, 400);
+        assert_eq!(act(json!({"os-start": null})).await.0, 202);
+        wait_servers(&c, &t, "?status=SHUTOFF", |l| l.is_empty()).await;
+        assert_eq!(act(json!({"reboot": {"type": "HARD"}})).await.0, 202);
+        wait_servers(&c, &t, "", |l| l.len() == 9 && all_status("ACTIVE")(l)).await;
+        assert_eq!(act(json!({"os-pause-everything": null})).await.0, 400);
+
+        // Nothing fits: ERROR with the NoValidHost fault, in cell0, nothing claimed.
+        let (s, _) = call(
+            &c,
+            Method::POST,
+            "/flavors",
+            &t,
+            "2.1",
+            Some(json!({"flavor": {
+            "name": "hugedisk", "id": "hugedisk", "vcpus": 1, "ram": 64, "disk": 100000}})),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (s, v) = call(
+            &c,
+            Method::POST,
+            "/servers",
+            &t,
+            "2.100",
+            Some(json!({"server": {
+            "name": "big", "flavorRef": "hugedisk", "imageRef": img, "networks": "none"}})),
+        )
+        .await;
+        assert_eq!(s, 202, "{v}");
+        let big = v["server"]["id"].as_str().unwrap().to_string();
+        let l = wait_servers(&c, &t, "?name=big", all_status("ERROR")).await;
+        assert!(
+            l[0]["fault"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("No valid host was found"),
+            "{l:?}"
+        );
+        let m = tessera_compute::cells::instance_mapping_get(&c.aio.compute.api.api_db, &big)
+            .await
+            .unwrap()
+            .unwrap();
+        let cell0 =
+            tessera_compute::cells::cell_get(&c.aio.compute.api.api_db, tessera_compute::cells::CELL0_UUID)
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(m.cell_id, Some(cell0.id));
+        assert_eq!(usage_total(&c, &t).await, 9 * (1 + 512 + 1));
+
+        // Another project sees none of it and can touch none of it.
+        c.project_with_member(&t, "other", "eve", "pw-eve-123").await;
+        let r = c.login("eve", "pw-eve-123", Some("other")).await;
+        let eve = r.subject_token();
+        let (_, v) = call(&c, Method::GET, "/servers/detail", &eve, "2.1", None).await;
+        assert!(v["servers"].as_array().unwrap().is_empty());
+        assert_eq!(
+            call(&c, Method::GET, &format!("/servers/{first}"), &eve, "2.1", None)
+                .await
+                .0,
+            404
+        );
+        assert_eq!(
+            call(
+                &c,
+                Method::DELETE,
+                &format!("/servers/{first}"),
+                &eve,
+                "2.1",
+                None
+            )
+            .await
+            .0,
+            404
+        );
+        assert_eq!(
+            call(
+                &c,
+                Method::POST,
+                &format!("/servers/{first}/action"),
+                &eve,
+                "2.1",
+                Some(json!({"os-stop": null}))
+            )
+            .await
+            .0,
+            404
+        );
+        assert_eq!(
+            call(&c, Method::GET, "/servers?all_tenants=1", &eve, "2.1", None)
+                .await
+                .0,
+            403
+        );
+
+        // Bad input: Nova's error bodies, and nothing written.
+        let before = api_count(&c, "instance_mappings").await;
+        let bad = [
+            json!({"server": {"flavorRef": "1", "imageRef": img, "networks": "none"}}),
+            json!({"server": {"name": "x", "imageRef": img, "networks": "none"}}),
+            json!({"server": {"name": "x", "flavorRef": "nope", "imageRef": img, "networks": "none"}}),
+            json!({"server": {"name": "x", "flavorRef": "1", "imageRef": "00000000-0000-0000-0000-000000000001", "networks": "none"}}),
+            json!({"server": {"name": "x", "flavorRef": "1", "imageRef": img}}),
+            json!({"server": {"name": "x", "flavorRef": "1", "imageRef": img, "networks": "none", "min_count": 3, "max_count": 2}}),
+            json!({"server": {"name": "x", "flavorRef": "1", "imageRef": img, "networks": "none", "bogus": 1}}),
+            json!({"server": {"name": "x", "flavorRef": "1", "imageRef": img, "networks": "none", "metadata": {"k": 1}}}),
+            json!({"server": {"name": " x", "flavorRef": "1", "imageRef": img, "networks": "none"}}),
+            json!({"server": {"name": "x", "flavorRef": "1", "imageRef": img, "networks": [{"uuid": "00000000-0000-0000-0000-000000000002"}]}}),
+            json!({"server": {"name": "x", "flavorRef": "1", "imageRef": img, "networks": "none", "key_name": "nokey"}}),
+            json!({"server": {"name": "x", "flavorRef": "1", "imageRef": img, "networks": "none", "availability_zone": "nowhere"}}),
+            json!({"server": {"name": "x", "flavorRef": "1", "imageRef": img, "networks": "none",
+                   "block_device_mapping_v2": [{"source_type": "volume", "destination_type": "volume", "uuid": img, "boot_index": 0}]}}),
+            json!({"nothing": {}}),
+        ];
+        for body in bad {
+            let (s, v) = call(&c, Method::POST, "/servers", &t, "2.100", Some(body.clone())).await;
+            assert_eq!(s, 400, "{body} → {v}");
+            assert_eq!(v["badRequest"]["code"], 400, "{v}");
+        }
+        let r = c
+            .http
+            .post(c.compute_url("/servers"))
+            .header("X-Auth-Token", &t)
+            .header("Content-Type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        // Quota: eleven where ten are allowed (nine in use) is refused whole; 2..5 gives what fits (1 → refused).
+        let (s, v) = call(&c, Method::POST, "/servers", &t, "2.100", Some(json!({"server": {
+            "name": "q", "flavorRef": "1", "imageRef": img, "networks": "none", "min_count": 2, "max_count": 5}}))).await;
+        assert_eq!(s, 403, "{v}");
+        assert!(
+            v["forbidden"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Quota exceeded for instances"),
+            "{v}"
+        );
+        assert_eq!(api_count(&c, "instance_mappings").await, before);
+        assert_eq!(api_count(&c, "build_requests").await, 0);
+
+        // Delete everything (ACTIVE, ERROR in cell0); allocations and addresses go, listings empty.
+        let (_, v) = call(&c, Method::GET, "/servers", &t, "2.1", None).await;
+        for s in v["servers"].as_array().unwrap() {
+            let (st, body) = call(
+                &c,
+                Method::DELETE,
+                &format!("/servers/{}", s["id"].as_str().unwrap()),
+                &t,
+                "2.1",
+                None,
+            )
+            .await;
+            assert_eq!(st, 204, "{body}");
+        }
+        wait_servers(&c, &t, "", |l| l.is_empty()).await;
+        assert_eq!(
+            call(&c, Method::GET, &format!("/servers/{first}"), &t, "2.1", None)
+                .await
+                .0,
+            404
+        );
+        assert_eq!(
+            call(&c, Method::DELETE, &format!("/servers/{first}"), &t, "2.1", None)
+                .await
+                .0,
+            404
+        );
+        for _ in 0..100 {
+            if usage_total(&c, &t).await == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(usage_total(&c, &t).await, 0);
+        assert_eq!(api_count(&c, "flat_addresses").await, 0);
+        // Deleted servers stay visible to admins asking for them.
+        let (_, v) = call(&c, Method::GET, "/servers/detail?deleted=true", &t, "2.1", None).await;
+        assert!(v["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "DELETED"));
+        assert_eq!(v["servers"].as_array().unwrap().len(), 10);
+        c.stop().await;
+    });
+}
+
+#[tokio::test]
+async fn a_failed_spawn_is_rescheduled_to_an_alternate() {
+    let b = Backend::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&b, dir.path()).await;
+    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+    cfg.set("all_in_one", "hosts_per_cell", "2").unwrap();
+    let c = Cloud::start_with(&b, db, dir, cfg).await;
+    let t = c.admin_token().await;
+    let img = image(&c, &t).await;
+    let fake = |i: usize| c.aio.computes[i].driver.as_fake().unwrap();
+    fake(0).set_failing(Some("disk on fire"));
+
+    // Whichever host is picked first, both servers end ACTIVE on the healthy host.
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/servers",
+        &t,
+        "2.100",
+        Some(json!({"server": {
+        "name": "r", "flavorRef": "1", "imageRef": img, "networks": "none", "min_count": 2}})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let l = wait_servers(&c, &t, "", |l| l.len() == 2 && all_status("ACTIVE")(l)).await;
+    let healthy = c.aio.computes[1].cfg.host.clone();
+    assert!(
+        l.iter().all(|s| s["OS-EXT-SRV-ATTR:host"] == healthy.as_str()),
+        "{l:?}"
+    );
+    assert_eq!(
+        usage_total(&c, &t).await,
+        2 * (1 + 512 + 1),
+        "the failed host's claims are gone"
+    );
+
+    // Both hosts failing: ERROR, the retries exhausted, nothing claimed.
+    fake(1).set_failing(Some("disk on fire"));
+    let (s, _) = call(
+        &c,
+        Method::POST,
+        "/servers",
+        &t,
+        "2.100",
+        Some(json!({"server": {
+        "name": "doomed", "flavorRef": "1", "imageRef": img, "networks": "none"}})),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let l = wait_servers(&c, &t, "?name=doomed", all_status("ERROR")).await;
+    let msg = l[0]["fault"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("Exceeded maximum number of retries") || msg.contains("disk on fire"),
+        "{msg}"
+    );
+    assert_eq!(usage_total(&c, &t).await, 2 * (1 + 512 + 1));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_cell_that_does_not_answer_gives_partial_records_from_2_69() {
+    let b = Backend::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&b, dir.path()).await;
+    let cfg = two_cells(&b, dir.path(), &db, "1");
+    let c = Cloud::start_with(&b, db, dir, cfg).await;
+    let t = c.admin_token().await;
+    let img = image(&c, &t).await;
+    let (s, _) = call(
+        &c,
+        Method::POST,
+        "/servers",
+        &t,
+        "2.100",
+        Some(json!({"server": {
+        "name": "d", "flavorRef": "1", "imageRef": img, "networks": "none", "min_count": 4}})),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let l = wait_servers(&c, &t, "", |l| l.len() == 4 && all_status("ACTIVE")(l)).await;
+    let in_cell2: Vec<String> = l
+        .iter()
+        .filter(|s| s["OS-EXT-SRV-ATTR:host"].as_str().unwrap().starts_with("cell2"))
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!in_cell2.is_empty() && in_cell2.len() < 4, "spread: {l:?}");
+
+    // Cell2's database stops answering the API.
+    let cells = tessera_compute::cells::cell_list(&c.aio.compute.api.api_db)
+        .await
+        .unwrap();
+    let cell2 = cells.iter().find(|c| c.name.as_deref() == Some("cell2")).unwrap();
+    c.aio.compute.api.cell_db(cell2).await.unwrap().close().await;
+
+    let (s, v) = call(&c, Method::GET, "/servers/detail", &t, "2.69", None).await;
+    assert_eq!(s, 200, "{v}");
+    let list = v["servers"].as_array().unwrap();
+    assert_eq!(list.len(), 4);
+    let unknown: Vec<&Value> = list.iter().filter(|s| s["status"] == "UNKNOWN").collect();
+    assert_eq!(unknown.len(), in_cell2.len());
+    assert!(unknown
+        .iter()
+        .all(|s| s["tenant_id"].is_string() && s["created"].is_string() && s.get("name").is_none()));
+    let (_, v) = call(&c, Method::GET, "/servers/detail", &t, "2.68", None).await;
+    assert_eq!(v["servers"].as_array().unwrap().len(), 4 - in_cell2.len());
+    let (s, v) = call(
+        &c,
+        Method::GET,
+        &format!("/servers/{}", in_cell2[0]),
+        &t,
+        "2.69",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["server"]["status"], "UNKNOWN");
+    assert_eq!(v["server"]["OS-EXT-AZ:availability_zone"], "UNKNOWN");
+    c.stop().await;
+}
