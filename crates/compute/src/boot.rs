@@ -245,15 +245,34 @@ pub struct SuperConductor {
     pub scheduler: Arc<Scheduler>,
     pub buses: Arc<tessera_bus::Buses>,
     cell_dbs: celldb::CellDbs,
+    /// How many boot requests are scheduled at once (`[conductor] workers`); the rest wait their turn on
+    /// the bus rather than all holding host states at the same time.
+    workers: Arc<tokio::sync::Semaphore>,
 }
 
 impl SuperConductor {
     pub fn new(api: Db, scheduler: Arc<Scheduler>, buses: Arc<tessera_bus::Buses>) -> Self {
+        Self::with_workers(api, scheduler, buses, 0)
+    }
+
+    /// `workers` concurrent schedules (0: one per CPU).
+    pub fn with_workers(
+        api: Db,
+        scheduler: Arc<Scheduler>,
+        buses: Arc<tessera_bus::Buses>,
+        workers: usize,
+    ) -> Self {
+        let n = if workers == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        } else {
+            workers
+        };
         SuperConductor {
             api,
             scheduler,
             buses,
             cell_dbs: celldb::CellDbs::new(),
+            workers: Arc::new(tokio::sync::Semaphore::new(n)),
         }
     }
 
@@ -445,6 +464,12 @@ impl SuperConductor {
                                     message: e.to_string(),
                                 }
                             })?;
+                        let _turn = me.workers.clone().acquire_owned().await.map_err(|e| {
+                            tessera_bus::RemoteError {
+                                kind: "ShuttingDown".into(),
+                                message: e.to_string(),
+                            }
+                        })?;
                         if let Err(e) = me.schedule_and_build(&uuids, &msg.request_id).await {
                             tracing::error!(request_id = %msg.request_id, error = %e, "schedule and build failed");
                             return Err(tessera_bus::RemoteError {

@@ -159,9 +159,11 @@ impl Scheduler {
 
     /// Candidate hosts for `spec`, from placement and the enabled cells.
     pub async fn host_states(&self, spec: &RequestSpec) -> Result<Vec<HostState>, SchedulerError> {
+        let t = std::time::Instant::now();
         let aggs = aggregates::list(&self.api_db).await?;
         let q = self.placement_query(spec, &aggs)?;
         let cands = self.placement.allocation_candidates(&q).await?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "allocation candidates");
         // Provider uuid → its first allocation request (a compute node's own resources).
         let mut requests: HashMap<String, Value> = HashMap::new();
         for ar in cands["allocation_requests"].as_array().into_iter().flatten() {
@@ -173,10 +175,8 @@ impl Scheduler {
                 }
             }
         }
-        let summaries = cands["provider_summaries"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
+        let empty = serde_json::Map::new();
+        let summaries = cands["provider_summaries"].as_object().unwrap_or(&empty);
         let mut out = Vec::new();
         for cell in cells::cell_list(&self.api_db).await? {
             if cell.is_cell0() || cell.disabled {
@@ -217,11 +217,12 @@ impl Scheduler {
                     .find_map(|a| a.availability_zone().map(str::to_string))
                     .unwrap_or_else(|| self.cfg.default_availability_zone.clone());
                 let free = |rc: &str| -> f64 {
-                    let r = &summaries
-                        .get(&node.uuid)
-                        .map(|s| s["resources"][rc].clone())
-                        .unwrap_or(Value::Null);
-                    (r["capacity"].as_f64().unwrap_or(0.0) - r["used"].as_f64().unwrap_or(0.0)).max(0.0)
+                    match summaries.get(&node.uuid).map(|s| &s["resources"][rc]) {
+                        Some(r) => (r["capacity"].as_f64().unwrap_or(0.0)
+                            - r["used"].as_f64().unwrap_or(0.0))
+                        .max(0.0),
+                        None => 0.0,
+                    }
                 };
                 out.push(HostState {
                     free_ram_mb: free("MEMORY_MB"),
@@ -309,18 +310,17 @@ impl Scheduler {
         }
     }
 
-    /// Filter and weigh (best first).
-    fn rank(&self, hosts: &[HostState], spec: &RequestSpec, chosen: &[String]) -> Vec<HostState> {
-        let mut ok: Vec<HostState> = hosts
-            .iter()
-            .filter(|h| {
+    /// Filter and weigh: indices into `hosts`, best first.
+    fn rank(&self, hosts: &[HostState], spec: &RequestSpec, chosen: &[String]) -> Vec<usize> {
+        let passing: Vec<usize> = (0..hosts.len())
+            .filter(|&i| {
                 self.cfg
                     .enabled_filters
                     .iter()
-                    .all(|f| self.passes(f, h, spec, chosen))
+                    .all(|f| self.passes(f, &hosts[i], spec, chosen))
             })
-            .cloned()
             .collect();
+        let ok: Vec<&HostState> = passing.iter().map(|&i| &hosts[i]).collect();
         let norm = |vals: Vec<f64>| -> Vec<f64> {
             let (min, max) = vals
                 .iter()
@@ -364,13 +364,7 @@ impl Scheduler {
                 .unwrap_or(std::cmp::Ordering::Equal)
                 .then_with(|| ok[a.1].node.host.cmp(&ok[b.1].node.host))
         });
-        let order: Vec<usize> = scored.into_iter().map(|(_, i)| i).collect();
-        let mut sorted = Vec::with_capacity(ok.len());
-        for i in order {
-            sorted.push(ok[i].clone());
-        }
-        ok.clear();
-        sorted
+        scored.into_iter().map(|(_, i)| passing[i]).collect()
     }
 
     /// Choose and claim a host for each instance (allocations made in placement under the instance's uuid),
@@ -381,13 +375,15 @@ impl Scheduler {
         spec: &RequestSpec,
         instances: &[String],
     ) -> Result<Vec<Vec<Selection>>, SchedulerError> {
+        let started = std::time::Instant::now();
         let mut hosts = self.host_states(spec).await?;
+        let states_ms = started.elapsed().as_secs_f64() * 1000.0;
         let mut chosen: Vec<String> = Vec::new();
         let mut out = Vec::new();
         for uuid in instances {
             let ranked = self.rank(&hosts, spec, &chosen);
             let mut picked: Option<usize> = None;
-            for (i, h) in ranked.iter().enumerate() {
+            for (i, h) in ranked.iter().map(|&j| &hosts[j]).enumerate() {
                 if self
                     .placement
                     .claim(
@@ -415,14 +411,8 @@ impl Scheduler {
                 };
                 return Err(SchedulerError::NoValidHost(why.into()));
             };
-            let host = &ranked[i];
-            chosen.push(host.node.host.clone());
-            // What this instance takes is gone for the next one (placement has it; our copy must too).
-            if let Some(h) = hosts.iter_mut().find(|h| h.node.uuid == host.node.uuid) {
-                h.free_ram_mb -= spec.memory_mb as f64;
-                h.free_vcpus -= spec.vcpus as f64;
-                h.free_disk_gb -= spec.disk_gb as f64;
-            }
+            let hi = ranked[i];
+            chosen.push(hosts[hi].node.host.clone());
             let sel = |h: &HostState| Selection {
                 host: h.node.host.clone(),
                 nodename: h.node.hypervisor_hostname.clone(),
@@ -430,17 +420,30 @@ impl Scheduler {
                 cell_uuid: h.cell.uuid.clone(),
                 allocation_request: h.allocation_request.clone(),
             };
+            let host = &hosts[hi];
             let mut list = vec![sel(host)];
             list.extend(
                 ranked
                     .iter()
                     .enumerate()
-                    .filter(|(j, h)| *j != i && h.cell.uuid == host.cell.uuid)
+                    .filter(|(j, &k)| *j != i && hosts[k].cell.uuid == host.cell.uuid)
                     .take(self.cfg.max_attempts.saturating_sub(1))
-                    .map(|(_, h)| sel(h)),
+                    .map(|(_, &k)| sel(&hosts[k])),
             );
             out.push(list);
+            // What this instance takes is gone for the next one (placement has it; our copy must too).
+            let h = &mut hosts[hi];
+            h.free_ram_mb -= spec.memory_mb as f64;
+            h.free_vcpus -= spec.vcpus as f64;
+            h.free_disk_gb -= spec.disk_gb as f64;
         }
+        tracing::debug!(
+            instances = instances.len(),
+            candidates = hosts.len(),
+            host_states_ms = states_ms,
+            total_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "scheduled"
+        );
         Ok(out)
     }
 }

@@ -74,6 +74,7 @@ pub const GROUPS: &[(&str, &str)] = &[
         "Host resources and behaviour of the `fake` virt driver (compute_driver = fake).",
     ),
     ("api", "The Compute API (Nova's [api] group)."),
+    ("conductor", "The conductor (Nova's [conductor] group)."),
     (
         "quota",
         "Default Compute quotas per project (Nova's [quota] group); -1 is unlimited.",
@@ -241,6 +242,9 @@ pub const OPTIONS: &[OptDef] = &[
     opt("fake", "disk_gb", OptType::Int { min: 1, max: i64::MAX }, "1024", "Disk of a fake host, in GB."),
     opt("fake", "spawn_delay_ms", OptType::Int { min: 0, max: 3_600_000 }, "0",
         "Milliseconds a fake spawn takes."),
+    // [conductor]
+    opt("conductor", "workers", OptType::Int { min: 0, max: 1024 }, "0",
+        "Boot requests the super conductor schedules at once (0: one per CPU); the others wait on the bus."),
     // [api] / [quota] / [flat_network]
     opt("api", "max_limit", OptType::Int { min: 1, max: 100_000 }, "1000",
         "Most items one page of a Compute API listing returns."),

@@ -28,6 +28,8 @@ struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// The service named in `OpenStack-API-Version` (`placement`, `compute`).
+    service: &'static str,
 }
 
 impl Client {
@@ -42,7 +44,7 @@ impl Client {
             .http
             .request(method.clone(), format!("{}{}", self.base, path))
             .header("X-Auth-Token", &self.token)
-            .header("OpenStack-API-Version", format!("placement {mv}"))
+            .header("OpenStack-API-Version", format!("{} {mv}", self.service))
             .header("Accept", "application/json");
         if let Some(b) = body {
             req = req.json(&b);
@@ -187,7 +189,8 @@ where
 
 async fn run(args: Vec<String>) -> Result<Value, Error> {
     let usage = "usage: tessera-loadgen providers URL TOKEN N CONCURRENCY fresh|keepalive | \
-                 allocations URL TOKEN CONCURRENCY fresh|keepalive < uuids";
+                 allocations URL TOKEN CONCURRENCY fresh|keepalive < uuids | \
+                 servers COMPUTE_URL TOKEN IMAGE N CONCURRENCY";
     let (cmd, url, token) = match (args.get(1), args.get(2), args.get(3)) {
         (Some(c), Some(u), Some(t)) => (c.as_str(), u.trim_end_matches('/').to_string(), t.clone()),
         _ => return Err(usage.into()),
@@ -200,11 +203,22 @@ async fn run(args: Vec<String>) -> Result<Value, Error> {
             _ => Err(usage.into()),
         }
     };
+    if cmd == "servers" {
+        let client = Client {
+            http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+            base: url,
+            token,
+            service: "compute",
+        };
+        let image = args.get(4).ok_or(usage)?.clone();
+        return servers(client, image, num(5)?, num(6)?).await;
+    }
     let idle = mode(if cmd == "providers" { 6 } else { 5 })?;
     let client = Client {
         http: reqwest::Client::builder().pool_max_idle_per_host(idle).build()?,
         base: url,
         token,
+        service: "placement",
     };
     match cmd {
         "providers" => {
@@ -243,6 +257,146 @@ async fn run(args: Vec<String>) -> Result<Value, Error> {
         }
         _ => Err(usage.into()),
     }
+}
+
+/// Count the servers of a listing by status (`GET /servers/detail`, paged by the API's limit).
+async fn statuses(c: &Client) -> Result<std::collections::BTreeMap<String, usize>, Error> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let path = match &marker {
+            Some(m) => format!("/servers/detail?limit=1000&marker={m}"),
+            None => "/servers/detail?limit=1000".to_string(),
+        };
+        let (s, v) = c.call(reqwest::Method::GET, &path, "2.1", None).await?;
+        if s != 200 {
+            return Err(format!("GET {path}: {s}: {v}").into());
+        }
+        let list = v["servers"].as_array().cloned().unwrap_or_default();
+        for sv in &list {
+            *out.entry(sv["status"].as_str().unwrap_or("?").to_string())
+                .or_insert(0) += 1;
+        }
+        match list.last() {
+            Some(last) if list.len() == 1000 => marker = last["id"].as_str().map(str::to_string),
+            _ => return Ok(out),
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// `bench/boot.sh`: boot `n` servers (one POST each, `conc` at a time, fake driver, no network), wait until
+/// all are ACTIVE, time 50 `GET /servers/detail?limit=1000`, delete them all (`conc` at a time) and wait until
+/// the listing is empty. Boot and delete rates run from the first request to the last server settled.
+async fn servers(c: Client, image: String, n: usize, conc: usize) -> Result<Value, Error> {
+    use reqwest::Method;
+    let start = Instant::now();
+    let cc = c.clone();
+    let (ids, post_secs) = fan_out(n, conc, move |i| {
+        let (c, image) = (cc.clone(), image.clone());
+        async move {
+            let body = json!({"server": {"name": format!("bench-{i:05}"), "flavorRef": "1", "imageRef": image,
+                                         "networks": "none"}});
+            let v = c.expect(Method::POST, "/servers", "2.37", body, 202).await?;
+            v["server"]["id"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("no server id in {v}").into())
+        }
+    })
+    .await?;
+    // Settled when no server is building (a cheap one-row query, so the polling costs the server little);
+    // then one full count checks that all are ACTIVE.
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let (s, v) = c
+            .call(Method::GET, "/servers?status=BUILD&limit=1", "2.1", None)
+            .await?;
+        if s != 200 {
+            return Err(format!("GET /servers?status=BUILD: {s}: {v}").into());
+        }
+        if v["servers"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("servers did not all leave BUILD".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let boot_secs = start.elapsed().as_secs_f64();
+    let st = statuses(&c).await?;
+    if st.get("ACTIVE").copied().unwrap_or(0) < n {
+        return Err(format!("not all servers are ACTIVE: {st:?}").into());
+    }
+    let mut lat = Vec::new();
+    for _ in 0..50 {
+        // Timed to the last byte of the answer; parsing it here is the client's cost, not the server's.
+        let t = Instant::now();
+        let resp = c
+            .http
+            .get(format!("{}/servers/detail?limit=1000", c.base))
+            .header("X-Auth-Token", &c.token)
+            .header("OpenStack-API-Version", "compute 2.1")
+            .send()
+            .await?;
+        let s = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        let v: Value = serde_json::from_slice(&bytes)?;
+        let got = v["servers"].as_array().map(Vec::len).unwrap_or(0);
+        if s != 200 || got != n.min(1000) {
+            return Err(format!("GET /servers/detail: {s}, {got} servers").into());
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    if std::env::var_os("TESSERA_LOADGEN_KEEP").is_some() {
+        return Ok(json!({"servers": n, "boot_per_s": n as f64 / boot_secs,
+                         "detail_p50_ms": percentile(&lat, 0.5), "detail_p95_ms": percentile(&lat, 0.95)}));
+    }
+    let start = Instant::now();
+    let ids = Arc::new(ids);
+    let cc = c.clone();
+    let (_, del_post_secs) = fan_out(n, conc, move |i| {
+        let (c, ids) = (cc.clone(), ids.clone());
+        async move {
+            let (s, v) = c
+                .call(Method::DELETE, &format!("/servers/{}", ids[i]), "2.1", None)
+                .await?;
+            if s != 204 {
+                return Err(format!("DELETE: {s}: {v}").into());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let (s, v) = c.call(Method::GET, "/servers?limit=1", "2.1", None).await?;
+        if s != 200 {
+            return Err(format!("GET /servers: {s}: {v}").into());
+        }
+        if v["servers"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("servers were not all deleted".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let del_secs = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "servers": n, "concurrency": conc,
+        "boot_seconds": boot_secs, "boot_per_s": n as f64 / boot_secs, "post_seconds": post_secs,
+        "detail_p50_ms": percentile(&lat, 0.5), "detail_p95_ms": percentile(&lat, 0.95),
+        "delete_seconds": del_secs, "delete_per_s": n as f64 / del_secs, "delete_requests_seconds": del_post_secs,
+    }))
 }
 
 fn main() -> ExitCode {

@@ -213,10 +213,11 @@ pub async fn start_super_conductor(
         placement,
         scheduler_config(cfg)?,
     ));
-    let sc = Arc::new(tessera_compute::boot::SuperConductor::new(
+    let sc = Arc::new(tessera_compute::boot::SuperConductor::with_workers(
         api,
         sched,
         buses.clone(),
+        cfg.get_int("conductor", "workers").max(0) as usize,
     ));
     let bus = buses
         .get(&cfg.get_str("DEFAULT", "transport_url"))

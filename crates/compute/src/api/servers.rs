@@ -151,16 +151,23 @@ fn host_id(project: &str, host: Option<&str>) -> String {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(b.len() * 2);
+    for x in b {
+        out.push(DIGITS[(x >> 4) as usize] as char);
+        out.push(DIGITS[(x & 15) as usize] as char);
+    }
+    out
 }
 
 /// Everything a server view needs besides the row.
-struct ViewCtx<'a> {
+#[derive(Clone)]
+struct ViewCtx {
     base: String,
     mv: Mv,
-    ctx: &'a RequestContext,
+    admin: bool,
     /// host → UP/DOWN/MAINTENANCE (admins, 2.16).
-    host_status: Option<&'a HashMap<String, &'static str>>,
+    host_status: Option<Arc<HashMap<String, &'static str>>>,
 }
 
 fn flavor_view(row: &InstanceRow, v: &ViewCtx) -> Value {
@@ -203,124 +210,260 @@ fn addresses(row: &InstanceRow) -> Value {
 
 type Fault = (i64, String, String, i64);
 
-/// The full (detail/show) view of a server.
-fn detail_view(row: &InstanceRow, fault: Option<&Fault>, v: &ViewCtx) -> Value {
-    let project = &row.project_id;
+#[derive(serde::Serialize)]
+struct Link {
+    rel: &'static str,
+    href: String,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum ImageView<'a> {
+    None(&'static str),
+    Ref {
+        id: &'a str,
+        links: [Link; 1],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        properties: Option<Map<String, Value>>,
+    },
+}
+
+type Opt<T> = Option<Option<T>>;
+
+#[derive(serde::Serialize)]
+struct GroupName {
+    name: &'static str,
+}
+
+/// The full (detail/show) view of a server, serialized straight from the row: a listing of a thousand
+/// servers builds no JSON tree. Microversion-dependent members are `Option`s left out when absent.
+#[derive(serde::Serialize)]
+struct DetailView<'a> {
+    id: &'a str,
+    name: &'a str,
+    status: &'static str,
+    tenant_id: &'a str,
+    user_id: &'a str,
+    metadata: &'a BTreeMap<String, String>,
+    #[serde(rename = "hostId")]
+    host_id: String,
+    image: ImageView<'a>,
+    flavor: &'a Value,
+    created: String,
+    updated: String,
+    addresses: Value,
+    #[serde(rename = "accessIPv4")]
+    access_ipv4: &'a str,
+    #[serde(rename = "accessIPv6")]
+    access_ipv6: &'a str,
+    links: [Link; 2],
+    #[serde(rename = "OS-DCF:diskConfig")]
+    disk_config: &'static str,
+    #[serde(rename = "OS-EXT-AZ:availability_zone")]
+    zone: &'a str,
+    config_drive: &'a str,
+    key_name: Option<&'a str>,
+    #[serde(rename = "OS-SRV-USG:launched_at")]
+    launched_at: Option<String>,
+    #[serde(rename = "OS-SRV-USG:terminated_at")]
+    terminated_at: Option<String>,
+    #[serde(rename = "OS-EXT-STS:task_state")]
+    task_state: Option<&'a str>,
+    #[serde(rename = "OS-EXT-STS:vm_state")]
+    vm_state: &'a str,
+    #[serde(rename = "OS-EXT-STS:power_state")]
+    power_state: i64,
+    #[serde(rename = "os-extended-volumes:volumes_attached")]
+    volumes_attached: [(); 0],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fault: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    security_groups: Option<[GroupName; 1]>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:host", skip_serializing_if = "Option::is_none")]
+    host: Opt<&'a str>,
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:hypervisor_hostname",
+        skip_serializing_if = "Option::is_none"
+    )]
+    node: Opt<&'a str>,
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:instance_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    instance_name: Option<String>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:hostname", skip_serializing_if = "Option::is_none")]
+    hostname: Opt<&'a str>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:kernel_id", skip_serializing_if = "Option::is_none")]
+    kernel_id: Option<&'static str>,
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:ramdisk_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    ramdisk_id: Option<&'static str>,
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:launch_index",
+        skip_serializing_if = "Option::is_none"
+    )]
+    launch_index: Option<i64>,
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:reservation_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    reservation_id: Opt<&'a str>,
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:root_device_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    root_device_name: Opt<&'static str>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:user_data", skip_serializing_if = "Option::is_none")]
+    user_data: Opt<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locked: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_status: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Opt<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<[(); 0]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trusted_image_certificates: Opt<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locked_reason: Opt<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pinned_availability_zone: Opt<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduler_hints: Option<Map<String, Value>>,
+}
+
+/// The flavor member of a server view (rendered once per distinct flavor in a listing).
+fn flavor_member(flavor_json: &str, v: &ViewCtx) -> Value {
+    let row = InstanceRow {
+        flavor: flavor_json.to_string(),
+        ..Default::default()
+    };
+    flavor_view(&row, v)
+}
+
+fn render_detail<'a>(
+    row: &'a InstanceRow,
+    fault: Option<&Fault>,
+    v: &'a ViewCtx,
+    flavor: &'a Value,
+) -> DetailView<'a> {
+    let project = row.project_id.as_str();
     let st = if row.deleted != 0 {
         "DELETED"
     } else {
         status(&row.vm_state, row.task_state.as_deref())
     };
     let image = match row.image_ref.as_deref() {
-        Some(id) if !id.is_empty() => {
-            let mut i = json!({"id": id, "links": [{"rel": "bookmark", "href": format!("{}/{project}/images/{id}", v.base)}]});
-            if v.mv.at_least(98) {
-                i["properties"] = json!({});
-            }
-            i
-        }
-        _ => json!(""),
+        Some(id) if !id.is_empty() => ImageView::Ref {
+            id,
+            links: [Link {
+                rel: "bookmark",
+                href: format!("{}/{project}/images/{id}", v.base),
+            }],
+            properties: v.mv.at_least(98).then(Map::new),
+        },
+        _ => ImageView::None(""),
     };
-    let mut s = json!({
-        "id": row.uuid,
-        "name": row.display_name.clone().unwrap_or_default(),
-        "status": st,
-        "tenant_id": project,
-        "user_id": row.user_id,
-        "metadata": row.metadata,
-        "hostId": host_id(project, row.host.as_deref()),
-        "image": image,
-        "flavor": flavor_view(row, v),
-        "created": iso(row.created_at),
-        "updated": iso(row.updated_at),
-        "addresses": addresses(row),
-        "accessIPv4": row.access_ip_v4.clone().unwrap_or_default(),
-        "accessIPv6": row.access_ip_v6.clone().unwrap_or_default(),
-        "links": links(&v.base, project, &row.uuid),
-        "OS-DCF:diskConfig": "MANUAL",
-        "OS-EXT-AZ:availability_zone": row.availability_zone.clone().unwrap_or_default(),
-        "config_drive": row.config_drive.clone().unwrap_or_default(),
-        "key_name": row.key_name,
-        "OS-SRV-USG:launched_at": row.launched_at.map(super::naive_time),
-        "OS-SRV-USG:terminated_at": row.terminated_at.map(super::naive_time),
-        "OS-EXT-STS:task_state": row.task_state,
-        "OS-EXT-STS:vm_state": row.vm_state,
-        "OS-EXT-STS:power_state": row.power_state,
-        "os-extended-volumes:volumes_attached": [],
-    });
-    if matches!(st, "ERROR" | "DELETED") {
-        if let Some((code, message, details, created)) = fault {
+    let admin = v.admin;
+    let mv = v.mv;
+    let fault = match fault {
+        Some((code, message, details, created)) if matches!(st, "ERROR" | "DELETED") => {
             let mut f = json!({"code": code, "created": iso(*created), "message": message});
-            if !details.is_empty() && (v.ctx.is_admin() || *code != 500) {
+            if !details.is_empty() && (admin || *code != 500) {
                 f["details"] = json!(details);
             }
-            s["fault"] = f;
+            Some(f)
         }
-    }
-    if matches!(
-        st,
-        "ACTIVE" | "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE" | "MIGRATING"
-    ) {
-        s["progress"] = json!(0);
-    }
-    if row.network_info.is_some() {
-        s["security_groups"] = json!([{"name": "default"}]);
-    }
-    let admin = v.ctx.is_admin();
-    if admin {
-        s["OS-EXT-SRV-ATTR:host"] = json!(row.host);
-        s["OS-EXT-SRV-ATTR:hypervisor_hostname"] = json!(row.node);
-        s["OS-EXT-SRV-ATTR:instance_name"] = json!(if row.id > 0 {
-            boot::instance_name(row.id)
-        } else {
-            String::new()
-        });
-        if v.mv.at_least(3) {
-            s["OS-EXT-SRV-ATTR:hostname"] = json!(row.hostname);
-            s["OS-EXT-SRV-ATTR:kernel_id"] = json!("");
-            s["OS-EXT-SRV-ATTR:ramdisk_id"] = json!("");
-            s["OS-EXT-SRV-ATTR:launch_index"] = json!(row.launch_index);
-            s["OS-EXT-SRV-ATTR:reservation_id"] = json!(row.reservation_id);
-            s["OS-EXT-SRV-ATTR:root_device_name"] = json!(null);
-            s["OS-EXT-SRV-ATTR:user_data"] = json!(row.user_data);
-        }
-    }
-    if v.mv.at_least(3) {
-        s["os-extended-volumes:volumes_attached"] = json!([]);
-    }
-    if v.mv.at_least(9) {
-        s["locked"] = json!(row.locked_by.is_some());
-    }
-    if v.mv.at_least(16) {
-        if let Some(hs) = v.host_status {
-            s["host_status"] = json!(match row.host.as_deref() {
+        _ => None,
+    };
+    let ext = admin && mv.at_least(3);
+    DetailView {
+        id: &row.uuid,
+        name: row.display_name.as_deref().unwrap_or_default(),
+        status: st,
+        tenant_id: project,
+        user_id: &row.user_id,
+        metadata: &row.metadata,
+        host_id: host_id(project, row.host.as_deref()),
+        image,
+        flavor,
+        created: iso(row.created_at),
+        updated: iso(row.updated_at),
+        addresses: addresses(row),
+        access_ipv4: row.access_ip_v4.as_deref().unwrap_or_default(),
+        access_ipv6: row.access_ip_v6.as_deref().unwrap_or_default(),
+        links: [
+            Link {
+                rel: "self",
+                href: format!("{}/v2.1/{project}/servers/{}", v.base, row.uuid),
+            },
+            Link {
+                rel: "bookmark",
+                href: format!("{}/{project}/servers/{}", v.base, row.uuid),
+            },
+        ],
+        disk_config: "MANUAL",
+        zone: row.availability_zone.as_deref().unwrap_or_default(),
+        config_drive: row.config_drive.as_deref().unwrap_or_default(),
+        key_name: row.key_name.as_deref(),
+        launched_at: row.launched_at.map(super::naive_time),
+        terminated_at: row.terminated_at.map(super::naive_time),
+        task_state: row.task_state.as_deref(),
+        vm_state: &row.vm_state,
+        power_state: row.power_state,
+        volumes_attached: [],
+        fault,
+        progress: matches!(
+            st,
+            "ACTIVE" | "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE" | "MIGRATING"
+        )
+        .then_some(0),
+        security_groups: row
+            .network_info
+            .is_some()
+            .then_some([GroupName { name: "default" }]),
+        host: admin.then_some(row.host.as_deref()),
+        node: admin.then_some(row.node.as_deref()),
+        instance_name: admin.then(|| {
+            if row.id > 0 {
+                boot::instance_name(row.id)
+            } else {
+                String::new()
+            }
+        }),
+        hostname: (ext || (mv.at_least(90) && !admin)).then_some(row.hostname.as_deref()),
+        kernel_id: ext.then_some(""),
+        ramdisk_id: ext.then_some(""),
+        launch_index: ext.then_some(row.launch_index),
+        reservation_id: ext.then_some(row.reservation_id.as_deref()),
+        root_device_name: ext.then_some(None),
+        user_data: ext.then_some(row.user_data.as_deref()),
+        locked: mv.at_least(9).then_some(row.locked_by.is_some()),
+        host_status: match v.host_status.as_deref() {
+            Some(hs) if mv.at_least(16) => Some(match row.host.as_deref() {
                 Some(h) => hs.get(h).copied().unwrap_or("UNKNOWN"),
                 None => "",
-            });
-        }
+            }),
+            _ => None,
+        },
+        description: mv.at_least(19).then_some(row.display_description.as_deref()),
+        tags: mv.at_least(26).then_some([]),
+        trusted_image_certificates: mv.at_least(63).then_some(None),
+        locked_reason: mv.at_least(73).then_some(None),
+        pinned_availability_zone: mv.at_least(96).then_some(None),
+        scheduler_hints: mv.at_least(100).then(Map::new),
     }
-    if v.mv.at_least(19) {
-        s["description"] = json!(row.display_description);
-    }
-    if v.mv.at_least(26) {
-        s["tags"] = json!([]);
-    }
-    if v.mv.at_least(63) {
-        s["trusted_image_certificates"] = json!(null);
-    }
-    if v.mv.at_least(73) {
-        s["locked_reason"] = json!(null);
-    }
-    if v.mv.at_least(90) && !admin {
-        s["OS-EXT-SRV-ATTR:hostname"] = json!(row.hostname);
-    }
-    if v.mv.at_least(96) {
-        s["pinned_availability_zone"] = json!(null);
-    }
-    if v.mv.at_least(100) {
-        s["scheduler_hints"] = json!({});
-    }
-    s
+}
+
+/// The full view of one server as a JSON value.
+fn detail_view(row: &InstanceRow, fault: Option<&Fault>, v: &ViewCtx) -> Value {
+    let flavor = flavor_view(row, v);
+    serde_json::to_value(render_detail(row, fault, v, &flavor)).unwrap_or(Value::Null)
 }
 
 /// What a listing or show knows of a server in a cell that does not answer (2.69).
@@ -446,8 +589,8 @@ pub(crate) async fn show(
     let v = ViewCtx {
         base: base_url(&headers),
         mv,
-        ctx: &ctx,
-        host_status: hs.as_ref(),
+        admin: ctx.is_admin(),
+        host_status: hs.map(Arc::new),
     };
     let server = match found {
         Found::Building(b) => detail_view(&b.as_row(), None, &v),
@@ -656,46 +799,50 @@ async fn listing(
         None => None,
     };
     let first_page = after.is_none();
-    let (filter, sort_ref) = (&f, &sort);
-    let after_ref = after.as_deref();
-    let cells = api.cells().await?;
-    let mut futs = Vec::new();
-    for c in cells {
-        let timeout = api.settings.cell_timeout;
-        futs.push(async move {
-            let r = async {
+    let hs = if detail && admin && mv.at_least(16) {
+        Some(Arc::new(host_statuses(api).await?))
+    } else {
+        None
+    };
+    let v = ViewCtx {
+        base: base_url(headers),
+        mv,
+        admin,
+        host_status: hs,
+    };
+    // Each cell is read and its page rendered in its own task (both cores work on a large listing); the
+    // pages are then merged in the sort order and the first `limit` kept.
+    let mut tasks = Vec::new();
+    for c in api.cells().await? {
+        let (api, f, sort, after, v) = (api.clone(), f.clone(), sort.clone(), after.clone(), v.clone());
+        tasks.push(tokio::spawn(async move {
+            let work = async {
                 let db = api.cell_db(&c).await?;
-                let mut rows = celldb::instances_list(&db, filter, sort_ref, after_ref, limit).await?;
+                let rows = celldb::instances_list(&db, &f, &sort, after.as_deref(), limit).await?;
                 let mut faults = HashMap::new();
                 if detail {
-                    for r in rows
-                        .iter_mut()
-                        .filter(|r| r.vm_state == "error" || r.deleted != 0)
-                    {
+                    for r in rows.iter().filter(|r| r.vm_state == "error" || r.deleted != 0) {
                         if let Some(fl) = celldb::fault_latest(&db, &r.uuid).await? {
                             faults.insert(r.uuid.clone(), fl);
                         }
                     }
                 }
-                Ok::<_, ComputeError>((rows, faults))
+                Ok::<_, ComputeError>(render_rows(rows, &faults, &v, detail))
             };
-            let r = match tokio::time::timeout(timeout, r).await {
+            let r = match tokio::time::timeout(api.settings.cell_timeout, work).await {
                 Ok(r) => r,
                 Err(_) => Err(ComputeError::NotFound(format!("cell {} timed out", c.uuid))),
             };
             (c, r)
-        });
+        }));
     }
-    let answers = futures_util::future::join_all(futs).await;
-    let mut rows: Vec<InstanceRow> = Vec::new();
-    let mut faults: HashMap<String, Fault> = HashMap::new();
+    let mut pages: Vec<(InstanceRow, Vec<u8>)> = Vec::new();
     let mut down: Vec<CellMapping> = Vec::new();
-    for (c, r) in answers {
+    for t in tasks {
+        let (c, r) = t.await.map_err(super::internal)?;
         match r {
-            Ok((rs, fs)) => {
-                rows.extend(rs);
-                faults.extend(fs);
-            }
+            Ok(Ok(p)) => pages.extend(p),
+            Ok(Err(e)) => return Err(super::internal(e)),
             Err(e) => {
                 tracing::warn!(cell = %c.uuid, error = %e, "cell did not answer; its servers are left out");
                 down.push(c);
@@ -703,6 +850,7 @@ async fn listing(
         }
     }
     // Build requests (servers not in a cell yet) take part in the same order.
+    let mut building = Vec::new();
     for b in build_requests(&api.api_db, f.project_id.as_deref()).await? {
         let r = b.as_row();
         if !f.matches(&r) {
@@ -714,41 +862,37 @@ async fn listing(
                 continue;
             }
         }
-        rows.push(r);
+        building.push(r);
     }
-    rows.sort_by(|a, b| celldb::compare_rows(a, b, &sort));
-    rows.truncate(limit as usize);
-    let hs = if detail && admin && mv.at_least(16) {
-        Some(host_statuses(api).await?)
-    } else {
-        None
-    };
-    let v = ViewCtx {
-        base: base_url(headers),
-        mv,
-        ctx,
-        host_status: hs.as_ref(),
-    };
-    let mut out: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            if detail {
-                detail_view(r, faults.get(&r.uuid), &v)
-            } else {
-                json!({"id": r.uuid, "name": r.display_name.clone().unwrap_or_default(),
-                       "links": links(&v.base, &r.project_id, &r.uuid)})
-            }
-        })
-        .collect();
+    pages.extend(render_rows(building, &HashMap::new(), &v, detail).map_err(super::internal)?);
+    pages.sort_by(|a, b| celldb::compare_rows(&a.0, &b.0, &sort));
+    pages.truncate(limit as usize);
+    let mut out: Vec<u8> = Vec::with_capacity(pages.iter().map(|p| p.1.len() + 2).sum::<usize>() + 256);
+    out.extend_from_slice(b"{\"servers\": [");
+    for (i, (_, bytes)) in pages.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(bytes);
+    }
+    let mut rendered = String::from_utf8(out).map_err(super::internal)?;
+    let rows: Vec<&InstanceRow> = pages.iter().map(|p| &p.0).collect();
+    let mut views: Vec<Value> = Vec::new();
     if mv.at_least(69) && first_page && !down.is_empty() {
         for c in &down {
             for m in cells::live_instance_mappings(&api.api_db, c.id, f.project_id.as_deref()).await? {
-                out.push(down_cell_view(&m, &v, detail));
+                views.push(down_cell_view(&m, &v, detail));
             }
         }
     }
+    for (i, view) in views.iter().enumerate() {
+        if i > 0 || !rows.is_empty() {
+            rendered.push_str(", ");
+        }
+        rendered.push_str(&view.to_string());
+    }
+    rendered.push(']');
     let coll = if detail { "servers/detail" } else { "servers" };
-    let mut body = json!({ "servers": out });
     if limit > 0 && rows.len() as i64 == limit {
         if let Some(last) = rows.last() {
             let mut qs = form_urlencoded::Serializer::new(String::new());
@@ -757,11 +901,48 @@ async fn listing(
             }
             qs.append_pair("marker", &last.uuid);
             let project = ctx.project_id().unwrap_or_default();
-            body["servers_links"] =
+            let links =
                 json!([{"rel": "next", "href": format!("{}/v2.1/{project}/{coll}?{}", v.base, qs.finish())}]);
+            rendered.push_str(", \"servers_links\": ");
+            rendered.push_str(&links.to_string());
         }
     }
-    Ok(axum::Json(body).into_response())
+    rendered.push('}');
+    Ok(([(http::header::CONTENT_TYPE, "application/json")], rendered).into_response())
+}
+
+/// Render rows (detail or brief views), each paired with its JSON.
+fn render_rows(
+    rows: Vec<InstanceRow>,
+    faults: &HashMap<String, Fault>,
+    v: &ViewCtx,
+    detail: bool,
+) -> Result<Vec<(InstanceRow, Vec<u8>)>, serde_json::Error> {
+    // One flavor member per distinct flavor (a short list: servers share a few flavors).
+    let mut flavors: Vec<(String, Value)> = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut bytes = Vec::with_capacity(if detail { 1400 } else { 300 });
+        if detail {
+            if !flavors.iter().any(|(k, _)| *k == r.flavor) {
+                flavors.push((r.flavor.clone(), flavor_member(&r.flavor, v)));
+            }
+            let f = flavors
+                .iter()
+                .find(|(k, _)| *k == r.flavor)
+                .map(|(_, f)| f)
+                .unwrap_or(&Value::Null);
+            serde_json::to_writer(&mut bytes, &render_detail(&r, faults.get(&r.uuid), v, f))?;
+        } else {
+            serde_json::to_writer(
+                &mut bytes,
+                &json!({"id": r.uuid, "name": r.display_name.clone().unwrap_or_default(),
+                        "links": links(&v.base, &r.project_id, &r.uuid)}),
+            )?;
+        }
+        out.push((r, bytes));
+    }
+    Ok(out)
 }
 
 /// Whether sort values `vals` come strictly after `marker` in `sort` order.
