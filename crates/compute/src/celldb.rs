@@ -1273,7 +1273,7 @@ mod tests {
             user_id: "u".into(),
             display_name: Some(format!("vm-{i:04}")),
             host: Some(format!("h{}", i % 3)),
-            vm_state: if i % 5 == 0 {
+            vm_state: if i.is_multiple_of(5) {
                 "stopped".into()
             } else {
                 "active".into()
@@ -1283,7 +1283,7 @@ mod tests {
             vcpus: 1,
             root_gb: 1,
             created_at: 1_000 + (i as i64 % 7),
-            metadata: if i % 2 == 0 {
+            metadata: if i.is_multiple_of(2) {
                 [("k".to_string(), format!("v{i}"))].into()
             } else {
                 Default::default()
@@ -1309,7 +1309,7 @@ mod tests {
         let mut sorted = all.clone();
         sorted.sort_by(|a, b| compare_rows(a, b, &sort));
         assert_eq!(all, sorted);
-        assert_eq!(all.iter().filter(|r| r.metadata.get("k").is_some()).count(), 20);
+        assert_eq!(all.iter().filter(|r| r.metadata.contains_key("k")).count(), 20);
         let mut paged = Vec::new();
         let mut after: Option<Vec<SortVal>> = None;
         loop {
