@@ -181,6 +181,28 @@ pub async fn map_to_cell(api: &Db, uuid: &str, cell_id: i64) -> Result<()> {
     Ok(())
 }
 
+/// Point the instance mapping at its cell and delete the build request, in one transaction; false (and
+/// nothing changed) when the build request was gone already — the user deleted the server meanwhile.
+pub async fn map_and_forget_build_request(api: &Db, uuid: &str, cell_id: i64) -> Result<bool> {
+    let mut tx = api.begin_write().await?;
+    let n = sqlx::query(&api.sql("DELETE FROM build_requests WHERE instance_uuid = ?"))
+        .bind(uuid)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Ok(false);
+    }
+    sqlx::query(&api.sql("UPDATE instance_mappings SET cell_id = ?, updated_at = ? WHERE instance_uuid = ?"))
+        .bind(cell_id)
+        .bind(tessera_types::now_epoch_micros())
+        .bind(uuid)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// `instance-%08x` of an instance row id.
 pub fn instance_name(id: i64) -> String {
     format!("instance-{id:08x}")
@@ -363,8 +385,7 @@ impl SuperConductor {
                     .ok_or_else(|| ComputeError::NotFound(i.uuid.clone()))?,
                 Err(e) => return Err(e),
             };
-            map_to_cell(&self.api, &i.uuid, cell.id).await?;
-            if !build_request_delete(&self.api, &i.uuid).await? {
+            if !map_and_forget_build_request(&self.api, &i.uuid, cell.id).await? {
                 // The server was deleted while we scheduled it: undo.
                 celldb::instance_destroy(&db, &i.uuid).await?;
                 if let Err(e) = self.scheduler.placement.release(&i.uuid).await {
@@ -515,6 +536,15 @@ impl SuperConductor {
                     self.scheduler.placement.release(&uuid).await.map_err(|e| {
                         ComputeError::NotFound(format!("cannot release the claim of {uuid}: {e}"))
                     })?;
+                    // A row created in a cell before the crash, never mapped, must not survive next to the
+                    // one the new schedule creates.
+                    for cell in cells::cell_list(&self.api).await? {
+                        if let Ok(db) = self.cell_db(&cell).await {
+                            if celldb::instance_purge(&db, &uuid).await? {
+                                tracing::info!(instance = %uuid, cell = %cell.uuid, "removed an unmapped instance row");
+                            }
+                        }
+                    }
                     tracing::info!(instance = %uuid, %request_id, "recovering an unscheduled boot");
                     self.schedule_and_build(std::slice::from_ref(&uuid), &request_id)
                         .await?;

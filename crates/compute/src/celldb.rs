@@ -769,6 +769,24 @@ pub async fn instance_destroy(db: &Db, uuid: &str) -> Result<bool> {
     Ok(n > 0)
 }
 
+/// Remove every trace of an instance row that was never mapped (crash recovery); true when there was one.
+pub async fn instance_purge(db: &Db, uuid: &str) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    let n = sqlx::query(&db.sql("DELETE FROM instances WHERE uuid = ?"))
+        .bind(uuid)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    for sql in [
+        "DELETE FROM instance_metadata WHERE instance_uuid = ?",
+        "DELETE FROM instance_faults WHERE instance_uuid = ?",
+    ] {
+        sqlx::query(&db.sql(sql)).bind(uuid).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(n > 0)
+}
+
 /// Soft-delete a service record, and with a compute service its host's compute nodes; the deleted nodes'
 /// uuids.
 pub async fn service_delete(db: &Db, s: &ServiceRecord) -> Result<Vec<String>> {

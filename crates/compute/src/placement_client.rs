@@ -166,6 +166,22 @@ impl PlacementClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value)> {
+        let (status, text) = self.request_text(method, path, body).await?;
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, v))
+    }
+
+    /// Like [`Self::request`], the answer's text undecoded (for callers that decode it into their own types).
+    async fn request_text(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, String)> {
         for attempt in 0..2 {
             let (token, endpoint) = {
                 let mut s = self.session.lock().await;
@@ -192,13 +208,7 @@ impl PlacementClient {
                 *self.session.lock().await = None;
                 continue;
             }
-            let text = r.text().await?;
-            let v = if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            };
-            return Ok((status, v));
+            return Ok((status, r.text().await?));
         }
         Err(PlacementClientError::Auth("the token was refused twice".into()))
     }
@@ -332,6 +342,30 @@ impl PlacementClient {
 
 impl PlacementClient {
     /// `GET /allocation_candidates?{query}` at 1.36 (Nova's version for scheduling).
+    /// `GET /allocation_candidates?{query}` decoded into the caller's type (the scheduler reads a few fields
+    /// of a large answer, on every request).
+    pub async fn allocation_candidates_as<T: serde::de::DeserializeOwned>(&self, query: &str) -> Result<T> {
+        let (s, text) = self
+            .request_text(
+                reqwest::Method::GET,
+                &format!("/allocation_candidates?{query}"),
+                None,
+            )
+            .await?;
+        if s != StatusCode::OK {
+            return Err(PlacementClientError::Status {
+                status: s.as_u16(),
+                what: "GET allocation candidates".into(),
+                body: text,
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| PlacementClientError::Status {
+            status: s.as_u16(),
+            what: "GET allocation candidates".into(),
+            body: format!("undecodable answer: {e}"),
+        })
+    }
+
     pub async fn allocation_candidates(&self, query: &str) -> Result<Value> {
         let (s, v) = self
             .request(

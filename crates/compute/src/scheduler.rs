@@ -89,6 +89,29 @@ pub enum SchedulerError {
     Placement(#[from] crate::placement_client::PlacementClientError),
 }
 
+/// The parts of a `GET /allocation_candidates` answer the scheduler reads (the rest is skipped unparsed).
+#[derive(serde::Deserialize)]
+struct Candidates {
+    #[serde(default)]
+    allocation_requests: Vec<Value>,
+    #[serde(default)]
+    provider_summaries: HashMap<String, Summary>,
+}
+
+#[derive(serde::Deserialize)]
+struct Summary {
+    #[serde(default)]
+    resources: HashMap<String, Usage>,
+}
+
+#[derive(serde::Deserialize)]
+struct Usage {
+    #[serde(default)]
+    capacity: f64,
+    #[serde(default)]
+    used: f64,
+}
+
 /// A candidate host as the filters and weighers see it.
 #[derive(Debug, Clone)]
 pub struct HostState {
@@ -162,21 +185,20 @@ impl Scheduler {
         let t = std::time::Instant::now();
         let aggs = aggregates::list(&self.api_db).await?;
         let q = self.placement_query(spec, &aggs)?;
-        let cands = self.placement.allocation_candidates(&q).await?;
+        let cands: Candidates = self.placement.allocation_candidates_as(&q).await?;
         tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "allocation candidates");
         // Provider uuid → its first allocation request (a compute node's own resources).
         let mut requests: HashMap<String, Value> = HashMap::new();
-        for ar in cands["allocation_requests"].as_array().into_iter().flatten() {
+        for ar in cands.allocation_requests {
             if let Some(allocs) = ar["allocations"].as_object() {
                 if allocs.len() == 1 {
-                    if let Some(rp) = allocs.keys().next() {
-                        requests.entry(rp.clone()).or_insert_with(|| ar.clone());
+                    if let Some(rp) = allocs.keys().next().cloned() {
+                        requests.entry(rp).or_insert(ar);
                     }
                 }
             }
         }
-        let empty = serde_json::Map::new();
-        let summaries = cands["provider_summaries"].as_object().unwrap_or(&empty);
+        let summaries = &cands.provider_summaries;
         let mut out = Vec::new();
         for cell in cells::cell_list(&self.api_db).await? {
             if cell.is_cell0() || cell.disabled {
@@ -217,10 +239,8 @@ impl Scheduler {
                     .find_map(|a| a.availability_zone().map(str::to_string))
                     .unwrap_or_else(|| self.cfg.default_availability_zone.clone());
                 let free = |rc: &str| -> f64 {
-                    match summaries.get(&node.uuid).map(|s| &s["resources"][rc]) {
-                        Some(r) => (r["capacity"].as_f64().unwrap_or(0.0)
-                            - r["used"].as_f64().unwrap_or(0.0))
-                        .max(0.0),
+                    match summaries.get(&node.uuid).and_then(|s| s.resources.get(rc)) {
+                        Some(r) => (r.capacity - r.used).max(0.0),
                         None => 0.0,
                     }
                 };

@@ -328,7 +328,7 @@ async fn servers(c: Client, image: String, n: usize, conc: usize) -> Result<Valu
         if Instant::now() > deadline {
             return Err("servers did not all leave BUILD".into());
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let boot_secs = start.elapsed().as_secs_f64();
     let st = statuses(&c).await?;
@@ -388,7 +388,7 @@ async fn servers(c: Client, image: String, n: usize, conc: usize) -> Result<Valu
         if Instant::now() > deadline {
             return Err("servers were not all deleted".into());
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let del_secs = start.elapsed().as_secs_f64();
     Ok(json!({

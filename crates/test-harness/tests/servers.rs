@@ -598,3 +598,88 @@ async fn a_cell_that_does_not_answer_gives_partial_records_from_2_69() {
     assert_eq!(v["server"]["OS-EXT-AZ:availability_zone"], "UNKNOWN");
     c.stop().await;
 }
+
+/// Boots a crashed process left half-way: one recorded but never cast to the super conductor, one whose
+/// instance row was created in a cell but never mapped. After `recover`, both are ACTIVE once, nothing is
+/// left in build requests, and placement holds exactly their two claims.
+#[tokio::test]
+async fn recovery_finishes_boots_left_half_way() {
+    use tessera_compute::boot::{self, BootInstance, SuperConductor};
+    let b = Backend::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&b, dir.path()).await;
+    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+    cfg.set("all_in_one", "hosts_per_cell", "1").unwrap();
+    let c = Cloud::start_with(&b, db, dir, cfg).await;
+    let t = c.admin_token().await;
+    let api = c.aio.compute.api.api_db.clone();
+    let project = {
+        // The admin project's id, from a token validation.
+        let r = c
+            .http
+            .get(c.url("/v3/auth/tokens"))
+            .header("X-Auth-Token", &t)
+            .header("X-Subject-Token", &t)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["token"]["project"]["id"].as_str().unwrap().to_string()
+    };
+    let spec = tessera_compute::scheduler::RequestSpec {
+        project_id: project.clone(),
+        user_id: "u".into(),
+        vcpus: 1,
+        memory_mb: 512,
+        disk_gb: 1,
+        ..Default::default()
+    };
+    let before = tessera_types::now_epoch_micros();
+    let mut list: Vec<BootInstance> = (0..2)
+        .map(|k| BootInstance {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            project_id: project.clone(),
+            user_id: "u".into(),
+            display_name: format!("half-{k}"),
+            flavor: json!({"flavorid": "1", "name": "m1.tiny", "vcpus": 1, "memory_mb": 512, "root_gb": 1,
+                           "ephemeral_gb": 0, "swap": 0, "extra_specs": {}}),
+            vcpus: 1,
+            memory_mb: 512,
+            root_gb: 1,
+            created_at: before,
+            ..Default::default()
+        })
+        .collect();
+    boot::record(&api, &spec, &mut list, None).await.unwrap();
+    // The second one got as far as its row in cell1 (say, on another host) before the crash.
+    let cell1 = tessera_compute::cells::cell_list(&api)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| !c.is_cell0())
+        .unwrap();
+    let cdb = c.aio.compute.api.cell_db(&cell1).await.unwrap();
+    let mut orphan = list[1].as_row();
+    orphan.host = Some("gone-host".into());
+    tessera_compute::celldb::instance_create(&cdb, &orphan)
+        .await
+        .unwrap();
+
+    let sched = std::sync::Arc::new(tessera_compute::scheduler::Scheduler::new(
+        api.clone(),
+        c.aio.placement_client.clone(),
+        tessera::aio::scheduler_config(&c.aio.config).unwrap(),
+    ));
+    let sc = SuperConductor::new(api.clone(), sched, c.aio.buses.clone());
+    assert_eq!(sc.recover(tessera_types::now_epoch_micros()).await.unwrap(), 2);
+    let l = wait_servers(&c, &t, "", |l| l.len() == 2 && all_status("ACTIVE")(l)).await;
+    let ids: std::collections::BTreeSet<&str> = l.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(
+        l.iter().all(|s| s["OS-EXT-SRV-ATTR:host"] == "cell1-compute1"),
+        "{l:?}"
+    );
+    assert_eq!(api_count(&c, "build_requests").await, 0);
+    assert_eq!(usage_total(&c, &t).await, 2 * (1 + 512 + 1));
+    c.stop().await;
+}
