@@ -1144,21 +1144,28 @@ pub async fn instances_list(
     );
     let meta_sql = db.sql(&meta_raw);
     let found = bind_all!(sqlx::query(&meta_sql)).fetch_all(db.pool()).await?;
-    if !found.is_empty() {
-        let mut by: std::collections::HashMap<String, std::collections::BTreeMap<String, String>> =
-            std::collections::HashMap::new();
-        for m in &found {
-            by.entry(get_text(m, "instance_uuid")?)
-                .or_default()
-                .insert(get_text(m, "meta_key")?, get_text(m, "meta_value")?);
-        }
-        for r in rows.iter_mut() {
-            if let Some(m) = by.remove(&r.uuid) {
-                r.metadata = m;
-            }
+    attach_metadata(&found, &mut rows)?;
+    Ok(rows)
+}
+
+/// Give rows the metadata of `(instance_uuid, meta_key, meta_value)` result rows.
+fn attach_metadata(found: &[tessera_db::AnyRow], rows: &mut [InstanceRow]) -> Result<()> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut by: std::collections::HashMap<String, std::collections::BTreeMap<String, String>> =
+        std::collections::HashMap::new();
+    for m in found {
+        by.entry(get_text(m, "instance_uuid")?)
+            .or_default()
+            .insert(get_text(m, "meta_key")?, get_text(m, "meta_value")?);
+    }
+    for r in rows.iter_mut() {
+        if let Some(m) = by.remove(&r.uuid) {
+            r.metadata = m;
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// Fill the metadata of rows (one query per 500 rows).
@@ -1175,21 +1182,7 @@ pub async fn load_metadata(db: &Db, rows: &mut [InstanceRow]) -> Result<()> {
             q = q.bind(r.uuid.as_str());
         }
         let found = q.fetch_all(db.pool()).await?;
-        if found.is_empty() {
-            continue;
-        }
-        let mut by: std::collections::HashMap<String, std::collections::BTreeMap<String, String>> =
-            std::collections::HashMap::new();
-        for m in &found {
-            by.entry(get_text(m, "instance_uuid")?)
-                .or_default()
-                .insert(get_text(m, "meta_key")?, get_text(m, "meta_value")?);
-        }
-        for r in chunk.iter_mut() {
-            if let Some(m) = by.remove(&r.uuid) {
-                r.metadata = m;
-            }
-        }
+        attach_metadata(&found, chunk)?;
     }
     Ok(())
 }
