@@ -226,7 +226,55 @@ pub async fn start_super_conductor(
         .serve(bus, "super-conductor", shutdown.subscribe())
         .await
         .map_err(|e| StartError::Failed(format!("super conductor: {e}")))?;
+    spawn_control_heartbeats(cfg, shutdown).await?;
     Ok(sc)
+}
+
+/// This host's name for service records: `[DEFAULT] host`, else the machine's hostname.
+pub fn host_name(cfg: &Config) -> String {
+    let h = cfg.get_str("DEFAULT", "host");
+    if !h.is_empty() {
+        return h;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The super conductor and the scheduler keep `nova-conductor` and `nova-scheduler` service records with
+/// heartbeats in cell0's database (where Nova's top-level services report), so `openstack compute service
+/// list` shows them and the API can say when they are down.
+async fn spawn_control_heartbeats(cfg: &Config, shutdown: &Shutdown) -> Result<(), StartError> {
+    use tessera_compute::{celldb, cells};
+    let api = tessera_db::Db::connect(&cfg.get_str("api_database", "connection"), 1).await?;
+    let cell0 = cells::cell_get(&api, cells::CELL0_UUID).await?;
+    api.close().await;
+    let Some(cell0) = cell0 else {
+        tracing::warn!("cell0 is not mapped: the scheduler and super conductor keep no service records");
+        return Ok(());
+    };
+    let db = celldb::open(&cell0.database_connection, 2, false).await?;
+    let host = host_name(cfg);
+    let every = Duration::from_secs(cfg.get_int("DEFAULT", "report_interval").max(1) as u64);
+    let mut stop = shutdown.subscribe();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    for (binary, topic) in [("nova-scheduler", "scheduler"), ("nova-conductor", "conductor")] {
+                        if let Err(e) = celldb::service_report(&db, &host, binary, topic).await {
+                            tracing::warn!(%binary, error = %e, "heartbeat failed");
+                        }
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Database URL of all-in-one's cell `i` (0 is cell0) from `[database] connection` (which is cell1's):

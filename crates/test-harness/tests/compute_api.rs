@@ -70,10 +70,14 @@ async fn services_hypervisors_and_zones_across_cells() {
             format!("2.{}", tessera_compute::api::microversion::MAX)
         );
 
-        // Services of both cells: 2 computes and a conductor each, all up.
+        // Services of both cells (2 computes and a conductor each) and of cell0 (scheduler and super
+        // conductor), all up.
         let (_, v, _) = get(&c, &token, "/os-services", None).await;
         let svcs = v["services"].as_array().unwrap();
-        assert_eq!(svcs.len(), 6, "{v}");
+        assert_eq!(svcs.len(), 8, "{v}");
+        let sched: Vec<&Value> = svcs.iter().filter(|s| s["binary"] == "nova-scheduler").collect();
+        assert_eq!(sched.len(), 1, "{v}");
+        assert_eq!(sched[0]["zone"], "internal");
         assert!(svcs
             .iter()
             .all(|s| s["state"] == "up" && s["status"] == "enabled"));
