@@ -560,47 +560,6 @@ const INST_COLS: &str = "id, uuid, project_id, user_id, display_name, host, node
                          key_data, user_data, config_drive, reservation_id, launch_index, network_info, locked_by, \
                          terminated_at, access_ip_v4, access_ip_v6";
 
-fn instance_from(r: &tessera_db::AnyRow) -> Result<InstanceRow> {
-    use tessera_db::get_opt_text as opt;
-    Ok(InstanceRow {
-        id: r.try_get("id")?,
-        uuid: get_text(r, "uuid")?,
-        project_id: get_text(r, "project_id")?,
-        user_id: get_text(r, "user_id")?,
-        display_name: opt(r, "display_name")?,
-        host: opt(r, "host")?,
-        node: opt(r, "node")?,
-        availability_zone: opt(r, "availability_zone")?,
-        vm_state: get_text(r, "vm_state")?,
-        task_state: opt(r, "task_state")?,
-        power_state: r.try_get("power_state")?,
-        image_ref: opt(r, "image_ref")?,
-        flavor: get_text(r, "flavor")?,
-        memory_mb: r.try_get("memory_mb")?,
-        vcpus: r.try_get("vcpus")?,
-        root_gb: r.try_get("root_gb")?,
-        ephemeral_gb: r.try_get("ephemeral_gb")?,
-        launched_at: r.try_get("launched_at")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        deleted: r.try_get("deleted")?,
-        display_description: opt(r, "display_description")?,
-        hostname: opt(r, "hostname")?,
-        key_name: opt(r, "key_name")?,
-        key_data: opt(r, "key_data")?,
-        user_data: opt(r, "user_data")?,
-        config_drive: opt(r, "config_drive")?,
-        reservation_id: opt(r, "reservation_id")?,
-        launch_index: r.try_get("launch_index")?,
-        network_info: opt(r, "network_info")?,
-        locked_by: opt(r, "locked_by")?,
-        terminated_at: r.try_get("terminated_at")?,
-        access_ip_v4: opt(r, "access_ip_v4")?,
-        access_ip_v6: opt(r, "access_ip_v6")?,
-        metadata: Default::default(),
-    })
-}
-
 /// Insert an instance with its metadata (one transaction).
 pub async fn instance_create(db: &Db, i: &InstanceRow) -> Result<InstanceRow> {
     let now = tessera_types::now_epoch_micros();
@@ -663,13 +622,25 @@ pub async fn instance_create(db: &Db, i: &InstanceRow) -> Result<InstanceRow> {
 
 /// An instance by uuid, deleted ones included, with its metadata.
 pub async fn instance_get(db: &Db, uuid: &str) -> Result<Option<InstanceRow>> {
-    let row = sqlx::query(&db.sql(&format!("SELECT {INST_COLS} FROM instances WHERE uuid = ?")))
+    // The same JSON row form as the listing (one decoding of the columns, not two).
+    let obj = inst_json(db.dialect(), "i");
+    let col = match db.dialect() {
+        tessera_db::Dialect::Postgres => format!("{obj}::text"),
+        tessera_db::Dialect::MySql => format!("CAST({obj} AS CHAR)"),
+        tessera_db::Dialect::Sqlite => obj,
+    };
+    let raw = format!("SELECT {col} AS j FROM instances i WHERE i.uuid = ?");
+    let row = match sqlx::query(&db.sql(&raw))
         .bind(uuid)
         .fetch_optional(db.pool())
         .await?
-        .as_ref()
-        .map(instance_from)
-        .transpose()?;
+    {
+        Some(r) => Some(
+            serde_json::from_str::<InstanceRow>(&get_text(&r, "j")?)
+                .map_err(|e| crate::ComputeError::NotFound(format!("instance row: {e}")))?,
+        ),
+        None => None,
+    };
     match row {
         Some(r) => {
             let mut v = [r];
