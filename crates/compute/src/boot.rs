@@ -348,6 +348,7 @@ impl SuperConductor {
             Err(SchedulerError::Compute(e)) => return Err(e),
             Err(SchedulerError::Placement(e)) => return Err(ComputeError::NotFound(e.to_string())),
         };
+        let zones = crate::aggregates::host_zones(&self.api).await?;
         for (i, sel) in instances.iter().zip(selections) {
             let Some((chosen, alternates)) = sel.split_first() else {
                 continue;
@@ -368,8 +369,7 @@ impl SuperConductor {
                 .ok_or_else(|| ComputeError::NotFound(format!("cell {}", hm.cell_id)))?;
             let db = self.cell_db(&cell).await?;
             // The host's zone (its aggregates', else the default zone) becomes the instance's.
-            let zone = crate::aggregates::host_zones(&self.api)
-                .await?
+            let zone = zones
                 .get(&chosen.host)
                 .cloned()
                 .or_else(|| Some(self.scheduler.cfg.default_availability_zone.clone()));

@@ -140,15 +140,7 @@ impl ComputeApi {
         settings: ApiSettings,
         placement: Option<Arc<crate::placement_client::PlacementClient>>,
     ) -> Arc<Self> {
-        Arc::new(ComputeApi {
-            api_db,
-            settings,
-            placement,
-            servers: servers::ServerSettings::default(),
-            boot: std::sync::OnceLock::new(),
-            http: reqwest::Client::new(),
-            cell_dbs: celldb::CellDbs::new(),
-        })
+        Self::with_servers(api_db, settings, placement, servers::ServerSettings::default())
     }
 
     /// Like [`ComputeApi::new`] with server settings (quotas) from the configuration.

@@ -170,8 +170,9 @@ struct ViewCtx {
     host_status: Option<Arc<HashMap<String, &'static str>>>,
 }
 
-fn flavor_view(row: &InstanceRow, v: &ViewCtx) -> Value {
-    let f: Value = serde_json::from_str(&row.flavor).unwrap_or(Value::Null);
+/// The flavor member of a server view from the instance's embedded flavor (JSON text).
+fn flavor_view(flavor_json: &str, v: &ViewCtx) -> Value {
+    let f: Value = serde_json::from_str(flavor_json).unwrap_or(Value::Null);
     if v.mv.at_least(47) {
         json!({
             "vcpus": f["vcpus"], "ram": f["memory_mb"], "disk": f["root_gb"], "ephemeral": f["ephemeral_gb"],
@@ -337,15 +338,6 @@ struct DetailView<'a> {
     scheduler_hints: Option<Map<String, Value>>,
 }
 
-/// The flavor member of a server view (rendered once per distinct flavor in a listing).
-fn flavor_member(flavor_json: &str, v: &ViewCtx) -> Value {
-    let row = InstanceRow {
-        flavor: flavor_json.to_string(),
-        ..Default::default()
-    };
-    flavor_view(&row, v)
-}
-
 fn render_detail<'a>(
     row: &'a InstanceRow,
     fault: Option<&Fault>,
@@ -462,7 +454,7 @@ fn render_detail<'a>(
 
 /// The full view of one server as a JSON value.
 fn detail_view(row: &InstanceRow, fault: Option<&Fault>, v: &ViewCtx) -> Value {
-    let flavor = flavor_view(row, v);
+    let flavor = flavor_view(&row.flavor, v);
     serde_json::to_value(render_detail(row, fault, v, &flavor)).unwrap_or(Value::Null)
 }
 
@@ -925,7 +917,7 @@ fn render_rows(
         let mut bytes = Vec::with_capacity(if detail { 1400 } else { 300 });
         if detail {
             if !flavors.iter().any(|(k, _)| *k == r.flavor) {
-                flavors.push((r.flavor.clone(), flavor_member(&r.flavor, v)));
+                flavors.push((r.flavor.clone(), flavor_view(&r.flavor, v)));
             }
             let f = flavors
                 .iter()
@@ -1736,26 +1728,28 @@ pub(crate) async fn create(
         .into_response())
 }
 
-/// The limit of one quota resource for a project (`quotas` row, else the `[quota]` default).
-async fn limit_of(
+/// The project's quota limits for `resources` (its `quotas` rows, else the `[quota]` defaults), one query.
+async fn limits_of(
     api: &ComputeApi,
     project: &str,
-    resource: &str,
-    default: i64,
-) -> Result<i64, ComputeError> {
+    resources: [(&'static str, i64); 3],
+) -> Result<[(&'static str, i64); 3], ComputeError> {
     use sqlx::Row as _;
-    let r = sqlx::query(
+    let rows = sqlx::query(
         &api.api_db
-            .sql("SELECT hard_limit FROM quotas WHERE project_id = ? AND resource = ?"),
+            .sql("SELECT resource, hard_limit FROM quotas WHERE project_id = ?"),
     )
     .bind(project)
-    .bind(resource)
-    .fetch_optional(api.api_db.pool())
+    .fetch_all(api.api_db.pool())
     .await?;
-    Ok(match r {
-        Some(r) => r.try_get("hard_limit")?,
-        None => default,
-    })
+    let mut out = resources;
+    for r in &rows {
+        let name = tessera_db::get_text(r, "resource")?;
+        if let Some(slot) = out.iter_mut().find(|(n, _)| *n == name) {
+            slot.1 = r.try_get("hard_limit")?;
+        }
+    }
+    Ok(out)
 }
 
 /// How many of min..=max servers of `flavor` the project's instances / cores / ram quotas allow (403 when
@@ -1769,22 +1763,16 @@ async fn quota_count(
 ) -> Result<i64, ApiError> {
     use sqlx::Row as _;
     let q = &api.servers;
+    let [(_, instances), (_, cores), (_, ram)] = limits_of(
+        api,
+        project,
+        [("instances", q.instances), ("cores", q.cores), ("ram", q.ram)],
+    )
+    .await?;
     let limits = [
-        (
-            "instances",
-            limit_of(api, project, "instances", q.instances).await?,
-            1,
-        ),
-        (
-            "cores",
-            limit_of(api, project, "cores", q.cores).await?,
-            flavor.vcpus,
-        ),
-        (
-            "ram",
-            limit_of(api, project, "ram", q.ram).await?,
-            flavor.memory_mb,
-        ),
+        ("instances", instances, 1),
+        ("cores", cores, flavor.vcpus),
+        ("ram", ram, flavor.memory_mb),
     ];
     if limits.iter().all(|(_, l, _)| *l < 0) {
         return Ok(max);
