@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Start PostgreSQL and MariaDB on 127.0.0.1 for the database test matrix and write their admin URLs to
-# .test-databases.env. Idempotent. Needs root (it manages the Debian clusters and creates a test user).
+# Start PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1 for the database and bus test matrix and write their
+# URLs to .test-databases.env. Idempotent. Needs root (it manages the Debian clusters and creates a test user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.test-databases.env
@@ -30,4 +30,20 @@ if command -v mariadbd >/dev/null || command -v mysqld >/dev/null; then
   mysql -uroot -e "CREATE USER IF NOT EXISTS 'tessera'@'127.0.0.1' IDENTIFIED BY 'tessera'; GRANT ALL ON *.* TO 'tessera'@'127.0.0.1'; CREATE USER IF NOT EXISTS 'tessera'@'localhost' IDENTIFIED BY 'tessera'; GRANT ALL ON *.* TO 'tessera'@'localhost'; FLUSH PRIVILEGES;"
   echo "TESSERA_TEST_MYSQL_URL=mysql+pymysql://tessera:tessera@127.0.0.1:3306/mysql" >> "$out"
   echo "mariadb ready on 127.0.0.1:3306"
+fi
+
+if command -v rabbitmq-server >/dev/null; then
+  # Listening on 127.0.0.1 only: AMQP, the Erlang port mapper (started by the first rabbitmqctl too) and
+  # the node's distribution port.
+  export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 ERL_EPMD_ADDRESS=127.0.0.1 RABBITMQ_NODENAME=rabbit@localhost
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  if ! rabbitmqctl -q -n rabbit@localhost status >/dev/null 2>&1; then
+    (rabbitmq-server >/tmp/rabbitmq-server.log 2>&1 &)
+    for _ in $(seq 1 150); do rabbitmqctl -q -n rabbit@localhost await_startup >/dev/null 2>&1 && break; sleep 0.2; done
+  fi
+  rabbitmqctl -q -n rabbit@localhost list_users 2>/dev/null | grep -q '^tessera' \
+    || rabbitmqctl -q -n rabbit@localhost add_user tessera tessera >/dev/null
+  rabbitmqctl -q -n rabbit@localhost set_permissions -p / tessera '.*' '.*' '.*' >/dev/null
+  echo "TESSERA_TEST_RABBIT_URL=rabbit://tessera:tessera@127.0.0.1:5672/" >> "$out"
+  echo "rabbitmq ready on 127.0.0.1:5672"
 fi

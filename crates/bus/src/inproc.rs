@@ -122,118 +122,20 @@ impl Bus for InProcBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{serve, Handler, RemoteError};
-    use serde_json::json;
-    use std::sync::Arc;
-
-    fn echo_handler(name: &'static str) -> Handler {
-        Arc::new(move |env: Envelope| {
-            Box::pin(async move {
-                if env.method == "fail" {
-                    return Err(RemoteError {
-                        kind: "NoValidHost".into(),
-                        message: "nothing fits".into(),
-                    });
-                }
-                if env.method == "slow" {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-                Ok(json!({"server": name, "args": env.args, "request_id": env.request_id}))
-            })
-        })
-    }
 
     #[tokio::test]
     async fn call_cast_fanout_and_errors() {
-        let bus = InProcBus::new();
-        for host in ["h1", "h2"] {
-            let l = bus.listen("compute", host).await.unwrap();
-            tokio::spawn(serve(l, echo_handler(host)));
-        }
-        // Addressed call reaches that server, with the request id carried.
-        let r = bus
-            .call(
-                &Target::server("compute", "h2"),
-                Envelope::new("ping", json!({"x": 1}), "req-1"),
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r["server"], "h2");
-        assert_eq!(r["request_id"], "req-1");
-        // Topic calls are spread over servers.
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..4 {
-            let r = bus
-                .call(
-                    &Target::topic("compute"),
-                    Envelope::new("ping", json!({}), "r"),
-                    Duration::from_secs(2),
-                )
-                .await
-                .unwrap();
-            seen.insert(r["server"].as_str().unwrap().to_string());
-        }
-        assert_eq!(seen.len(), 2);
-        // Remote errors come back typed.
-        let e = bus
-            .call(
-                &Target::topic("compute"),
-                Envelope::new("fail", json!({}), "r"),
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(e, BusError::Remote(RemoteError { ref kind, .. }) if kind == "NoValidHost"));
-        // Timeouts.
-        let e = bus
-            .call(
-                &Target::topic("compute"),
-                Envelope::new("slow", json!({}), "r"),
-                Duration::from_millis(50),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(e, BusError::Timeout(_)));
-        // Nobody listening.
-        let e = bus
-            .cast(&Target::topic("scheduler"), Envelope::new("x", json!({}), "r"))
-            .await
-            .unwrap_err();
-        assert!(matches!(e, BusError::NoListener(_)));
-        let e = bus
-            .cast(
-                &Target::server("compute", "h9"),
-                Envelope::new("x", json!({}), "r"),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(e, BusError::NoListener(_)));
+        crate::conformance::call_cast_fanout_and_errors(&InProcBus::new(), "").await;
     }
 
     #[tokio::test]
     async fn fanout_reaches_every_server() {
-        let bus = InProcBus::new();
-        let mut a = bus.listen("scheduler", "a").await.unwrap();
-        let mut b = bus.listen("scheduler", "b").await.unwrap();
-        bus.fanout("scheduler", Envelope::new("update", json!({"n": 1}), "r"))
-            .await
-            .unwrap();
-        assert_eq!(a.recv().await.unwrap().envelope.method, "update");
-        assert_eq!(b.recv().await.unwrap().envelope.method, "update");
-        // Casts carry no reply channel.
-        bus.cast(
-            &Target::server("scheduler", "a"),
-            Envelope::new("c", json!({}), "r"),
-        )
-        .await
-        .unwrap();
-        assert!(a.recv().await.unwrap().reply.is_none());
+        crate::conformance::fanout_reaches_every_server(&InProcBus::new(), "").await;
     }
 
     #[test]
     fn envelope_versions() {
-        let e = Envelope::new("m", json!({}), "r");
+        let e = Envelope::new("m", serde_json::json!({}), "r");
         assert!(e.compatible_with(1));
         assert!(!e.compatible_with(2));
         assert!(crate::from_url("inproc://").is_ok());

@@ -7,10 +7,11 @@
 //!
 //! Messages are [`Envelope`]s: a method name, JSON arguments, the envelope version (so receivers can refuse or
 //! adapt to messages from older or newer senders during upgrades) and the request id that ties logs together
-//! across services and cells. Backends implement [`Bus`]: [`inproc::InProcBus`] now; an AMQP backend plugs in
-//! behind the same trait, so callers never change.
+//! across services and cells. Backends implement [`Bus`]: [`inproc::InProcBus`] (one process) and
+//! [`rabbit::RabbitBus`] (RabbitMQ, for roles in separate processes); callers never change.
 
 pub mod inproc;
+pub mod rabbit;
 
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -182,11 +183,125 @@ pub fn from_url(url: &str) -> Result<Arc<dyn Bus>, BusError> {
     let scheme = url.split("://").next().unwrap_or("");
     match scheme {
         "inproc" | "fake" => Ok(Arc::new(inproc::InProcBus::new())),
-        "rabbit" | "amqp" => Err(BusError::Transport(
-            "the RabbitMQ transport is not available in this build yet; use transport_url = inproc://".into(),
-        )),
+        "rabbit" | "amqp" => Ok(Arc::new(rabbit::RabbitBus::new(url)?)),
         other => Err(BusError::Transport(format!(
             "unknown transport '{other}' in transport_url"
         ))),
+    }
+}
+
+/// The behaviour every backend must show, run against each of them by their tests. `prefix` keeps the
+/// topics of one run apart from another's on a shared broker.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+    use serde_json::json;
+
+    fn echo_handler(name: &'static str) -> Handler {
+        Arc::new(move |env: Envelope| {
+            Box::pin(async move {
+                if env.method == "fail" {
+                    return Err(RemoteError {
+                        kind: "NoValidHost".into(),
+                        message: "nothing fits".into(),
+                    });
+                }
+                if env.method == "slow" {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Ok(json!({"server": name, "args": env.args, "request_id": env.request_id}))
+            })
+        })
+    }
+
+    pub async fn call_cast_fanout_and_errors(bus: &dyn Bus, prefix: &str) {
+        let compute = format!("{prefix}compute");
+        for host in ["h1", "h2"] {
+            let l = bus.listen(&compute, host).await.unwrap();
+            tokio::spawn(serve(l, echo_handler(host)));
+        }
+        // Addressed call reaches that server, with the request id carried.
+        let r = bus
+            .call(
+                &Target::server(&compute, "h2"),
+                Envelope::new("ping", json!({"x": 1}), "req-1"),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["server"], "h2");
+        assert_eq!(r["args"]["x"], 1);
+        assert_eq!(r["request_id"], "req-1");
+        // Topic calls are spread over servers.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let r = bus
+                .call(
+                    &Target::topic(&compute),
+                    Envelope::new("ping", json!({}), "r"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+            seen.insert(r["server"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 2);
+        // Remote errors come back typed.
+        let e = bus
+            .call(
+                &Target::topic(&compute),
+                Envelope::new("fail", json!({}), "r"),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BusError::Remote(RemoteError { ref kind, .. }) if kind == "NoValidHost"));
+        // Timeouts.
+        let e = bus
+            .call(
+                &Target::topic(&compute),
+                Envelope::new("slow", json!({}), "r"),
+                Duration::from_millis(50),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BusError::Timeout(_)));
+        // Nobody listening.
+        let e = bus
+            .cast(
+                &Target::topic(format!("{prefix}scheduler")),
+                Envelope::new("x", json!({}), "r"),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BusError::NoListener(_)), "{e}");
+        let e = bus
+            .cast(
+                &Target::server(&compute, "h9"),
+                Envelope::new("x", json!({}), "r"),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BusError::NoListener(_)), "{e}");
+    }
+
+    pub async fn fanout_reaches_every_server(bus: &dyn Bus, prefix: &str) {
+        let topic = format!("{prefix}scheduler");
+        let mut a = bus.listen(&topic, "a").await.unwrap();
+        let mut b = bus.listen(&topic, "b").await.unwrap();
+        bus.fanout(&topic, Envelope::new("update", json!({"n": 1}), "r"))
+            .await
+            .unwrap();
+        assert_eq!(a.recv().await.unwrap().envelope.method, "update");
+        assert_eq!(b.recv().await.unwrap().envelope.method, "update");
+        // Casts carry no reply channel.
+        bus.cast(&Target::server(&topic, "a"), Envelope::new("c", json!({}), "r"))
+            .await
+            .unwrap();
+        assert!(a.recv().await.unwrap().reply.is_none());
+        // A fanout nobody hears is not an error.
+        bus.fanout(&format!("{prefix}nobody"), Envelope::new("u", json!({}), "r"))
+            .await
+            .unwrap();
     }
 }
