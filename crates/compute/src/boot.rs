@@ -277,7 +277,8 @@ impl SuperConductor {
         Self::with_workers(api, scheduler, buses, 0)
     }
 
-    /// `workers` concurrent schedules (0: one per CPU).
+    /// `workers` concurrent schedules (0: four per CPU, at least 8 — a schedule mostly waits on placement
+    /// and the databases, so more than one per CPU keeps the CPUs busy).
     pub fn with_workers(
         api: Db,
         scheduler: Arc<Scheduler>,
@@ -285,7 +286,7 @@ impl SuperConductor {
         workers: usize,
     ) -> Self {
         let n = if workers == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            (4 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(8)
         } else {
             workers
         };

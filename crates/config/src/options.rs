@@ -244,7 +244,7 @@ pub const OPTIONS: &[OptDef] = &[
         "Milliseconds a fake spawn takes."),
     // [conductor]
     opt("conductor", "workers", OptType::Int { min: 0, max: 1024 }, "0",
-        "Boot requests the super conductor schedules at once (0: two per CPU, at least 4); the others wait on the bus."),
+        "Boot requests the super conductor schedules at once (0: four per CPU, at least 8); the others wait on the bus."),
     // [api] / [quota] / [flat_network]
     opt("api", "max_limit", OptType::Int { min: 1, max: 100_000 }, "1000",
         "Most items one page of a Compute API listing returns."),

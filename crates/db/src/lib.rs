@@ -107,7 +107,9 @@ impl Db {
         let options = |n: u32| {
             let mut opts = AnyPoolOptions::new()
                 .max_connections(n.max(1))
-                .acquire_timeout(Duration::from_secs(30));
+                .acquire_timeout(Duration::from_secs(30))
+                // A SQLite connection is a file handle that cannot drop like a socket: no ping before each use.
+                .test_before_acquire(dialect != Dialect::Sqlite);
             if dialect == Dialect::Sqlite {
                 opts = opts.after_connect(|conn, _meta| {
                     Box::pin(async move {
