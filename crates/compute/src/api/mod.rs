@@ -120,18 +120,57 @@ pub(crate) fn admin(ctx: &RequestContext, rule: &str) -> Result<(), ApiError> {
 
 /// Naive ISO-8601 with microseconds (Nova's format for service and hypervisor times).
 pub(crate) fn naive_time(micros: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+    let mut out = String::with_capacity(26);
+    push_time(&mut out, micros, true);
+    out
+}
+
+/// UTC calendar fields (year, month, day, hour, minute, second, microsecond) of a time in microseconds
+/// since the epoch (the civil-from-days conversion, exact over the proleptic Gregorian calendar).
+fn utc_fields(micros: i64) -> (i64, u32, u32, u32, u32, u32, u32) {
+    let secs = micros.div_euclid(1_000_000);
+    let us = micros.rem_euclid(1_000_000) as u32;
+    let sod = secs.rem_euclid(86_400) as u32;
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = (z - era * 146_097) as u32;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe as i64 + era * 400 + i64::from(month <= 2);
+    (year, month, day, sod / 3600, sod / 60 % 60, sod % 60, us)
+}
+
+/// Append `YYYY-MM-DDTHH:MM:SS` (then `.ffffff` when `fraction`) without the formatting machinery: a
+/// listing of a thousand servers writes three of these per server.
+pub(crate) fn push_time(out: &mut String, micros: i64, fraction: bool) {
+    let (y, mo, d, h, mi, s, us) = utc_fields(micros);
+    if !(0..10_000).contains(&y) {
+        use std::fmt::Write;
+        let _ = write!(out, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+        if fraction {
+            let _ = write!(out, ".{us:06}");
+        }
+        return;
+    }
+    let mut buf = *b"0000-00-00T00:00:00.000000";
+    let mut put = |at: usize, width: usize, mut n: u32| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, y as u32);
+    put(5, 2, mo);
+    put(8, 2, d);
+    put(11, 2, h);
+    put(14, 2, mi);
+    put(17, 2, s);
+    put(20, 6, us);
+    let len = if fraction { 26 } else { 19 };
+    out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
 }
 
 impl ComputeApi {
@@ -301,4 +340,31 @@ pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity
         .layer(from_fn(microversion::layer))
         .route_service("/metrics", get(metrics_handler).with_state(metrics.clone()))
         .layer(from_fn_with_state(metrics, observe))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_match_the_calendar() {
+        let mut t = -62_135_596_800_000_000i64; // 0001-01-01
+        let step = 7_919_000_003_331i64; // about three months, odd microseconds
+        while t < 253_402_300_799_000_000 {
+            let d = time::OffsetDateTime::from_unix_timestamp_nanos(t as i128 * 1000).unwrap();
+            let want = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}",
+                d.year(),
+                d.month() as u8,
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second(),
+                d.microsecond()
+            );
+            assert_eq!(super::naive_time(t), want, "{t}");
+            t += step;
+        }
+        assert_eq!(super::naive_time(0), "1970-01-01T00:00:00.000000");
+        assert_eq!(super::servers::iso(951_782_400_000_001), "2000-02-29T00:00:00Z");
+        assert_eq!(super::servers::iso(-1), "1969-12-31T23:59:59Z");
+    }
 }

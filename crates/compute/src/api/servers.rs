@@ -78,17 +78,10 @@ fn invalid_field(field: &str, value: &Value, why: &str) -> ApiError {
 
 /// Nova's `isotime`: seconds, `Z`.
 pub(crate) fn iso(micros: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let mut out = String::with_capacity(20);
+    super::push_time(&mut out, micros, false);
+    out.push('Z');
+    out
 }
 
 /// The API status of a vm_state / task_state pair (Nova's state map).
@@ -148,6 +141,15 @@ fn host_id(project: &str, host: Option<&str>) -> String {
         Some(h) if !h.is_empty() => hex(&sha2::Sha224::digest(format!("{project}{h}").as_bytes())),
         _ => String::new(),
     }
+}
+
+/// Concatenate without the formatting machinery (hrefs of listings).
+fn cat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
 }
 
 fn hex(b: &[u8]) -> String {
@@ -343,6 +345,7 @@ fn render_detail<'a>(
     fault: Option<&Fault>,
     v: &'a ViewCtx,
     flavor: &'a Value,
+    host_id: String,
 ) -> DetailView<'a> {
     let project = row.project_id.as_str();
     let st = if row.deleted != 0 {
@@ -355,7 +358,7 @@ fn render_detail<'a>(
             id,
             links: [Link {
                 rel: "bookmark",
-                href: format!("{}/{project}/images/{id}", v.base),
+                href: cat(&[&v.base, "/", project, "/images/", id]),
             }],
             properties: v.mv.at_least(98).then(Map::new),
         },
@@ -381,7 +384,7 @@ fn render_detail<'a>(
         tenant_id: project,
         user_id: &row.user_id,
         metadata: &row.metadata,
-        host_id: host_id(project, row.host.as_deref()),
+        host_id,
         image,
         flavor,
         created: iso(row.created_at),
@@ -392,11 +395,11 @@ fn render_detail<'a>(
         links: [
             Link {
                 rel: "self",
-                href: format!("{}/v2.1/{project}/servers/{}", v.base, row.uuid),
+                href: cat(&[&v.base, "/v2.1/", project, "/servers/", &row.uuid]),
             },
             Link {
                 rel: "bookmark",
-                href: format!("{}/{project}/servers/{}", v.base, row.uuid),
+                href: cat(&[&v.base, "/", project, "/servers/", &row.uuid]),
             },
         ],
         disk_config: "MANUAL",
@@ -455,7 +458,8 @@ fn render_detail<'a>(
 /// The full view of one server as a JSON value.
 fn detail_view(row: &InstanceRow, fault: Option<&Fault>, v: &ViewCtx) -> Value {
     let flavor = flavor_view(&row.flavor, v);
-    serde_json::to_value(render_detail(row, fault, v, &flavor)).unwrap_or(Value::Null)
+    let hid = host_id(&row.project_id, row.host.as_deref());
+    serde_json::to_value(render_detail(row, fault, v, &flavor, hid)).unwrap_or(Value::Null)
 }
 
 /// What a listing or show knows of a server in a cell that does not answer (2.69).
@@ -912,6 +916,8 @@ fn render_rows(
 ) -> Result<Vec<(InstanceRow, Vec<u8>)>, serde_json::Error> {
     // One flavor member per distinct flavor (a short list: servers share a few flavors).
     let mut flavors: Vec<(String, Value)> = Vec::new();
+    // hostIds by (project, host): a hash each, and servers share hosts.
+    let mut host_ids: HashMap<(String, String), String> = HashMap::new();
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let mut bytes = Vec::with_capacity(if detail { 1400 } else { 300 });
@@ -924,7 +930,14 @@ fn render_rows(
                 .find(|(k, _)| *k == r.flavor)
                 .map(|(_, f)| f)
                 .unwrap_or(&Value::Null);
-            serde_json::to_writer(&mut bytes, &render_detail(&r, faults.get(&r.uuid), v, f))?;
+            let hid = match r.host.as_deref() {
+                Some(h) if !h.is_empty() => host_ids
+                    .entry((r.project_id.clone(), h.to_string()))
+                    .or_insert_with(|| host_id(&r.project_id, Some(h)))
+                    .clone(),
+                _ => String::new(),
+            };
+            serde_json::to_writer(&mut bytes, &render_detail(&r, faults.get(&r.uuid), v, f, hid))?;
         } else {
             serde_json::to_writer(
                 &mut bytes,
