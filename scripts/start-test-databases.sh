@@ -43,7 +43,11 @@ if command -v rabbitmq-server >/dev/null; then
   fi
   rabbitmqctl -q -n rabbit@localhost list_users 2>/dev/null | grep -q '^tessera' \
     || rabbitmqctl -q -n rabbit@localhost add_user tessera tessera >/dev/null
-  rabbitmqctl -q -n rabbit@localhost set_permissions -p / tessera '.*' '.*' '.*' >/dev/null
+  # The default virtual host carries the API-level bus in tests; each cell gets its own, as Nova advises.
+  for vh in / tessera_cell1 tessera_cell2; do
+    [ "$vh" = / ] || rabbitmqctl -q -n rabbit@localhost add_vhost "$vh" >/dev/null 2>&1 || true
+    rabbitmqctl -q -n rabbit@localhost set_permissions -p "$vh" tessera '.*' '.*' '.*' >/dev/null
+  done
   echo "TESSERA_TEST_RABBIT_URL=rabbit://tessera:tessera@127.0.0.1:5672/" >> "$out"
   echo "rabbitmq ready on 127.0.0.1:5672"
 fi

@@ -222,7 +222,11 @@ impl ComputeAgent {
     pub async fn power_action(&self, uuid: &str, action: &str, request_id: &str) -> Result<(), String> {
         let r = match action {
             "start" => self.driver.power_on(uuid).await,
-            "stop" => self.driver.power_off(uuid).await,
+            // A guest the hypervisor no longer has is already off: the stop holds (as in Nova).
+            "stop" => match self.driver.power_off(uuid).await {
+                Err(crate::virt::VirtError::NotFound(_)) => Ok(()),
+                other => other,
+            },
             "reboot" => self.driver.reboot(uuid, false).await,
             _ => self.driver.reboot(uuid, true).await,
         };
@@ -233,6 +237,7 @@ impl ComputeAgent {
             Some(crate::virt::PowerState::Shutdown) => "stopped",
             Some(crate::virt::PowerState::Paused) => "paused",
             Some(crate::virt::PowerState::Suspended) => "suspended",
+            None if action == "stop" && r.is_ok() => "stopped",
             _ => "error",
         };
         if let Err(e) = &r {

@@ -461,8 +461,10 @@ pub async fn cast_build(
     .await
 }
 
-/// The super conductor's topic on the API-level bus (`[DEFAULT] transport_url`).
-pub const SUPER_TOPIC: &str = "conductor";
+/// The super conductor's topic on the API-level bus (`[DEFAULT] transport_url`): not the cell conductors'
+/// `conductor`, so one RabbitMQ virtual host can carry both the API level and a cell's traffic (a
+/// single-cell deployment) without the two kinds of conductor taking each other's messages.
+pub const SUPER_TOPIC: &str = "superconductor";
 
 impl SuperConductor {
     /// Serve `schedule_and_build_instances` casts from the API on `bus` until `shutdown`.

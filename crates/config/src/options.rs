@@ -231,9 +231,11 @@ pub const OPTIONS: &[OptDef] = &[
         "Database URL of this host's cell."),
     secret("api_database", "connection", OptType::Str, "sqlite:///$state_path/nova_api.sqlite",
         "Database URL of the API database."),
+    opt("api_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
+        "Most connections one process holds open to the API database."),
     // [all_in_one]
-    opt("all_in_one", "cells", OptType::Int { min: 1, max: 64 }, "1",
-        "Number of cells (besides cell0) all-in-one runs, each with its own database and in-process bus (`inproc://cellN`), created as `manage cell_v2 create_cell` creates cells. Databases: cellN.sqlite beside the [database] connection's cell1.sqlite, or its database name with `_cellN` appended. `--cells` overrides it."),
+    opt("all_in_one", "cells", OptType::Int { min: 0, max: 64 }, "1",
+        "Number of cells (besides cell0) all-in-one runs, each with its own database and in-process bus (`inproc://cellN`), created as `manage cell_v2 create_cell` creates cells. Databases: cellN.sqlite beside the [database] connection's cell1.sqlite, or its database name with `_cellN` appended. 0 runs the control plane only, for cells whose conductors and compute hosts run as separate processes (`serve conductor`, `serve compute`) over RabbitMQ. `--cells` overrides it."),
     opt("all_in_one", "hosts_per_cell", OptType::Int { min: 0, max: 1000 }, "1",
         "Compute hosts (fake driver) all-in-one runs in each cell, named cellN-computeM. `--hosts-per-cell` overrides it."),
     // [fake]

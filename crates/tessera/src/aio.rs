@@ -398,6 +398,38 @@ async fn start_cells(
     Ok(agents)
 }
 
+/// Start compute host `host` (fake driver sized by `[fake]`) on its cell's bus; the receiver fires once it
+/// has registered (service record, compute node, placement provider).
+pub fn compute_host(
+    cfg: &Config,
+    host: &str,
+    bus: Arc<dyn tessera_bus::Bus>,
+    placement: Arc<tessera_compute::placement_client::PlacementClient>,
+    shutdown: &Shutdown,
+) -> (
+    Arc<tessera_compute::agent::ComputeAgent>,
+    tokio::sync::oneshot::Receiver<tessera_compute::agent::Registered>,
+) {
+    use tessera_compute::{agent, virt};
+    let driver = Arc::new(virt::fake::FakeDriver::new(virt::fake::FakeConfig {
+        hostname: host.to_string(),
+        vcpus: cfg.get_int("fake", "vcpus"),
+        memory_mb: cfg.get_int("fake", "memory_mb"),
+        disk_gb: cfg.get_int("fake", "disk_gb"),
+        spawn_delay: Duration::from_millis(cfg.get_int("fake", "spawn_delay_ms") as u64),
+        fail_spawns: None,
+    }));
+    let a = Arc::new(agent::ComputeAgent::new(
+        agent_config(cfg, host),
+        bus,
+        driver,
+        placement,
+    ));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    a.clone().spawn(shutdown.subscribe(), tx);
+    (a, rx)
+}
+
 /// Start one cell's conductor and `hosts` fake compute hosts (`NAME-computeJ`) on the cell's bus, and wait
 /// until every host has registered (service record, compute node, placement provider). Mapping the hosts is
 /// discovery's job.
@@ -409,7 +441,7 @@ pub async fn start_cell(
     hosts: usize,
     shutdown: &Shutdown,
 ) -> Result<Vec<Arc<tessera_compute::agent::ComputeAgent>>, StartError> {
-    use tessera_compute::{agent, celldb, conductor, virt};
+    use tessera_compute::{celldb, conductor};
     let report = Duration::from_secs(cfg.get_int("DEFAULT", "report_interval").max(1) as u64);
     let name = cell.name.clone().unwrap_or_else(|| cell.uuid.clone());
     let bus = buses
@@ -430,22 +462,7 @@ pub async fn start_cell(
     let mut waits = Vec::new();
     for j in 1..=hosts {
         let host = format!("{name}-compute{j}");
-        let driver = Arc::new(virt::fake::FakeDriver::new(virt::fake::FakeConfig {
-            hostname: host.clone(),
-            vcpus: cfg.get_int("fake", "vcpus"),
-            memory_mb: cfg.get_int("fake", "memory_mb"),
-            disk_gb: cfg.get_int("fake", "disk_gb"),
-            spawn_delay: Duration::from_millis(cfg.get_int("fake", "spawn_delay_ms") as u64),
-            fail_spawns: None,
-        }));
-        let a = Arc::new(agent::ComputeAgent::new(
-            agent_config(cfg, &host),
-            bus.clone(),
-            driver,
-            placement.clone(),
-        ));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        a.clone().spawn(shutdown.subscribe(), tx);
+        let (a, rx) = compute_host(cfg, &host, bus.clone(), placement.clone(), shutdown);
         waits.push((host, rx));
         agents.push(a);
     }

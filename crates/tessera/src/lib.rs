@@ -4,6 +4,7 @@
 pub mod aio;
 pub mod manage;
 pub mod roles;
+pub mod serve;
 pub mod testimage;
 
 use std::path::PathBuf;

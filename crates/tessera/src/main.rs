@@ -264,11 +264,28 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             init_logging(&cfg);
             let shutdown = Shutdown::new();
             signal_shutdown(shutdown.clone());
-            // Every role validates tokens with the identity service's validator (shared key repository and
-            // identity database); only `identity` serves the Identity API.
-            let db = roles::open_identity_db(&cfg, false).await?;
+            let has = |r: &str| names.iter().any(|n| n == r);
             let mut tasks = Vec::new();
-            let id = if names.iter().any(|n| n == "identity") {
+            let buses = std::sync::Arc::new(tessera_bus::Buses::new());
+            // Conductor and compute roles need no identity: a compute host holds bus and placement
+            // credentials only.
+            if has("conductor") {
+                let what = tessera::serve::conductor(&cfg, &buses, &shutdown).await?;
+                println!("tessera: {what}");
+            }
+            if has("compute") {
+                let what = tessera::serve::compute(&cfg, &buses, &shutdown).await?;
+                println!("tessera: {what}");
+            }
+            if !["identity", "image", "placement", "api"].iter().any(|r| has(r)) {
+                println!("tessera serving {}", names.join(", "));
+                shutdown.wait().await;
+                return Ok(());
+            }
+            // The HTTP roles validate tokens with the identity service's validator (shared key repository
+            // and identity database); only `identity` serves the Identity API.
+            let db = roles::open_identity_db(&cfg, false).await?;
+            let id = if has("identity") {
                 let r = roles::start_identity(&cfg, db, &shutdown).await?;
                 println!("tessera: identity {}/v3", r.base_url);
                 tasks.push(r.task);
@@ -299,6 +316,23 @@ async fn run(cli: Cli) -> Result<(), StartError> {
                 let db = roles::open_placement_db(&cfg, false).await?;
                 let r = roles::start_placement(&cfg, db, &id, &identity_uri, &shutdown).await?;
                 println!("tessera: placement {}", r.base_url);
+                tasks.push(r.task);
+            }
+            if has("api") {
+                let api_db =
+                    roles::open_db(&cfg, "api_database", &tessera_db::compute::API_MIGRATIONS, false).await?;
+                let placement = tessera::serve::placement_client(&cfg, "api")?;
+                let r =
+                    roles::start_compute_api(&cfg, api_db, &id, &identity_uri, Some(placement), &shutdown)
+                        .await?;
+                r.api.wire_boot(tessera_compute::api::servers::BootWiring {
+                    api_bus: buses
+                        .get(&cfg.get_str("DEFAULT", "transport_url"))
+                        .map_err(|e| StartError::Failed(format!("[DEFAULT] transport_url: {e}")))?,
+                    buses: buses.clone(),
+                    flat: Some(aio::flat_network(&cfg)?),
+                });
+                println!("tessera: compute {}/v2.1", r.base_url);
                 tasks.push(r.task);
             }
             println!("tessera serving {}", names.join(", "));

@@ -23,7 +23,7 @@ pub const ALL_ROLES: &[&str] = &[
 ];
 
 /// Roles implemented in this build.
-pub const AVAILABLE: &[&str] = &["identity", "image", "placement"];
+pub const AVAILABLE: &[&str] = &["identity", "image", "placement", "api", "conductor", "compute"];
 
 pub fn check_roles(roles: &[String]) -> Result<(), StartError> {
     for r in roles {
@@ -32,6 +32,11 @@ pub fn check_roles(roles: &[String]) -> Result<(), StartError> {
                 "unknown role '{r}'; roles are: {}",
                 ALL_ROLES.join(", ")
             )));
+        }
+        if r == "scheduler" {
+            return Err(StartError::Usage(
+                "the scheduler runs inside the super conductor: serve role 'conductor' with [api_database] connection set".into(),
+            ));
         }
         if !AVAILABLE.contains(&r.as_str()) {
             return Err(StartError::Usage(format!(
@@ -60,8 +65,13 @@ pub async fn open_db(
     } else {
         let v = db.schema_version(set).await?;
         if v < set.latest() {
+            let sync = if group == "api_database" {
+                "api_db sync"
+            } else {
+                "db sync"
+            };
             return Err(StartError::Usage(format!(
-                "the {} database ({}) is at schema version {v}, this binary needs {}; run `tessera manage db sync`",
+                "the {} database ({}) is at schema version {v}, this binary needs {}; run `tessera manage {sync}`",
                 set.name,
                 db.url_masked(),
                 set.latest()

@@ -683,3 +683,51 @@ async fn recovery_finishes_boots_left_half_way() {
     assert_eq!(usage_total(&c, &t).await, 2 * (1 + 512 + 1));
     c.stop().await;
 }
+
+/// The same boot with the API-level bus on RabbitMQ (`[DEFAULT] transport_url = rabbit://…`): the API casts
+/// to the super conductor through the broker. Skipped without TESSERA_TEST_RABBIT_URL.
+#[tokio::test]
+async fn boots_cast_through_a_rabbitmq_api_bus() {
+    let Ok(url) = std::env::var("TESSERA_TEST_RABBIT_URL") else {
+        eprintln!("TESSERA_TEST_RABBIT_URL is not set: skipping the RabbitMQ boot test");
+        return;
+    };
+    // Its own virtual host (scripts/start-test-databases.sh makes it), apart from the CLI suite's.
+    let url = format!("{}/tessera_cell2", url.trim_end_matches('/'));
+    let b = Backend::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&b, dir.path()).await;
+    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+    cfg.set("DEFAULT", "transport_url", &url).unwrap();
+    cfg.set("all_in_one", "hosts_per_cell", "2").unwrap();
+    let c = Cloud::start_with(&b, db, dir, cfg).await;
+    let t = c.admin_token().await;
+    let img = image(&c, &t).await;
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/servers",
+        &t,
+        "2.100",
+        Some(json!({"server": {
+        "name": "mq", "flavorRef": "1", "imageRef": img, "networks": "none", "min_count": 3}})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let l = wait_servers(&c, &t, "", |l| l.len() == 3 && all_status("ACTIVE")(l)).await;
+    for s in &l {
+        let (st, _) = call(
+            &c,
+            Method::DELETE,
+            &format!("/servers/{}", s["id"].as_str().unwrap()),
+            &t,
+            "2.1",
+            None,
+        )
+        .await;
+        assert_eq!(st, 204);
+    }
+    wait_servers(&c, &t, "", |l| l.is_empty()).await;
+    assert_eq!(usage_total(&c, &t).await, 0);
+    c.stop().await;
+}

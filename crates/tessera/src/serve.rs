@@ -1,0 +1,112 @@
+//! The Compute roles of `tessera serve` as separate processes, talking over a shared bus (RabbitMQ), the way
+//! Nova's services are deployed:
+//!
+//! - `api`: the Compute API over the API database; boots are cast to the super conductor on
+//!   `[DEFAULT] transport_url`.
+//! - `conductor`: with `[api_database] connection` in the configuration file, the **super conductor** (and the
+//!   scheduler inside it) on `[DEFAULT] transport_url`, over the API database and every cell's; without it,
+//!   a **cell conductor** for the cell database `[database] connection` on that cell's bus
+//!   (`[DEFAULT] transport_url`) — Nova's split between a superconductor and cell conductors.
+//! - `compute`: a compute host (`[DEFAULT] host`) on its cell's bus (`[DEFAULT] transport_url`); it holds no
+//!   database credentials, only the bus and the `[placement]` credentials its resource tracker uses.
+
+use crate::{aio, Shutdown, StartError};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_compute::placement_client::{Credentials, PlacementClient};
+use tessera_config::Config;
+
+/// Nova's `[placement]` keystoneauth options: how a role outside all-in-one reaches placement (and the
+/// catalog).
+pub fn placement_client(cfg: &Config, role: &str) -> Result<Arc<PlacementClient>, StartError> {
+    let need = |name: &str| {
+        let v = cfg.get_str("placement", name);
+        if v.is_empty() {
+            Err(StartError::Usage(format!(
+                "role {role} needs [placement] {name} (with auth_url, username and password) to reach placement"
+            )))
+        } else {
+            Ok(v)
+        }
+    };
+    Ok(Arc::new(PlacementClient::new(Credentials {
+        auth_url: need("auth_url")?,
+        username: need("username")?,
+        password: need("password")?,
+        project_name: cfg.get_str("placement", "project_name"),
+        user_domain_name: cfg.get_str("placement", "user_domain_name"),
+        project_domain_name: cfg.get_str("placement", "project_domain_name"),
+        region_name: cfg.get_str("placement", "region_name"),
+        valid_interfaces: cfg.get_list("placement", "valid_interfaces"),
+    })))
+}
+
+/// Role `conductor`: the super conductor when this configuration names an API database, else a cell
+/// conductor. Returns what it started, for the log line.
+pub async fn conductor(
+    cfg: &Config,
+    buses: &Arc<tessera_bus::Buses>,
+    shutdown: &Shutdown,
+) -> Result<String, StartError> {
+    let bus_url = cfg.get_str("DEFAULT", "transport_url");
+    let bus = buses
+        .get(&bus_url)
+        .map_err(|e| StartError::Failed(format!("[DEFAULT] transport_url: {e}")))?;
+    if cfg.is_set("api_database", "connection") {
+        let started = tessera_types::now_epoch_micros();
+        let sc =
+            aio::start_super_conductor(cfg, buses, placement_client(cfg, "conductor")?, shutdown).await?;
+        aio::spawn_periodic_discovery(cfg, shutdown);
+        match sc.recover(started).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(boots = n, "recovered interrupted boots"),
+            Err(e) => tracing::warn!(error = %e, "boot recovery failed"),
+        }
+        return Ok("super conductor (with the scheduler)".into());
+    }
+    let db = tessera_compute::celldb::open(&cfg.get_str("database", "connection"), 8, false).await?;
+    // Reschedules claim alternates in placement when credentials are there; without them a failed build
+    // ends in ERROR on its first host.
+    let placement = if cfg.get_str("placement", "auth_url").is_empty() {
+        tracing::warn!("no [placement] credentials: failed builds are not rescheduled to alternates");
+        None
+    } else {
+        Some(placement_client(cfg, "conductor")?)
+    };
+    tessera_compute::conductor::spawn(
+        bus,
+        db,
+        placement,
+        aio::host_name(cfg),
+        Duration::from_secs(cfg.get_int("DEFAULT", "report_interval").max(1) as u64),
+        shutdown.subscribe(),
+    )
+    .await
+    .map_err(|e| StartError::Failed(format!("cell conductor: {e}")))?;
+    Ok("cell conductor".into())
+}
+
+/// Role `compute`: one compute host with the configured virt driver, registered through its cell
+/// conductor. Waits (bounded) for the first registration so the caller can say it is ready.
+pub async fn compute(
+    cfg: &Config,
+    buses: &Arc<tessera_bus::Buses>,
+    shutdown: &Shutdown,
+) -> Result<String, StartError> {
+    let bus = buses
+        .get(&cfg.get_str("DEFAULT", "transport_url"))
+        .map_err(|e| StartError::Failed(format!("[DEFAULT] transport_url: {e}")))?;
+    let host = aio::host_name(cfg);
+    let placement = placement_client(cfg, "compute")?;
+    let (agent, ready) = aio::compute_host(cfg, &host, bus, placement, shutdown);
+    match tokio::time::timeout(Duration::from_secs(120), ready).await {
+        Ok(Ok(_)) => {}
+        _ => {
+            return Err(StartError::Failed(format!(
+                "compute host {host} could not register within 120 s (is the cell conductor running on the same transport_url, and placement reachable?)"
+            )))
+        }
+    }
+    drop(agent);
+    Ok(format!("compute host {host}"))
+}
