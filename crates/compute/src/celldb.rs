@@ -630,24 +630,15 @@ pub async fn instance_get(db: &Db, uuid: &str) -> Result<Option<InstanceRow>> {
         tessera_db::Dialect::Sqlite => obj,
     };
     let raw = format!("SELECT {col} AS j FROM instances i WHERE i.uuid = ?");
-    let row = match sqlx::query(&db.sql(&raw))
+    match sqlx::query(&db.sql(&raw))
         .bind(uuid)
         .fetch_optional(db.pool())
         .await?
     {
-        Some(r) => Some(
+        Some(r) => Ok(Some(
             serde_json::from_str::<InstanceRow>(&get_text(&r, "j")?)
                 .map_err(|e| crate::ComputeError::NotFound(format!("instance row: {e}")))?,
-        ),
-        None => None,
-    };
-    match row {
-        Some(r) => {
-            let mut v = [r];
-            load_metadata(db, &mut v).await?;
-            let [r] = v;
-            Ok(Some(r))
-        }
+        )),
         None => Ok(None),
     }
 }
@@ -947,11 +938,24 @@ impl ListFilter {
 /// `json_build_array` / `JSON_ARRAY`), which deserializes positionally into [`InstanceRow`]: a listing
 /// decodes one text value instead of thirty-odd columns through the `Any` driver.
 fn inst_json(dialect: tessera_db::Dialect, t: &str) -> String {
-    let cols: Vec<String> = INST_COLS
+    let mut cols: Vec<String> = INST_COLS
         .split(',')
         .map(str::trim)
         .map(|c| format!("{t}.{c}"))
         .collect();
+    // The row's metadata as the last element, an object (NULL or `{}` without any), read through the
+    // metadata table's primary key: no second query over the page.
+    cols.push(match dialect {
+        tessera_db::Dialect::Postgres => format!(
+            "(SELECT json_object_agg(m.meta_key, m.meta_value) FROM instance_metadata m WHERE m.instance_uuid = {t}.uuid)"
+        ),
+        tessera_db::Dialect::MySql => format!(
+            "(SELECT JSON_OBJECTAGG(m.meta_key, m.meta_value) FROM instance_metadata m WHERE m.instance_uuid = {t}.uuid)"
+        ),
+        tessera_db::Dialect::Sqlite => format!(
+            "(SELECT json_group_object(m.meta_key, m.meta_value) FROM instance_metadata m WHERE m.instance_uuid = {t}.uuid)"
+        ),
+    });
     match dialect {
         tessera_db::Dialect::Postgres => format!("json_build_array({})", cols.join(", ")),
         tessera_db::Dialect::MySql => format!("JSON_ARRAY({})", cols.join(", ")),
@@ -1108,54 +1112,7 @@ pub async fn instances_list(
             rows.extend(serde_json::from_str::<Vec<InstanceRow>>(&j).map_err(bad)?);
         }
     }
-    // The page's metadata in one more query over the same page (usually few rows).
-    let meta_raw = format!(
-        "SELECT m.instance_uuid, m.meta_key, m.meta_value FROM ({page}) p JOIN instances i ON i.id = p.id \
-         JOIN instance_metadata m ON m.instance_uuid = i.uuid"
-    );
-    let meta_sql = db.sql(&meta_raw);
-    let found = bind_all!(sqlx::query(&meta_sql)).fetch_all(db.pool()).await?;
-    attach_metadata(&found, &mut rows)?;
     Ok(rows)
-}
-
-/// Give rows the metadata of `(instance_uuid, meta_key, meta_value)` result rows.
-fn attach_metadata(found: &[tessera_db::AnyRow], rows: &mut [InstanceRow]) -> Result<()> {
-    if found.is_empty() {
-        return Ok(());
-    }
-    let mut by: std::collections::HashMap<String, std::collections::BTreeMap<String, String>> =
-        std::collections::HashMap::new();
-    for m in found {
-        by.entry(get_text(m, "instance_uuid")?)
-            .or_default()
-            .insert(get_text(m, "meta_key")?, get_text(m, "meta_value")?);
-    }
-    for r in rows.iter_mut() {
-        if let Some(m) = by.remove(&r.uuid) {
-            r.metadata = m;
-        }
-    }
-    Ok(())
-}
-
-/// Fill the metadata of rows (one query per 500 rows).
-pub async fn load_metadata(db: &Db, rows: &mut [InstanceRow]) -> Result<()> {
-    for chunk in rows.chunks_mut(500) {
-        let raw = format!(
-            "SELECT instance_uuid, meta_key, meta_value FROM instance_metadata WHERE instance_uuid IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let sql = db.sql(&raw);
-        // A statement per list length would fill every connection's statement cache: not kept.
-        let mut q = sqlx::query(&sql).persistent(chunk.len() == 1);
-        for r in chunk.iter() {
-            q = q.bind(r.uuid.as_str());
-        }
-        let found = q.fetch_all(db.pool()).await?;
-        attach_metadata(&found, chunk)?;
-    }
-    Ok(())
 }
 
 /// Live instances of a project in this cell: (count, vcpus, memory_mb) for quota checks.

@@ -38,7 +38,19 @@ fn expand(dialect: Dialect, stmt: &str) -> String {
         Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
         Dialect::MySql => "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
     };
-    stmt.replace("{engine}", engine).replace("{autoid}", autoid)
+    let mut out = stmt.replace("{engine}", engine).replace("{autoid}", autoid);
+    // `{on:TABLE}`: MySQL's DROP INDEX names the table, the others' do not.
+    while let Some(a) = out.find("{on:") {
+        let Some(len) = out[a..].find('}') else { break };
+        let table = out[a + 4..a + len].to_string();
+        let with = if dialect == Dialect::MySql {
+            format!(" ON {table}")
+        } else {
+            String::new()
+        };
+        out.replace_range(a..=a + len, &with);
+    }
+    out
 }
 
 impl Db {
