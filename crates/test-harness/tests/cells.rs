@@ -384,7 +384,7 @@ async fn compute_builds_and_terminates_through_the_cell_conductor() {
 
 /// The scenario of the issue: a running cloud; `create_cell` gives a new cell its own database and bus; a
 /// compute host started in it; `discover_hosts` — and the host is in `GET /os-hypervisors` and
-/// `GET /os-services` without restarting anything.
+/// `GET /os-services` without restarting anything, and new servers land on it.
 #[tokio::test]
 async fn a_cell_created_at_run_time_serves_its_hosts() {
     each_backend!(|b: Backend| async move {
@@ -487,6 +487,73 @@ async fn a_cell_created_at_run_time_serves_its_hosts() {
             .await
             .unwrap();
         assert!(out.contains("cellx-compute1"), "{out}");
+
+        // New servers land on it (the cloud started with no compute host of its own).
+        let send = |m: http::Method, path: String, body: Option<serde_json::Value>| {
+            let mut rb = c
+                .http
+                .request(m, c.compute_url(&path))
+                .header("X-Auth-Token", &token)
+                .header("OpenStack-API-Version", "compute 2.53");
+            if let Some(b) = body {
+                rb = rb.json(&b);
+            }
+            rb.send()
+        };
+        let img = c
+            .http
+            .post(c.image_url("/v2/images"))
+            .header("X-Auth-Token", &token)
+            .json(&serde_json::json!({"name": "i", "disk_format": "raw", "container_format": "bare"}))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = c
+            .http
+            .put(c.image_url(&format!("/v2/images/{img}/file")))
+            .header("X-Auth-Token", &token)
+            .header("Content-Type", "application/octet-stream")
+            .body(vec![1u8; 512])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        let r = send(
+            http::Method::POST,
+            "/servers".into(),
+            Some(
+                serde_json::json!({"server": {"name": "new-cell", "flavorRef": "1", "imageRef": img,
+                                               "networks": "none"}}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 202);
+        let id = r.json::<serde_json::Value>().await.unwrap()["server"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut last = serde_json::Value::Null;
+        for _ in 0..200 {
+            last = send(http::Method::GET, format!("/servers/{id}"), None)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap();
+            if last["server"]["status"] != "BUILD" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(last["server"]["status"], "ACTIVE", "{last}");
+        assert_eq!(last["server"]["OS-EXT-SRV-ATTR:host"], "cellx-compute1", "{last}");
         api.close().await;
         c.stop().await;
         drop(cell_db);
