@@ -20,7 +20,7 @@ PER_TINY = 1 + 512 + 1  # VCPU + MEMORY_MB + DISK_GB of m1.tiny
 @pytest.fixture(scope="module")
 def cells_cloud():
     d = tempfile.mkdtemp(prefix="tessera-servers-")
-    proc, line = start_cloud(d, "[all_in_one]\ncells = 2\nhosts_per_cell = 2\n")
+    proc, line = start_cloud(d, "[all_in_one]\ncells = 2\nhosts_per_cell = 2\n[quota]\ninstances = 20\ncores = 40\n")
     c = Cloud(d, proc, line)
     img = os.path.join(d, "img.raw")
     with open(img, "wb") as f:
@@ -174,3 +174,31 @@ def test_a_killed_cloud_finishes_or_rolls_back_its_boots(tmp_path):
         assert total_usage(c) == 0
     finally:
         stop(proc)
+
+
+def test_server_groups_keep_members_apart_or_together(cells_cloud):
+    c = cells_cloud
+    anti = c.os("server", "group", "create", "--policy", "anti-affinity", "sg-anti", "-f", "json")
+    assert anti["policy"] == "anti-affinity" or anti.get("policies") == "anti-affinity", anti
+    aff = c.os("server", "group", "create", "--policy", "affinity", "sg-aff", "-f", "json")
+    c.os("server", "create", "--flavor", "m1.tiny", "--image", "cirros", "--no-network", "--wait",
+         "--hint", f"group={anti['id']}", "--min", "3", "--max", "3", "sga", "-f", "json")
+    c.os("server", "create", "--flavor", "m1.tiny", "--image", "cirros", "--no-network", "--wait",
+         "--hint", f"group={aff['id']}", "--min", "2", "--max", "2", "sgf", "-f", "json")
+    servers = c.os("server", "list", "--long", "-f", "json")
+    apart = [s for s in servers if s["Name"].startswith("sga-")]
+    together = [s for s in servers if s["Name"].startswith("sgf-")]
+    assert len(apart) == 3 and len({s["Host"] for s in apart}) == 3, apart
+    assert len(together) == 2 and len({s["Host"] for s in together}) == 1, together
+    shown = c.os("server", "group", "show", "sg-anti", "-f", "json")
+    assert sorted(shown["members"].split(", ") if isinstance(shown["members"], str) else shown["members"]) == \
+        sorted(s["ID"] for s in apart), shown
+    names = {g["Name"] for g in c.os("server", "group", "list", "-f", "json")}
+    assert {"sg-anti", "sg-aff"} <= names
+    # An unknown group is refused before anything is written.
+    p = c.os("server", "create", "--flavor", "m1.tiny", "--image", "cirros", "--no-network",
+             "--hint", "group=4f1c1c43-0000-4000-8000-000000000000", "nope", check=False)
+    assert p.returncode != 0 and "could not be found" in p.stderr, p.stderr
+    c.os("server", "delete", "--wait", *[s["ID"] for s in apart + together])
+    c.os("server", "group", "delete", "sg-anti", "sg-aff")
+    assert not {"sg-anti", "sg-aff"} & {g["Name"] for g in c.os("server", "group", "list", "-f", "json")}

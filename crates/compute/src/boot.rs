@@ -69,10 +69,11 @@ pub async fn record(
     spec: &RequestSpec,
     instances: &mut [BootInstance],
     flat: Option<&crate::flat::FlatNetwork>,
+    group: Option<GroupJoin>,
 ) -> Result<()> {
     let mut last = None;
     for _ in 0..8 {
-        match record_once(api, spec, instances, flat).await {
+        match record_once(api, spec, instances, flat, group).await {
             Err(ComputeError::Duplicate(what)) if what.starts_with("address") => last = Some(what),
             r => return r,
         }
@@ -80,11 +81,19 @@ pub async fn record(
     Err(ComputeError::Duplicate(last.unwrap_or_default()))
 }
 
+/// The server group a boot joins: its id and the most members it may have (-1: no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupJoin {
+    pub group_id: i64,
+    pub member_limit: i64,
+}
+
 async fn record_once(
     api: &Db,
     spec: &RequestSpec,
     instances: &mut [BootInstance],
     flat: Option<&crate::flat::FlatNetwork>,
+    group: Option<GroupJoin>,
 ) -> Result<()> {
     let now = tessera_types::now_epoch_micros();
     let spec_json = serde_json::to_string(spec).map_err(|e| ComputeError::NotFound(e.to_string()))?;
@@ -134,6 +143,10 @@ async fn record_once(
         .bind(now)
         .execute(&mut *tx)
         .await?;
+    }
+    if let Some(g) = group {
+        let uuids: Vec<&str> = instances.iter().map(|i| i.uuid.as_str()).collect();
+        crate::groups::add_members(api, &mut tx, g.group_id, &uuids, g.member_limit, now).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -325,6 +338,37 @@ impl SuperConductor {
         Ok(())
     }
 
+    /// The server group's policy, rule and the hosts its other members are on, read now (members may have
+    /// moved or gone since the boot was asked for).
+    async fn fill_group(&self, spec: &mut RequestSpec, booting: &[String]) -> Result<()> {
+        let Some(uuid) = spec.instance_group.clone() else {
+            return Ok(());
+        };
+        let Some(g) = crate::groups::get(&self.api, &uuid).await? else {
+            // Deleted meanwhile: nothing constrains the boot any more.
+            return Ok(());
+        };
+        spec.group_policy = Some(g.policy.clone());
+        spec.group_max_per_host = Some(g.max_server_per_host());
+        spec.group_hosts.clear();
+        for m in g.members.iter().filter(|m| !booting.contains(m)) {
+            let Some(im) = crate::cells::instance_mapping_get(&self.api, m).await? else {
+                continue;
+            };
+            let Some(cell_id) = im.cell_id else { continue };
+            let Some(cell) = crate::cells::cell_get_by_id(&self.api, cell_id).await? else {
+                continue;
+            };
+            let db = self.cell_dbs.get(&cell).await?;
+            if let Some(i) = celldb::instance_get(&db, m).await? {
+                if let (0, Some(h)) = (i.deleted, i.host) {
+                    spec.group_hosts.push(h);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Schedule and build the instances of one boot request (they share a request spec).
     pub async fn schedule_and_build(&self, uuids: &[String], request_id: &str) -> Result<()> {
         let Some(first) = uuids.first() else { return Ok(()) };
@@ -338,6 +382,8 @@ impl SuperConductor {
             }
         }
         let ids: Vec<String> = instances.iter().map(|i| i.uuid.clone()).collect();
+        let mut spec = spec;
+        self.fill_group(&mut spec, &ids).await?;
         let selections = match self.scheduler.select_destinations(&spec, &ids).await {
             Ok(s) => s,
             Err(SchedulerError::NoValidHost(why)) => {
@@ -596,6 +642,7 @@ pub async fn unrecord(api: &Db, uuid: &str) -> Result<()> {
         "DELETE FROM request_specs WHERE instance_uuid = ?",
         "DELETE FROM instance_mappings WHERE instance_uuid = ?",
         "DELETE FROM flat_addresses WHERE instance_uuid = ?",
+        "DELETE FROM instance_group_member WHERE instance_uuid = ?",
     ] {
         sqlx::query(&api.sql(sql)).bind(uuid).execute(&mut *tx).await?;
     }

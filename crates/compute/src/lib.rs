@@ -11,6 +11,7 @@ pub mod cellv2;
 pub mod conductor;
 pub mod flat;
 pub mod flavors;
+pub mod groups;
 pub mod keypairs;
 pub mod placement_client;
 pub mod scheduler;
@@ -30,6 +31,9 @@ pub enum ComputeError {
     /// A request that cannot be honoured as asked (the API answers 400 with the message).
     #[error("{0}")]
     Invalid(String),
+    /// A quota would be exceeded (the API answers 403 with the message).
+    #[error("{0}")]
+    OverQuota(String),
 }
 
 pub type Result<T, E = ComputeError> = std::result::Result<T, E>;

@@ -64,8 +64,15 @@ pub struct RequestSpec {
     pub availability_zone: Option<String>,
     /// `affinity`, `anti-affinity`, `soft-affinity`, `soft-anti-affinity`.
     pub group_policy: Option<String>,
-    /// Hosts the group's members are on already.
+    /// Hosts the group's members are on already (a host once per member).
     pub group_hosts: Vec<String>,
+    /// The server group the boot joins (`os:scheduler_hints` `group`); its policy, rule and members' hosts
+    /// are filled in when scheduling.
+    #[serde(default)]
+    pub instance_group: Option<String>,
+    /// Anti-affinity's `max_server_per_host` (1 unless the group's rules say more).
+    #[serde(default)]
+    pub group_max_per_host: Option<i64>,
     pub ignore_hosts: Vec<String>,
 }
 
@@ -316,8 +323,17 @@ impl Scheduler {
                 arch_ok && hv_ok && mode_ok
             }
             "ServerGroupAntiAffinityFilter" => {
-                spec.group_policy.as_deref() != Some("anti-affinity")
-                    || !(spec.group_hosts.contains(&h.node.host) || chosen.contains(&h.node.host))
+                // At most `max_server_per_host` (2.64 rules; 1 by default) of the group's servers per host,
+                // counting those placed earlier in this same request.
+                spec.group_policy.as_deref() != Some("anti-affinity") || {
+                    let here = spec
+                        .group_hosts
+                        .iter()
+                        .chain(chosen)
+                        .filter(|x| **x == h.node.host)
+                        .count() as i64;
+                    here < spec.group_max_per_host.unwrap_or(1).max(1)
+                }
             }
             "ServerGroupAffinityFilter" => {
                 spec.group_policy.as_deref() != Some("affinity")

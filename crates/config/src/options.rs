@@ -256,6 +256,8 @@ pub const OPTIONS: &[OptDef] = &[
     opt("quota", "cores", OptType::Int { min: -1, max: i64::MAX }, "20", "vCPUs per project."),
     opt("quota", "ram", OptType::Int { min: -1, max: i64::MAX }, "51200", "Memory (MB) per project."),
     opt("quota", "metadata_items", OptType::Int { min: -1, max: i64::MAX }, "128", "Metadata items per server."),
+    opt("quota", "server_groups", OptType::Int { min: -1, max: i64::MAX }, "10", "Server groups per project."),
+    opt("quota", "server_group_members", OptType::Int { min: -1, max: i64::MAX }, "10", "Servers per server group."),
     opt("flat_network", "name", OptType::Str, "private",
         "Name the servers' addresses are shown under."),
     opt("flat_network", "cidr", OptType::Str, "10.0.0.0/16",

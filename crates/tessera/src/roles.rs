@@ -263,6 +263,8 @@ pub async fn start_compute_api(
         cores: cfg.get_int("quota", "cores"),
         ram: cfg.get_int("quota", "ram"),
         metadata_items: cfg.get_int("quota", "metadata_items"),
+        server_groups: cfg.get_int("quota", "server_groups"),
+        server_group_members: cfg.get_int("quota", "server_group_members"),
         max_limit: cfg.get_int("api", "max_limit"),
         enable_instance_password: cfg.get_bool("api", "enable_instance_password"),
     };

@@ -650,7 +650,7 @@ async fn recovery_finishes_boots_left_half_way() {
             ..Default::default()
         })
         .collect();
-    boot::record(&api, &spec, &mut list, None).await.unwrap();
+    boot::record(&api, &spec, &mut list, None, None).await.unwrap();
     // The second one got as far as its row in cell1 (say, on another host) before the crash.
     let cell1 = tessera_compute::cells::cell_list(&api)
         .await
@@ -730,4 +730,237 @@ async fn boots_cast_through_a_rabbitmq_api_bus() {
     wait_servers(&c, &t, "", |l| l.is_empty()).await;
     assert_eq!(usage_total(&c, &t).await, 0);
     c.stop().await;
+}
+
+/// Server groups: the API per microversion, bad input, quotas, and the scheduler keeping (anti-)affinity —
+/// on two hosts in two cells.
+#[tokio::test]
+async fn server_groups_place_members_by_policy() {
+    each_backend!(|b: Backend| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::create(&b, dir.path()).await;
+        let mut cfg = two_cells(&b, dir.path(), &db, "1");
+        cfg.set("quota", "server_group_members", "2").unwrap();
+        let c = Cloud::start_with(&b, db, dir, cfg).await;
+        let t = c.admin_token().await;
+        let img = image(&c, &t).await;
+        let group = |body: Value, mv: &'static str| {
+            let (c, t) = (&c, t.clone());
+            async move { call(c, Method::POST, "/os-server-groups", &t, mv, Some(body)).await }
+        };
+
+        // Bad input, per microversion.
+        for (body, mv) in [
+            (
+                json!({"server_group": {"name": "g", "policies": ["affinity", "anti-affinity"]}}),
+                "2.1",
+            ),
+            (
+                json!({"server_group": {"name": "g", "policies": ["soft-affinity"]}}),
+                "2.14",
+            ),
+            (
+                json!({"server_group": {"name": "g", "policy": "affinity"}}),
+                "2.63",
+            ),
+            (
+                json!({"server_group": {"name": "g", "policy": "affinity", "rules": {"max_server_per_host": 2}}}),
+                "2.64",
+            ),
+            (
+                json!({"server_group": {"name": "g", "policy": "anti-affinity", "rules": {"max_server_per_host": 0}}}),
+                "2.64",
+            ),
+            (
+                json!({"server_group": {"name": "", "policy": "affinity"}}),
+                "2.64",
+            ),
+            (json!({"server_group": {"policy": "affinity"}}), "2.64"),
+        ] {
+            let (s, v) = group(body.clone(), mv).await;
+            assert_eq!(s, 400, "{body} at {mv}: {v}");
+            assert_eq!(v["badRequest"]["code"], 400, "{v}");
+        }
+        assert_eq!(api_count(&c, "instance_groups").await, 0);
+
+        // Views per microversion.
+        let (s, v) = group(
+            json!({"server_group": {"name": "old", "policies": ["anti-affinity"]}}),
+            "2.1",
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["server_group"]["policies"], json!(["anti-affinity"]));
+        assert_eq!(v["server_group"]["metadata"], json!({}));
+        assert!(v["server_group"].get("project_id").is_none());
+        let old = v["server_group"]["id"].as_str().unwrap().to_string();
+        let (s, v) = group(
+            json!({"server_group": {"name": "anti", "policy": "anti-affinity",
+                                                   "rules": {"max_server_per_host": 1}}}),
+            "2.64",
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["server_group"]["policy"], "anti-affinity");
+        assert_eq!(v["server_group"]["rules"]["max_server_per_host"], 1);
+        assert!(v["server_group"]["project_id"].is_string());
+        let anti = v["server_group"]["id"].as_str().unwrap().to_string();
+        let (_, v) = group(
+            json!({"server_group": {"name": "aff", "policy": "affinity"}}),
+            "2.64",
+        )
+        .await;
+        let aff = v["server_group"]["id"].as_str().unwrap().to_string();
+
+        let boot = |name: &'static str, g: String, n: i64| {
+            let (c, t, img) = (&c, t.clone(), img.clone());
+            async move {
+                call(
+                    c,
+                    Method::POST,
+                    "/servers",
+                    &t,
+                    "2.71",
+                    Some(json!({
+                    "server": {"name": name, "flavorRef": "1", "imageRef": img, "networks": "none",
+                               "min_count": n, "max_count": n},
+                    "os:scheduler_hints": {"group": g}})),
+                )
+                .await
+            }
+        };
+        // Anti-affinity: two servers on the two hosts; a third member is over the group's quota (2).
+        let (s, v) = boot("a", anti.clone(), 2).await;
+        assert_eq!(s, 202, "{v}");
+        let l = wait_servers(&c, &t, "?name=a-", |l| l.len() == 2 && all_status("ACTIVE")(l)).await;
+        let hosts: std::collections::BTreeSet<&str> = l
+            .iter()
+            .map(|s| s["OS-EXT-SRV-ATTR:host"].as_str().unwrap())
+            .collect();
+        assert_eq!(hosts.len(), 2, "{l:?}");
+        let (s, v) = boot("a3", anti.clone(), 1).await;
+        assert_eq!(s, 403, "{v}");
+        assert!(
+            v["forbidden"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("too many servers in group"),
+            "{v}"
+        );
+        // The group lists its members; 2.71 shows the group on the server.
+        let (_, v) = call(
+            &c,
+            Method::GET,
+            &format!("/os-server-groups/{anti}"),
+            &t,
+            "2.64",
+            None,
+        )
+        .await;
+        assert_eq!(v["server_group"]["members"].as_array().unwrap().len(), 2, "{v}");
+        let first = l[0]["id"].as_str().unwrap().to_string();
+        let (_, v) = call(&c, Method::GET, &format!("/servers/{first}"), &t, "2.71", None).await;
+        assert_eq!(v["server"]["server_groups"], json!([anti]), "{v}");
+        // Delete one: it leaves the group, and a new member fits where it was.
+        let (s, _) = call(&c, Method::DELETE, &format!("/servers/{first}"), &t, "2.1", None).await;
+        assert_eq!(s, 204);
+        let (_, v) = call(
+            &c,
+            Method::GET,
+            &format!("/os-server-groups/{anti}"),
+            &t,
+            "2.64",
+            None,
+        )
+        .await;
+        assert_eq!(v["server_group"]["members"].as_array().unwrap().len(), 1, "{v}");
+        let (s, v) = boot("a4", anti.clone(), 1).await;
+        assert_eq!(s, 202, "{v}");
+        wait_servers(&c, &t, "?name=a4", all_status("ACTIVE")).await;
+
+        // Affinity: both on one host.
+        let (s, v) = boot("f", aff.clone(), 2).await;
+        assert_eq!(s, 202, "{v}");
+        let l = wait_servers(&c, &t, "?name=f-", |l| l.len() == 2 && all_status("ACTIVE")(l)).await;
+        assert_eq!(
+            l[0]["OS-EXT-SRV-ATTR:host"], l[1]["OS-EXT-SRV-ATTR:host"],
+            "{l:?}"
+        );
+
+        // The group created before 2.64 keeps its members apart the same way.
+        let (s, _) = boot("o", old.clone(), 2).await;
+        assert_eq!(s, 202);
+        let l = wait_servers(&c, &t, "?name=o-", |l| l.len() == 2 && all_status("ACTIVE")(l)).await;
+        assert_ne!(
+            l[0]["OS-EXT-SRV-ATTR:host"], l[1]["OS-EXT-SRV-ATTR:host"],
+            "{l:?}"
+        );
+
+        // An unknown group, a malformed one.
+        let (s, v) = boot("x", "4f1c1c43-0000-4000-8000-000000000000".into(), 1).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["badRequest"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("could not be found"),
+            "{v}"
+        );
+        let (s, _) = boot("x", "not-a-uuid".into(), 1).await;
+        assert_eq!(s, 400);
+
+        // Another project sees none of them, and cannot use or delete them.
+        c.project_with_member(&t, "sg-other", "sg-user", "pw-sg-user-1")
+            .await;
+        let other = c
+            .login("sg-user", "pw-sg-user-1", Some("sg-other"))
+            .await
+            .subject_token();
+        let (_, v) = call(&c, Method::GET, "/os-server-groups", &other, "2.64", None).await;
+        assert_eq!(v["server_groups"], json!([]), "{v}");
+        let (s, _) = call(
+            &c,
+            Method::DELETE,
+            &format!("/os-server-groups/{anti}"),
+            &other,
+            "2.64",
+            None,
+        )
+        .await;
+        assert!(s == 403 || s == 404, "{s}");
+        let (_, v) = call(
+            &c,
+            Method::GET,
+            "/os-server-groups?all_projects=1",
+            &t,
+            "2.64",
+            None,
+        )
+        .await;
+        assert_eq!(v["server_groups"].as_array().unwrap().len(), 3, "{v}");
+
+        // Delete a group: gone, its members stay.
+        let (s, _) = call(
+            &c,
+            Method::DELETE,
+            &format!("/os-server-groups/{aff}"),
+            &t,
+            "2.64",
+            None,
+        )
+        .await;
+        assert_eq!(s, 204);
+        let (s, _) = call(
+            &c,
+            Method::GET,
+            &format!("/os-server-groups/{aff}"),
+            &t,
+            "2.64",
+            None,
+        )
+        .await;
+        assert_eq!(s, 404);
+        wait_servers(&c, &t, "?name=f-", |l| l.len() == 2).await;
+        c.stop().await;
+    });
 }

@@ -201,7 +201,7 @@ pub(crate) async fn show(
     Ok(axum::Json(json!({ "hypervisor": view(n, s.as_ref(), &api, mv, true) })).into_response())
 }
 
-fn uuid_like(s: &str) -> bool {
+pub(crate) fn uuid_like(s: &str) -> bool {
     s.len() == 36
         && s.chars().enumerate().all(|(i, c)| {
             if [8, 13, 18, 23].contains(&i) {

@@ -4,8 +4,10 @@
 mod aggregates;
 mod flavors;
 mod hypervisors;
+pub(crate) use hypervisors::uuid_like;
 mod keypairs;
 pub mod microversion;
+mod server_groups;
 pub mod servers;
 pub mod services;
 mod zones;
@@ -315,6 +317,8 @@ pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity
         .route("/v2.1/os-aggregates", get(aggregates::list).post(aggregates::create))
         .route("/v2.1/os-aggregates/{id}", get(aggregates::show).put(aggregates::update).delete(aggregates::delete))
         .route("/v2.1/os-aggregates/{id}/action", axum::routing::post(aggregates::action))
+        .route("/v2.1/os-server-groups", get(server_groups::list).post(server_groups::create))
+        .route("/v2.1/os-server-groups/{id}", get(server_groups::show).delete(server_groups::delete))
         .route("/v2.1/os-keypairs", get(keypairs::list).post(keypairs::create))
         .route("/v2.1/os-keypairs/{name}", get(keypairs::show).delete(keypairs::delete))
         .route("/v2.1/flavors", get(flavors::list).post(flavors::create))

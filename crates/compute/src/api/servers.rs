@@ -42,6 +42,8 @@ pub struct ServerSettings {
     pub cores: i64,
     pub ram: i64,
     pub metadata_items: i64,
+    pub server_groups: i64,
+    pub server_group_members: i64,
     pub max_limit: i64,
     pub enable_instance_password: bool,
 }
@@ -53,6 +55,8 @@ impl Default for ServerSettings {
             cores: 20,
             ram: 51200,
             metadata_items: 128,
+            server_groups: 10,
+            server_group_members: 10,
             max_limit: 1000,
             enable_instance_password: true,
         }
@@ -615,6 +619,11 @@ pub(crate) async fn show(
             ))
         }
     };
+    let mut server = server;
+    // 2.71: the server groups the server is in (at most one), on show only.
+    if mv.at_least(71) && server.get("status").is_some_and(|st| st != "UNKNOWN") {
+        server["server_groups"] = json!(crate::groups::of_member(&api.api_db, &id).await?);
+    }
     Ok(axum::Json(json!({ "server": server })).into_response())
 }
 
@@ -1011,7 +1020,7 @@ async fn build_requests(api: &Db, project: Option<&str>) -> Result<Vec<BootInsta
 // POST /servers
 
 /// A positive integer given as a number or a string of digits (Nova's schema allows both).
-fn positive_int(field: &str, v: &Value) -> Result<i64, ApiError> {
+pub(crate) fn positive_int(field: &str, v: &Value) -> Result<i64, ApiError> {
     let n = match v {
         Value::Number(n) => n.as_i64(),
         Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
@@ -1324,10 +1333,30 @@ pub(crate) async fn create(
     if let Some(k) = s.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(bad(format!("Invalid input for field/attribute server. Additional properties are not allowed ('{k}' was unexpected)")));
     }
+    // Scheduler hints: `group` (a server group's uuid, or a list holding one) is honoured; the others are
+    // for filters this scheduler does not run, accepted as Nova accepts them when those filters are off.
+    let mut group_hint: Option<String> = None;
     for hints in ["os:scheduler_hints", "OS-SCH-HNT:scheduler_hints"] {
         if let Some(h) = top.get(hints) {
             if !h.is_object() {
                 return Err(invalid_field(hints, h, &format!("{h} is not of type 'object'")));
+            }
+            if let Some(g) = h.get("group") {
+                let one = match g {
+                    Value::String(s) => Some(s.as_str()),
+                    Value::Array(a) if a.len() == 1 => a[0].as_str(),
+                    _ => None,
+                };
+                match one {
+                    Some(u) if super::uuid_like(u) => group_hint = Some(u.to_string()),
+                    _ => {
+                        return Err(invalid_field(
+                            "group",
+                            g,
+                            &format!("{g} is not valid under any of the given schemas"),
+                        ))
+                    }
+                }
             }
         }
     }
@@ -1675,6 +1704,26 @@ pub(crate) async fn create(
             network_info: None,
         });
     }
+    // The server group joined: the caller's project's (or any, for admins), with room for these servers.
+    let group = match &group_hint {
+        Some(u) => {
+            let g = crate::groups::get(&api.api_db, u)
+                .await?
+                .filter(|g| ctx.is_admin() || g.project_id == project)
+                .ok_or_else(|| bad(format!("Instance group {u} could not be found.")))?;
+            let [(_, member_limit)] = limits_of(
+                &api,
+                &project,
+                [("server_group_members", api.servers.server_group_members)],
+            )
+            .await?;
+            Some(boot::GroupJoin {
+                group_id: g.id,
+                member_limit,
+            })
+        }
+        None => None,
+    };
     let spec = RequestSpec {
         project_id: project.clone(),
         user_id: ctx.user_id.clone(),
@@ -1684,12 +1733,14 @@ pub(crate) async fn create(
         extra_specs: flavor.extra_specs.clone(),
         image_properties,
         availability_zone: zone.clone(),
+        instance_group: group_hint.clone(),
         ..Default::default()
     };
-    boot::record(&api.api_db, &spec, &mut instances, wiring.flat.as_ref())
+    boot::record(&api.api_db, &spec, &mut instances, wiring.flat.as_ref(), group)
         .await
         .map_err(|e| match e {
             ComputeError::Invalid(m) => bad(m),
+            ComputeError::OverQuota(m) => nova(StatusCode::FORBIDDEN, m),
             other => super::internal(other),
         })?;
     let uuids: Vec<String> = instances.iter().map(|i| i.uuid.clone()).collect();
@@ -1742,11 +1793,12 @@ pub(crate) async fn create(
 }
 
 /// The project's quota limits for `resources` (its `quotas` rows, else the `[quota]` defaults), one query.
-async fn limits_of(
+/// The project's limits for `resources` (defaults as given; rows of the `quotas` table override them).
+pub(crate) async fn limits_of<const N: usize>(
     api: &ComputeApi,
     project: &str,
-    resources: [(&'static str, i64); 3],
-) -> Result<[(&'static str, i64); 3], ComputeError> {
+    resources: [(&'static str, i64); N],
+) -> Result<[(&'static str, i64); N], ComputeError> {
     use sqlx::Row as _;
     let rows = sqlx::query(
         &api.api_db
@@ -1850,7 +1902,11 @@ pub(crate) async fn delete(
             "Policy doesn't allow os_compute_api:servers:delete to be performed.",
         ));
     }
-    match find(&api, &ctx, &id).await? {
+    let found = find(&api, &ctx, &id).await?;
+    if !matches!(found, Found::Down(_)) {
+        crate::groups::remove_member(&api.api_db, &id).await?;
+    }
+    match found {
         Found::Building(_) => {
             if boot::build_request_delete(&api.api_db, &id).await? {
                 boot::unrecord(&api.api_db, &id).await?;
