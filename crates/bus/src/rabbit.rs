@@ -208,31 +208,8 @@ impl Inner {
             .map_err(transport)?;
         // This process's reply queue: server-named, exclusive, gone with the connection.
         let replies = conn.create_channel().await.map_err(transport)?;
-        let q = replies
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(transport)?;
-        let reply_queue = q.name().to_string();
-        let mut consumer = replies
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(transport)?;
+        let reply_queue = private_queue(&replies).await?;
+        let mut consumer = consume(&replies, &reply_queue).await?;
         let pending = self.pending.clone();
         tokio::spawn(async move {
             while let Some(d) = consumer.next().await {
@@ -389,6 +366,38 @@ impl Bus for RabbitBus {
     }
 }
 
+/// A server-named queue only this connection uses, gone with it.
+async fn private_queue(ch: &Channel) -> Result<String, BusError> {
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(transport)?;
+    Ok(q.name().to_string())
+}
+
+/// Consume a queue, each delivery acknowledged on receipt (at-most-once, as oslo.messaging's RPC).
+async fn consume(ch: &Channel, queue: &str) -> Result<lapin::Consumer, BusError> {
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(transport)
+}
+
 async fn declare_fanout(ch: &Channel, exchange: &str) -> Result<(), BusError> {
     ch.exchange_declare(
         exchange.into(),
@@ -451,19 +460,7 @@ async fn subscribe(link: &Link, topic: &str, server: &str) -> Result<Subscriptio
         .map_err(transport)?;
         queues.push(queue);
     }
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(transport)?;
-    let fq = q.name().to_string();
+    let fq = private_queue(&ch).await?;
     ch.queue_bind(
         fq.as_str().into(),
         fanout.as_str().into(),
@@ -476,19 +473,7 @@ async fn subscribe(link: &Link, topic: &str, server: &str) -> Result<Subscriptio
     queues.push(fq);
     let mut consumers = Vec::new();
     for q in &queues {
-        consumers.push(
-            ch.basic_consume(
-                q.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(transport)?,
-        );
+        consumers.push(consume(&ch, q).await?);
     }
     Ok(Subscription {
         _channel: ch,

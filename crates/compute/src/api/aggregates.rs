@@ -15,9 +15,7 @@ use std::collections::BTreeMap;
 use tessera_http::auth::Caller;
 use tessera_http::{ApiError, Family};
 
-fn bad(m: impl Into<String>) -> ApiError {
-    nova(StatusCode::BAD_REQUEST, m)
-}
+use super::bad;
 
 fn view(a: &Aggregate, mv: Mv) -> Value {
     let mut v = json!({

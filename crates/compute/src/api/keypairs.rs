@@ -19,9 +19,7 @@ use tessera_types::RequestContext;
 /// Keypairs a user may hold (Nova's default `key_pairs` quota).
 const QUOTA: i64 = 100;
 
-fn bad(m: impl Into<String>) -> ApiError {
-    nova(StatusCode::BAD_REQUEST, m)
-}
+use super::bad;
 
 fn not_found(name: &str) -> ApiError {
     nova(

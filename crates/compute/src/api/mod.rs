@@ -62,6 +62,11 @@ pub(crate) fn nova(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError::new(Family::Nova, status, message)
 }
 
+/// A 400 with Nova's body.
+pub(crate) fn bad(m: impl Into<String>) -> ApiError {
+    nova(StatusCode::BAD_REQUEST, m)
+}
+
 pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "compute API error");
     nova(StatusCode::INTERNAL_SERVER_ERROR, "Unexpected API Error. Please report this at https://bugs.launchpad.net/nova/ and attach the Nova API log if possible.")

@@ -16,9 +16,7 @@ use tessera_http::auth::Caller;
 use tessera_http::{ApiError, Family};
 use tessera_types::RequestContext;
 
-fn bad(m: impl Into<String>) -> ApiError {
-    nova(StatusCode::BAD_REQUEST, m)
-}
+use super::bad;
 
 fn not_found(id: &str) -> ApiError {
     nova(

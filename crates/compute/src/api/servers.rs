@@ -63,9 +63,7 @@ impl Default for ServerSettings {
     }
 }
 
-fn bad(m: impl Into<String>) -> ApiError {
-    nova(StatusCode::BAD_REQUEST, m)
-}
+use super::bad;
 
 fn not_found(id: &str) -> ApiError {
     nova(

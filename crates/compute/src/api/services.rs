@@ -83,9 +83,7 @@ pub(crate) async fn list(
     Ok(axum::Json(json!({ "services": out })).into_response())
 }
 
-fn bad(m: impl Into<String>) -> ApiError {
-    super::nova(http::StatusCode::BAD_REQUEST, m)
-}
+use super::bad;
 
 /// Find a service record (and its cell database) by a predicate, across cells.
 async fn find_service(
