@@ -261,7 +261,7 @@ impl ComputeAgent {
     /// driver has. A delete that was under way finishes; a build that never reached the driver ends in
     /// ERROR with a fault and its allocations released; a power action interrupted midway has its task
     /// cleared with the state the driver reports; a guest the driver no longer has is shown stopped.
-    pub async fn init_host(&self) -> Result<usize, String> {
+    pub async fn init_host(&self, node: Option<&str>) -> Result<usize, String> {
         let request_id = tessera_types::new_request_id();
         let v = self
             .conductor("host_instances", json!({"host": self.cfg.host}), &request_id)
@@ -314,6 +314,69 @@ impl ComputeAgent {
             } else {
                 continue;
             }
+            n += 1;
+        }
+        if let Some(node) = node {
+            n += self.heal_allocations(node, &v, &request_id).await?;
+        }
+        Ok(n)
+    }
+
+    /// Start-up heal of this node's allocations against what the cell says is on the host (Nova's
+    /// resource tracker at start): a live instance whose claim is missing gets it again (flavor resources,
+    /// its project and user), and allocations of instances the cell knows as deleted are released.
+    /// Consumers the cell does not know are left alone: they may be boots the scheduler has just claimed
+    /// this host for, whose instance rows are not written yet.
+    async fn heal_allocations(
+        &self,
+        node: &str,
+        instances: &serde_json::Value,
+        request_id: &str,
+    ) -> Result<usize, String> {
+        let held: std::collections::HashSet<String> = self
+            .placement
+            .provider_consumers(node)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        let mut n = 0;
+        let mut here = std::collections::HashSet::new();
+        for i in instances.as_array().into_iter().flatten() {
+            let uuid = i["uuid"].as_str().unwrap_or_default();
+            here.insert(uuid.to_string());
+            let settled = !matches!(i["vm_state"].as_str(), Some("building") | Some("error"))
+                && i["task_state"].as_str() != Some("deleting");
+            if !settled || held.contains(uuid) || !i["resources"].is_object() {
+                continue;
+            }
+            let allocations = json!({ node: {"resources": i["resources"]} });
+            let project = i["project_id"].as_str().unwrap_or_default();
+            let user = i["user_id"].as_str().unwrap_or_default();
+            match self.placement.claim(uuid, &allocations, project, user).await {
+                Ok(true) => {
+                    tracing::warn!(instance = %uuid, "healed a missing allocation");
+                    n += 1;
+                }
+                Ok(false) => tracing::warn!(instance = %uuid, "cannot heal its allocation: no room left"),
+                Err(e) => tracing::warn!(instance = %uuid, error = %e, "cannot heal its allocation"),
+            }
+        }
+        let strangers: Vec<String> = held.into_iter().filter(|c| !here.contains(c)).collect();
+        if strangers.is_empty() {
+            return Ok(n);
+        }
+        let gone = self
+            .conductor("instances_deleted", json!({ "uuids": strangers }), request_id)
+            .await?;
+        for u in gone
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+        {
+            tracing::warn!(instance = %u, "released the allocation of a deleted instance");
+            self.release(u).await;
             n += 1;
         }
         Ok(n)
@@ -395,7 +458,7 @@ impl ComputeAgent {
                 }
             };
             tracing::info!(%host, node = %node_uuid, "compute host registered");
-            match self.init_host().await {
+            match self.init_host(Some(&node_uuid)).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(%host, instances = n, "reconciled instances left mid-operation"),
                 Err(e) => tracing::warn!(%host, error = %e, "start-up reconciliation failed"),

@@ -119,13 +119,35 @@ async fn handle(cell: Arc<Cell>, msg: Envelope) -> Reply {
                     .await
                     .map_err(|e| remote("DBError", e))?;
                 let Some(row) = row else { continue };
+                // What its claim holds, as the scheduler claims it (swap in MB rounds up to GB).
+                let swap = serde_json::from_str::<Value>(&row.flavor)
+                    .ok()
+                    .and_then(|f| f["swap"].as_i64())
+                    .unwrap_or(0);
+                let resources = json!({"VCPU": row.vcpus, "MEMORY_MB": row.memory_mb,
+                                       "DISK_GB": row.root_gb + row.ephemeral_gb + (swap + 1023) / 1024});
                 out.push(
                     json!({"uuid": uuid, "vm_state": vm_state, "task_state": task_state,
                                 "project_id": row.project_id, "user_id": row.user_id,
-                                "spawn": crate::boot::spawn_spec(&row)}),
+                                "resources": resources, "spawn": crate::boot::spawn_spec(&row)}),
                 );
             }
             Ok(Value::Array(out))
+        }
+        "instances_deleted" => {
+            // Which of these instances the cell knows as deleted (unknown ones are not: they may be
+            // boots the scheduler just claimed for, not yet written here).
+            let uuids: Vec<String> = arg(a, "uuids")?;
+            let mut gone = Vec::new();
+            for u in uuids {
+                let row = celldb::instance_get(&db, &u)
+                    .await
+                    .map_err(|e| remote("DBError", e))?;
+                if row.is_some_and(|r| r.deleted != 0) {
+                    gone.push(u);
+                }
+            }
+            Ok(json!(gone))
         }
         "service_report" => {
             let (host, binary, topic): (String, String, String) =

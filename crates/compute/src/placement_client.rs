@@ -405,6 +405,24 @@ impl PlacementClient {
         }
     }
 
+    /// The consumers holding allocations against a provider.
+    pub async fn provider_consumers(&self, rp: &str) -> Result<Vec<String>> {
+        let (s, v) = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/resource_providers/{rp}/allocations"),
+                None,
+            )
+            .await?;
+        if s != StatusCode::OK {
+            return Self::fail("GET provider allocations", s, &v);
+        }
+        Ok(v["allocations"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
     /// Release everything a consumer holds (idempotent).
     pub async fn release(&self, consumer: &str) -> Result<()> {
         let (s, v) = self

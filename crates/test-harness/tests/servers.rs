@@ -964,3 +964,93 @@ async fn server_groups_place_members_by_policy() {
         c.stop().await;
     });
 }
+
+/// The compute host's start-up heal: a live instance whose allocation went missing gets it back, the
+/// allocation of a deleted instance is released, and a consumer the cell does not know (a boot the
+/// scheduler may have just claimed for) is left alone.
+#[tokio::test]
+async fn a_starting_host_heals_its_allocations() {
+    let b = Backend::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&b, dir.path()).await;
+    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+    cfg.set("all_in_one", "hosts_per_cell", "1").unwrap();
+    let c = Cloud::start_with(&b, db, dir, cfg).await;
+    let t = c.admin_token().await;
+    let img = image(&c, &t).await;
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/servers",
+        &t,
+        "2.100",
+        Some(json!({"server": {
+        "name": "h", "flavorRef": "1", "imageRef": img, "networks": "none", "min_count": 2}})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let l = wait_servers(&c, &t, "", |l| l.len() == 2 && all_status("ACTIVE")(l)).await;
+    let (a, b_) = (
+        l[0]["id"].as_str().unwrap().to_string(),
+        l[1]["id"].as_str().unwrap().to_string(),
+    );
+    let (s, _) = call(&c, Method::DELETE, &format!("/servers/{b_}"), &t, "2.1", None).await;
+    assert_eq!(s, 204);
+    wait_servers(&c, &t, "", |l| l.len() == 1).await;
+    let placement = |m: Method, path: String, body: Option<Value>| {
+        let mut rb = c
+            .http
+            .request(m, c.placement_url(&path))
+            .header("X-Auth-Token", &t)
+            .header("OpenStack-API-Version", "placement 1.36");
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        rb.send()
+    };
+    let rps: Value = placement(Method::GET, "/resource_providers".into(), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let node = rps["resource_providers"][0]["uuid"].as_str().unwrap().to_string();
+    let alloc = |consumer: String| {
+        placement(
+            Method::PUT,
+            format!("/allocations/{consumer}"),
+            Some(json!({"allocations": {node.clone(): {"resources": {"VCPU": 1}}},
+                        "project_id": "p", "user_id": "u", "consumer_generation": null})),
+        )
+    };
+    // A's claim goes missing; deleted B and an unknown consumer get allocations.
+    let r = placement(Method::DELETE, format!("/allocations/{a}"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(alloc(b_.clone()).await.unwrap().status(), 204);
+    let stranger = "0c5e1f55-0000-4000-8000-000000000001".to_string();
+    assert_eq!(alloc(stranger.clone()).await.unwrap().status(), 204);
+
+    let healed = c.aio.computes[0].init_host(Some(&node)).await.unwrap();
+    assert_eq!(healed, 2, "one claim restored, one released");
+    let consumers: Value = placement(
+        Method::GET,
+        format!("/resource_providers/{node}/allocations"),
+        None,
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let held = consumers["allocations"].as_object().unwrap();
+    assert!(held.contains_key(&a), "{consumers}");
+    assert_eq!(
+        held[&a]["resources"],
+        json!({"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1})
+    );
+    assert!(!held.contains_key(&b_), "{consumers}");
+    assert!(held.contains_key(&stranger), "{consumers}");
+    c.stop().await;
+}
