@@ -170,6 +170,33 @@ def test_compute_hosts_killed_mid_spawn_end_their_builds_in_error_and_release_cl
     c.os("server", "delete", "--wait", *[s["ID"] for s in now])
 
 
+def test_a_cell_conductor_killed_mid_boot_is_waited_for(deployment):
+    c = deployment
+    c.os("server", "create", "--flavor", "m1.tiny", "--image", "cirros", "--no-network", "cond", "-f", "json")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        now = c.os("server", "list", "--long", "-f", "json")
+        if len(now) == 1 and now[0]["Host"] and now[0]["Status"] == "BUILD":
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the build did not reach its host: {now}")
+    # The host's report of the finished spawn waits in the conductor's queue until a conductor is back.
+    cond_conf = open(os.path.join(c.state_dir, "conductor.conf")).read()
+    c.procs["conductor"].send_signal(signal.SIGKILL)
+    c.procs["conductor"].wait(timeout=10)
+    time.sleep(2)
+    c.procs["conductor"] = serve(c.state_dir, "conductor-again", cond_conf, "conductor")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        now = c.os("server", "list", "-f", "json")
+        if now[0]["Status"] != "BUILD":
+            break
+        time.sleep(1)
+    assert now[0]["Status"] == "ACTIVE", now
+    c.os("server", "delete", "--wait", now[0]["ID"])
+
+
 def test_a_compute_host_without_placement_credentials_is_refused(deployment):
     c = deployment
     conf = os.path.join(c.state_dir, "bare-compute.conf")
