@@ -7,6 +7,8 @@
 //! `i64`; timestamps are epoch microseconds in `BIGINT`; ids and names are `VARCHAR(n)`; long text is `TEXT`;
 //! placeholders are written `?`.
 
+mod batch;
+pub use batch::{BatchJob, JobFuture};
 pub mod compute;
 pub mod identity;
 pub mod image;
@@ -50,6 +52,9 @@ pub enum DbError {
     },
     #[error("database error")]
     Sqlx(#[from] sqlx::Error),
+    /// A batched write transaction could not be committed (the reason as text: it is shared by its jobs).
+    #[error("write transaction failed: {0}")]
+    Batch(String),
 }
 
 impl DbError {
@@ -87,6 +92,8 @@ pub struct Db {
     writer: Option<AnyPool>,
     dialect: Dialect,
     url_masked: String,
+    /// The group-commit queue ([`Db::write_batched`]), started on first use.
+    batch: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<batch::Queued>>>,
 }
 
 impl Db {
@@ -145,6 +152,7 @@ impl Db {
             writer,
             dialect,
             url_masked: masked,
+            batch: Default::default(),
         })
     }
 

@@ -107,6 +107,56 @@ pub async fn bump_revision(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()>
     Ok(())
 }
 
+/// A store write as a group-commit job (see [`tessera_db::BatchJob`]): `f` runs in the shared write
+/// transaction (again, alone, if its batch had to be rolled back); `keep` says whether its outcome may be
+/// committed.
+struct StoreJob<T, F> {
+    db: Db,
+    f: F,
+    keep: fn(&Result<T>) -> bool,
+    out: std::sync::Mutex<Option<Result<T>>>,
+}
+
+type StoreFuture<'t, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 't>>;
+
+impl<T, F> tessera_db::BatchJob for StoreJob<T, F>
+where
+    T: Send + 'static,
+    F: for<'t> Fn(&'t Db, &'t mut Tx) -> StoreFuture<'t, T> + Send + Sync,
+{
+    fn run<'t>(&'t self, tx: &'t mut Tx) -> tessera_db::JobFuture<'t> {
+        Box::pin(async move {
+            let r = (self.f)(&self.db, tx).await;
+            let keep = (self.keep)(&r);
+            *self.out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            keep
+        })
+    }
+}
+
+/// Run a write through the database's group commit and return its outcome once it is committed (or
+/// discarded).
+async fn batched<T, F>(db: &Db, keep: fn(&Result<T>) -> bool, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: for<'t> Fn(&'t Db, &'t mut Tx) -> StoreFuture<'t, T> + Send + Sync + 'static,
+{
+    let job = std::sync::Arc::new(StoreJob {
+        db: db.clone(),
+        f,
+        keep,
+        out: std::sync::Mutex::new(None),
+    });
+    let committed = db.write_batched(job.clone()).await?;
+    let out = job.out.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match out {
+        Some(r) if committed || !keep(&r) => r,
+        _ => Err(PlacementError::Db(tessera_db::DbError::Batch(
+            "the write was neither committed nor refused".into(),
+        ))),
+    }
+}
+
 /// Revisions of change records kept; a process further behind reloads everything.
 pub const CHANGES_KEPT: i64 = 20_000;
 
@@ -327,7 +377,15 @@ fn map_dup(e: sqlx::Error, what: &str) -> PlacementError {
 
 /// Insert a provider; a uuid or name already taken is a 409 naming which (looked up only then).
 pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
-    let mut tx = db.begin_write().await?;
+    let p = p.clone();
+    batched(db, Result::is_ok, move |db, tx| {
+        let p = p.clone();
+        Box::pin(async move { provider_create_in(db, tx, &p).await })
+    })
+    .await
+}
+
+async fn provider_create_in(db: &Db, tx: &mut Tx, p: &Provider) -> Result<()> {
     let q = format!("INSERT INTO resource_providers ({RP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
     let inserted = sqlx::query(&db.sql(&q))
         .bind(&p.uuid)
@@ -337,11 +395,10 @@ pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
         .bind(&p.root_uuid)
         .bind(p.created_at)
         .bind(p.updated_at)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await;
     match inserted {
         Err(e) if tessera_db::is_unique_violation(&e) => {
-            drop(tx);
             let what = if provider_get(db, &p.uuid).await?.is_some() {
                 format!("uuid: {}", p.uuid)
             } else {
@@ -351,8 +408,7 @@ pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
         }
         r => r?,
     };
-    bump_revision(db, &mut tx, &[&p.uuid]).await?;
-    tx.commit().await?;
+    bump_revision(db, tx, &[&p.uuid]).await?;
     Ok(())
 }
 
@@ -553,14 +609,32 @@ pub async fn inventories_write(
     remove: &BTreeSet<String>,
     replace_all: bool,
 ) -> Result<i64> {
-    let mut tx = db.begin_write().await?;
-    let gen = bump_generation(db, &mut tx, uuid, expected_generation).await?;
-    let current = inventories_tx(db, &mut tx, uuid).await?;
+    let (uuid, set, remove) = (uuid.to_string(), set.clone(), remove.clone());
+    batched(db, Result::is_ok, move |db, tx| {
+        let (uuid, set, remove) = (uuid.clone(), set.clone(), remove.clone());
+        Box::pin(async move {
+            inventories_write_in(db, tx, &uuid, expected_generation, &set, &remove, replace_all).await
+        })
+    })
+    .await
+}
+
+async fn inventories_write_in(
+    db: &Db,
+    tx: &mut Tx,
+    uuid: &str,
+    expected_generation: i64,
+    set: &BTreeMap<String, Inventory>,
+    remove: &BTreeSet<String>,
+    replace_all: bool,
+) -> Result<i64> {
+    let gen = bump_generation(db, tx, uuid, expected_generation).await?;
+    let current = inventories_tx(db, tx, uuid).await?;
     // Allocations need inventory: a provider without any has no usage to look up.
     let used = if current.is_empty() {
         BTreeMap::new()
     } else {
-        usages_tx(db, &mut tx, uuid).await?
+        usages_tx(db, tx, uuid).await?
     };
     let removed: Vec<&String> = current
         .keys()
@@ -576,7 +650,7 @@ pub async fn inventories_write(
         sqlx::query(&db.sql("DELETE FROM inventories WHERE rp_uuid = ? AND resource_class = ?"))
             .bind(uuid)
             .bind(rc.as_str())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
     let mut added = Vec::new();
@@ -600,7 +674,7 @@ pub async fn inventories_write(
                 .bind(inv.allocation_ratio)
                 .bind(uuid)
                 .bind(rc.as_str())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
             None => added.push((rc, inv)),
@@ -626,10 +700,9 @@ pub async fn inventories_write(
                 .bind(uuid)
                 .bind(rc.as_str());
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut **tx).await?;
     }
-    bump_revision(db, &mut tx, &[uuid]).await?;
-    tx.commit().await?;
+    bump_revision(db, tx, &[uuid]).await?;
     Ok(gen)
 }
 
@@ -651,20 +724,36 @@ pub async fn provider_links(db: &Db, table: &str, col: &str, uuid: &str) -> Resu
 /// without (aggregates before 1.19), neither.
 pub async fn provider_links_set(
     db: &Db,
+    table: &'static str,
+    col: &'static str,
+    uuid: &str,
+    expected: Option<i64>,
+    values: &BTreeSet<String>,
+) -> Result<Option<i64>> {
+    let (uuid, values) = (uuid.to_string(), values.clone());
+    batched(db, Result::is_ok, move |db, tx| {
+        let (uuid, values) = (uuid.clone(), values.clone());
+        Box::pin(async move { provider_links_set_in(db, tx, table, col, &uuid, expected, &values).await })
+    })
+    .await
+}
+
+async fn provider_links_set_in(
+    db: &Db,
+    tx: &mut Tx,
     table: &str,
     col: &str,
     uuid: &str,
     expected: Option<i64>,
     values: &BTreeSet<String>,
 ) -> Result<Option<i64>> {
-    let mut tx = db.begin_write().await?;
     let gen = match expected {
-        Some(g) => Some(bump_generation(db, &mut tx, uuid, g).await?),
+        Some(g) => Some(bump_generation(db, tx, uuid, g).await?),
         None => None,
     };
     sqlx::query(&db.sql(&format!("DELETE FROM {table} WHERE rp_uuid = ?")))
         .bind(uuid)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     let values: Vec<&String> = values.iter().collect();
     for chunk in values.chunks(200) {
@@ -677,10 +766,9 @@ pub async fn provider_links_set(
         for v in chunk {
             query = query.bind(uuid).bind(v.as_str());
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut **tx).await?;
     }
-    bump_revision(db, &mut tx, &[uuid]).await?;
-    tx.commit().await?;
+    bump_revision(db, tx, &[uuid]).await?;
     Ok(gen)
 }
 
@@ -808,16 +896,25 @@ fn is_busy(e: &tessera_db::DbError) -> bool {
 }
 
 async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attempt> {
-    let mut tx = db.begin_write().await?;
-    let mut touched: BTreeSet<String> = BTreeSet::new();
-    if let Attempt::Retry = apply_allocations(db, &mut tx, writes, &mut touched).await? {
-        tx.rollback().await?;
-        return Ok(Attempt::Retry);
-    }
-    let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
-    bump_revision(db, &mut tx, &touched).await?;
-    tx.commit().await?;
-    Ok(Attempt::Done)
+    let writes = writes.to_vec();
+    // A lost race (`Retry`) is not kept: its partial writes roll back.
+    batched(
+        db,
+        |r| matches!(r, Ok(Attempt::Done)),
+        move |db, tx| {
+            let writes = writes.clone();
+            Box::pin(async move {
+                let mut touched: BTreeSet<String> = BTreeSet::new();
+                if let Attempt::Retry = apply_allocations(db, tx, &writes, &mut touched).await? {
+                    return Ok(Attempt::Retry);
+                }
+                let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
+                bump_revision(db, tx, &touched).await?;
+                Ok(Attempt::Done)
+            })
+        },
+    )
+    .await
 }
 
 /// The allocation write inside a transaction: consumer generation checks, old allocations out, capacity and

@@ -1,0 +1,152 @@
+//! Group commit: write transactions queued at the same moment share one database transaction — one
+//! `BEGIN`/`COMMIT` (one WAL flush on PostgreSQL and MySQL) for several writers. A job runs inside the shared
+//! transaction and says whether it succeeded; a batch in which any job fails is rolled back whole and its
+//! jobs run again one by one in their own transactions, so no job's outcome depends on another's. Jobs must
+//! therefore be re-runnable (they read what they need inside the transaction every time).
+
+use crate::{Any, Db, DbError, Transaction};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most jobs one shared transaction takes.
+const MAX_BATCH: usize = 32;
+
+pub type JobFuture<'t> = Pin<Box<dyn Future<Output = bool> + Send + 't>>;
+
+/// One writer's work inside a (possibly shared) write transaction.
+pub trait BatchJob: Send + Sync {
+    /// Do the writes in `tx`; false when the job failed and nothing of it may be kept.
+    fn run<'t>(&'t self, tx: &'t mut Transaction<'static, Any>) -> JobFuture<'t>;
+}
+
+pub(crate) type Queued = (Arc<dyn BatchJob>, oneshot::Sender<Result<bool, String>>);
+
+impl Db {
+    /// Run `job` in a write transaction, shared with the other jobs queued meanwhile. Ok(true): committed;
+    /// Ok(false): the job failed and its writes were discarded; Err: the commit itself failed.
+    pub async fn write_batched(&self, job: Arc<dyn BatchJob>) -> Result<bool, DbError> {
+        let queue = self
+            .batch
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::channel::<Queued>(1024);
+                // The committer's handle has no queue of its own, so it does not keep itself alive.
+                let db = Db {
+                    batch: Arc::new(std::sync::OnceLock::new()),
+                    ..self.clone()
+                };
+                tokio::spawn(committer(db, rx));
+                tx
+            })
+            .clone();
+        let (done, wait) = oneshot::channel();
+        queue
+            .send((job, done))
+            .await
+            .map_err(|_| DbError::Batch("the write queue is closed".into()))?;
+        wait.await
+            .map_err(|_| DbError::Batch("the write queue dropped a job".into()))?
+            .map_err(DbError::Batch)
+    }
+}
+
+async fn committer(db: Db, mut rx: mpsc::Receiver<Queued>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if batch.len() > 1 {
+            if let Ok(true) = together(&db, &batch).await {
+                for (_, done) in batch {
+                    let _ = done.send(Ok(true));
+                }
+                continue;
+            }
+        }
+        for (job, done) in batch {
+            let _ = done.send(alone(&db, job.as_ref()).await.map_err(|e| format!("{e:#}")));
+        }
+    }
+}
+
+/// All jobs in one transaction; Ok(false) (rolled back) as soon as one fails.
+async fn together(db: &Db, batch: &[Queued]) -> Result<bool, DbError> {
+    let mut tx = db.begin_write().await?;
+    for (job, _) in batch {
+        if !job.run(&mut tx).await {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn alone(db: &Db, job: &dyn BatchJob) -> Result<bool, DbError> {
+    let mut tx = db.begin_write().await?;
+    if job.run(&mut tx).await {
+        tx.commit().await?;
+        Ok(true)
+    } else {
+        tx.rollback().await?;
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Row;
+
+    struct Insert(i64);
+
+    impl BatchJob for Insert {
+        fn run<'t>(&'t self, tx: &'t mut Transaction<'static, Any>) -> JobFuture<'t> {
+            Box::pin(async move {
+                // Odd values fail after writing: their row must not survive.
+                let ok = sqlx::query("INSERT INTO t (v) VALUES (?)")
+                    .bind(self.0)
+                    .execute(&mut **tx)
+                    .await
+                    .is_ok();
+                ok && self.0 % 2 == 0
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_jobs_share_commits_and_failures_stay_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite:///{}/b.sqlite", dir.path().display()), 4)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (v BIGINT NOT NULL)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200i64 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                (i, db.write_batched(Arc::new(Insert(i))).await.unwrap())
+            }));
+        }
+        for t in tasks {
+            let (i, committed) = t.await.unwrap();
+            assert_eq!(committed, i % 2 == 0, "job {i}");
+        }
+        let rows: Vec<i64> = sqlx::query("SELECT v FROM t ORDER BY v")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<i64, _>("v").unwrap())
+            .collect();
+        assert_eq!(rows, (0..200).filter(|i| i % 2 == 0).collect::<Vec<_>>());
+    }
+}
