@@ -259,8 +259,13 @@ async fn spawn_control_heartbeats(cfg: &Config, shutdown: &Shutdown) -> Result<(
     let host = host_name(cfg);
     let every = Duration::from_secs(cfg.get_int("DEFAULT", "report_interval").max(1) as u64);
     let mut stop = shutdown.subscribe();
+    // The first report before returning: once the cloud says it is ready, both services are listed.
+    for (binary, topic) in [("nova-scheduler", "scheduler"), ("nova-conductor", "conductor")] {
+        celldb::service_report(&db, &host, binary, topic).await?;
+    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        tick.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
