@@ -131,6 +131,23 @@ async fn api_count(c: &Cloud, table: &str) -> i64 {
     r.try_get::<i64, _>("n").unwrap()
 }
 
+/// A cloud on SQLite with one cell of `hosts` compute hosts and the given `(group, option, value)` settings,
+/// its admin token and an active image.
+async fn one_cell(hosts: &str, settings: &[(&str, &str, &str)]) -> (Cloud, String, String) {
+    let b = Backend::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&b, dir.path()).await;
+    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
+    cfg.set("all_in_one", "hosts_per_cell", hosts).unwrap();
+    for (g, k, v) in settings {
+        cfg.set(g, k, *v).unwrap();
+    }
+    let c = Cloud::start_with(&b, db, dir, cfg).await;
+    let t = c.admin_token().await;
+    let img = image(&c, &t).await;
+    (c, t, img)
+}
+
 fn two_cells(b: &Backend, dir: &std::path::Path, db: &TestDb, hosts: &str) -> tessera_config::Config {
     let _ = b;
     let mut cfg = tessera_test_harness::test_config(dir, &db.url);
@@ -480,14 +497,7 @@ async fn servers_boot_list_act_and_delete_across_cells() {
 
 #[tokio::test]
 async fn a_failed_spawn_is_rescheduled_to_an_alternate() {
-    let b = Backend::Sqlite;
-    let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::create(&b, dir.path()).await;
-    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
-    cfg.set("all_in_one", "hosts_per_cell", "2").unwrap();
-    let c = Cloud::start_with(&b, db, dir, cfg).await;
-    let t = c.admin_token().await;
-    let img = image(&c, &t).await;
+    let (c, t, img) = one_cell("2", &[]).await;
     let fake = |i: usize| c.aio.computes[i].driver.as_fake().unwrap();
     fake(0).set_failing(Some("disk on fire"));
 
@@ -694,15 +704,7 @@ async fn boots_cast_through_a_rabbitmq_api_bus() {
     };
     // Its own virtual host (scripts/start-test-databases.sh makes it), apart from the CLI suite's.
     let url = format!("{}/tessera_cell2", url.trim_end_matches('/'));
-    let b = Backend::Sqlite;
-    let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::create(&b, dir.path()).await;
-    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
-    cfg.set("DEFAULT", "transport_url", &url).unwrap();
-    cfg.set("all_in_one", "hosts_per_cell", "2").unwrap();
-    let c = Cloud::start_with(&b, db, dir, cfg).await;
-    let t = c.admin_token().await;
-    let img = image(&c, &t).await;
+    let (c, t, img) = one_cell("2", &[("DEFAULT", "transport_url", &url)]).await;
     let (s, v) = call(
         &c,
         Method::POST,
@@ -970,14 +972,7 @@ async fn server_groups_place_members_by_policy() {
 /// scheduler may have just claimed for) is left alone.
 #[tokio::test]
 async fn a_starting_host_heals_its_allocations() {
-    let b = Backend::Sqlite;
-    let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::create(&b, dir.path()).await;
-    let mut cfg = tessera_test_harness::test_config(dir.path(), &db.url);
-    cfg.set("all_in_one", "hosts_per_cell", "1").unwrap();
-    let c = Cloud::start_with(&b, db, dir, cfg).await;
-    let t = c.admin_token().await;
-    let img = image(&c, &t).await;
+    let (c, t, img) = one_cell("1", &[]).await;
     let (s, v) = call(
         &c,
         Method::POST,

@@ -109,14 +109,13 @@ pub(crate) async fn list(
     let (limit, offset) = (number("limit")?, number("offset")?.unwrap_or(0));
     let all = q.contains_key("all_projects") && ctx.is_admin();
     let project = project_of(&ctx)?;
-    let mut found = groups::list(&api.api_db, (!all).then_some(project.as_str())).await?;
     let max = api.servers.max_limit.max(1) as usize;
-    let found: Vec<Group> = found
-        .drain(..)
+    let mut found: Vec<Group> = groups::list(&api.api_db, (!all).then_some(project.as_str()))
+        .await?
+        .into_iter()
         .skip(offset)
         .take(limit.unwrap_or(max).min(max))
         .collect();
-    let mut found = found;
     live_members(&api, &mut found).await?;
     let items: Vec<Value> = found.iter().map(|g| view(g, mv)).collect();
     Ok(axum::Json(json!({ "server_groups": items })).into_response())
