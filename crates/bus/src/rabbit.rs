@@ -413,7 +413,7 @@ async fn declare_fanout(ch: &Channel, exchange: &str) -> Result<(), BusError> {
 /// channel, merged into one stream of deliveries.
 struct Subscription {
     /// Kept so the channel (and its consumers) lives as long as the subscription.
-    _channel: Channel,
+    channel: Channel,
     /// For replies (the connection's confirmed publishing channel).
     publish: Channel,
     deliveries: futures_util::stream::SelectAll<lapin::Consumer>,
@@ -476,7 +476,7 @@ async fn subscribe(link: &Link, topic: &str, server: &str) -> Result<Subscriptio
         consumers.push(consume(&ch, q).await?);
     }
     Ok(Subscription {
-        _channel: ch,
+        channel: ch,
         publish: link.publish.clone(),
         deliveries: futures_util::stream::select_all(consumers),
     })
@@ -532,7 +532,14 @@ impl ListenerTask {
         loop {
             let next = tokio::select! {
                 d = s.deliveries.next() => d,
-                _ = self.tx.closed() => return false,
+                _ = self.tx.closed() => {
+                    // Cancel the consumers now: a channel left open would keep taking (and, unacknowledged,
+                    // losing) the messages meant for the next listener on these queues.
+                    if let Err(e) = s.channel.close(200, "listener closed".into()).await {
+                        tracing::debug!(topic = %self.topic, error = %e, "closing a listener's channel");
+                    }
+                    return false;
+                }
             };
             let d = match next {
                 Some(Ok(d)) => d,
@@ -632,8 +639,9 @@ mod tests {
         let topic = format!("{}compute", prefix());
         let l = bus.listen(&topic, "h1").await.unwrap();
         drop(l);
-        // The listener is gone but its queue stays: the cast is kept, and the next listener gets it.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The listener is gone (its consumers cancelled) but its queue stays: the cast is kept, and the next
+        // listener gets it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         bus.cast(
             &Target::server(&topic, "h1"),
             Envelope::new("build", serde_json::json!({"n": 7}), "r"),

@@ -60,17 +60,26 @@ async fn committer(db: Db, mut rx: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
-        if batch.len() > 1 {
-            if let Ok(true) = together(&db, &batch).await {
-                for (_, done) in batch {
-                    let _ = done.send(Ok(true));
-                }
-                continue;
+        // In a task of its own: a job that panics fails its batch's writers (their answers are dropped),
+        // not the queue.
+        let db = db.clone();
+        if let Err(e) = tokio::spawn(async move { run(&db, batch).await }).await {
+            tracing::error!(error = %e, "a batched write transaction panicked");
+        }
+    }
+}
+
+async fn run(db: &Db, batch: Vec<Queued>) {
+    if batch.len() > 1 {
+        if let Ok(true) = together(db, &batch).await {
+            for (_, done) in batch {
+                let _ = done.send(Ok(true));
             }
+            return;
         }
-        for (job, done) in batch {
-            let _ = done.send(alone(&db, job.as_ref()).await.map_err(|e| format!("{e:#}")));
-        }
+    }
+    for (job, done) in batch {
+        let _ = done.send(alone(db, job.as_ref()).await.map_err(|e| format!("{e:#}")));
     }
 }
 
@@ -117,6 +126,28 @@ mod tests {
                 ok && self.0 % 2 == 0
             })
         }
+    }
+
+    struct Panics;
+
+    impl BatchJob for Panics {
+        fn run<'t>(&'t self, _tx: &'t mut Transaction<'static, Any>) -> JobFuture<'t> {
+            Box::pin(async move { panic!("a job that panics") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone_and_the_queue_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite:///{}/p.sqlite", dir.path().display()), 2)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (v BIGINT NOT NULL)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert!(db.write_batched(Arc::new(Panics)).await.is_err());
+        assert!(db.write_batched(Arc::new(Insert(2))).await.unwrap());
     }
 
     #[tokio::test]
