@@ -283,6 +283,28 @@ pub async fn instance_mapping_get(db: &Db, instance_uuid: &str) -> Result<Option
     .transpose()
 }
 
+/// Which of `uuids` are mapped servers not queued for delete (one query).
+pub async fn live_mapped(db: &Db, uuids: &[&str]) -> Result<std::collections::HashSet<String>> {
+    if uuids.is_empty() {
+        return Ok(Default::default());
+    }
+    let raw = format!(
+        "SELECT instance_uuid FROM instance_mappings WHERE queued_for_delete = 0 AND instance_uuid IN ({})",
+        vec!["?"; uuids.len()].join(", ")
+    );
+    let sql = db.sql(&raw);
+    // A statement per list length would fill the statement caches: not kept.
+    let mut q = sqlx::query(&sql).persistent(false);
+    for u in uuids {
+        q = q.bind(*u);
+    }
+    q.fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| Ok(tessera_db::get_text(r, "instance_uuid")?))
+        .collect()
+}
+
 pub async fn instance_mappings_in_cell(db: &Db, cell_id: i64) -> Result<Vec<InstanceMapping>> {
     sqlx::query(&db.sql(&format!(
         "SELECT {IM_COLS} FROM instance_mappings WHERE cell_id = ? ORDER BY id"

@@ -109,14 +109,6 @@ pub async fn list(db: &Db, project: Option<&str>) -> Result<Vec<Group>> {
     }
 }
 
-pub async fn count(db: &Db, project: &str) -> Result<i64> {
-    let r = sqlx::query(&db.sql("SELECT COUNT(*) AS n FROM instance_groups WHERE project_id = ?"))
-        .bind(project)
-        .fetch_one(db.pool())
-        .await?;
-    Ok(r.try_get("n")?)
-}
-
 /// Create a group unless the project already has `limit` (-1: no limit); `Ok(None)` when over quota. The
 /// count and the insert share one write transaction, so concurrent creates cannot both slip under it.
 pub async fn create(db: &Db, g: &Group, limit: i64) -> Result<Option<Group>> {

@@ -128,6 +128,19 @@ mod tests {
         }
     }
 
+    /// A SQLite database with one table `t (v)`, and the directory that holds it.
+    async fn table_t() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite:///{}/t.sqlite", dir.path().display()), 4)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (v BIGINT NOT NULL)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        (dir, db)
+    }
+
     struct Panics;
 
     impl BatchJob for Panics {
@@ -138,28 +151,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_job_fails_alone_and_the_queue_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!("sqlite:///{}/p.sqlite", dir.path().display()), 2)
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE t (v BIGINT NOT NULL)")
-            .execute(db.pool())
-            .await
-            .unwrap();
+        let (_dir, db) = table_t().await;
         assert!(db.write_batched(Arc::new(Panics)).await.is_err());
         assert!(db.write_batched(Arc::new(Insert(2))).await.unwrap());
     }
 
     #[tokio::test]
     async fn concurrent_jobs_share_commits_and_failures_stay_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!("sqlite:///{}/b.sqlite", dir.path().display()), 4)
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE t (v BIGINT NOT NULL)")
-            .execute(db.pool())
-            .await
-            .unwrap();
+        let (_dir, db) = table_t().await;
         let mut tasks = Vec::new();
         for i in 0..200i64 {
             let db = db.clone();

@@ -165,12 +165,7 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
         buses: buses.clone(),
         flat: Some(flat_network(&cfg)?),
     });
-    // Boots a previous run left half-way finish now.
-    match super_conductor.recover(started).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(boots = n, "recovered interrupted boots"),
-        Err(e) => tracing::warn!(error = %e, "boot recovery failed"),
-    }
+    recover_boots(&super_conductor, started).await;
     let aio = AllInOne {
         state_dir: dir.clone(),
         cells,
@@ -228,6 +223,15 @@ pub async fn start_super_conductor(
         .map_err(|e| StartError::Failed(format!("super conductor: {e}")))?;
     spawn_control_heartbeats(cfg, shutdown).await?;
     Ok(sc)
+}
+
+/// Finish (or roll back) the boots a previous run left half-way, logged; a failure does not stop start-up.
+pub async fn recover_boots(sc: &tessera_compute::boot::SuperConductor, started: i64) {
+    match sc.recover(started).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(boots = n, "recovered interrupted boots"),
+        Err(e) => tracing::warn!(error = %e, "boot recovery failed"),
+    }
 }
 
 /// This host's name for service records: `[DEFAULT] host`, else the machine's hostname.

@@ -48,22 +48,17 @@ pub async fn conductor(
     buses: &Arc<tessera_bus::Buses>,
     shutdown: &Shutdown,
 ) -> Result<String, StartError> {
-    let bus_url = cfg.get_str("DEFAULT", "transport_url");
-    let bus = buses
-        .get(&bus_url)
-        .map_err(|e| StartError::Failed(format!("[DEFAULT] transport_url: {e}")))?;
     if cfg.is_set("api_database", "connection") {
         let started = tessera_types::now_epoch_micros();
         let sc =
             aio::start_super_conductor(cfg, buses, placement_client(cfg, "conductor")?, shutdown).await?;
         aio::spawn_periodic_discovery(cfg, shutdown);
-        match sc.recover(started).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(boots = n, "recovered interrupted boots"),
-            Err(e) => tracing::warn!(error = %e, "boot recovery failed"),
-        }
+        aio::recover_boots(&sc, started).await;
         return Ok("super conductor (with the scheduler)".into());
     }
+    let bus = buses
+        .get(&cfg.get_str("DEFAULT", "transport_url"))
+        .map_err(|e| StartError::Failed(format!("[DEFAULT] transport_url: {e}")))?;
     let db = tessera_compute::celldb::open(&cfg.get_str("database", "connection"), 8, false).await?;
     // Reschedules claim alternates in placement when credentials are there; without them a failed build
     // ends in ERROR on its first host.

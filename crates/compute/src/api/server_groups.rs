@@ -65,17 +65,13 @@ async fn visible(api: &super::ComputeApi, ctx: &RequestContext, id: &str) -> Res
 
 /// Keep only members whose servers still exist (mapped, not queued for delete).
 async fn live_members(api: &super::ComputeApi, groups_: &mut [Group]) -> Result<(), ApiError> {
+    let all: Vec<&str> = groups_
+        .iter()
+        .flat_map(|g| g.members.iter().map(String::as_str))
+        .collect();
+    let live = crate::cells::live_mapped(&api.api_db, &all).await?;
     for g in groups_.iter_mut() {
-        let mut keep = Vec::with_capacity(g.members.len());
-        for m in &g.members {
-            if crate::cells::instance_mapping_get(&api.api_db, m)
-                .await?
-                .is_some_and(|im| !im.queued_for_delete)
-            {
-                keep.push(m.clone());
-            }
-        }
-        g.members = keep;
+        g.members.retain(|m| live.contains(m));
     }
     Ok(())
 }
