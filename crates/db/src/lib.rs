@@ -8,7 +8,7 @@
 //! placeholders are written `?`.
 
 mod batch;
-pub use batch::{BatchJob, JobFuture};
+pub use batch::{BatchJob, JobFuture, Tail, TailFuture};
 pub mod compute;
 pub mod identity;
 pub mod image;

@@ -122,11 +122,11 @@ type StoreFuture<'t, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Res
 impl<T, F> tessera_db::BatchJob for StoreJob<T, F>
 where
     T: Send + 'static,
-    F: for<'t> Fn(&'t Db, &'t mut Tx) -> StoreFuture<'t, T> + Send + Sync,
+    F: for<'t> Fn(&'t Db, &'t mut Tx, &'t mut Vec<String>) -> StoreFuture<'t, T> + Send + Sync,
 {
-    fn run<'t>(&'t self, tx: &'t mut Tx) -> tessera_db::JobFuture<'t> {
+    fn run<'t>(&'t self, tx: &'t mut Tx, touched: &'t mut Vec<String>) -> tessera_db::JobFuture<'t> {
         Box::pin(async move {
-            let r = (self.f)(&self.db, tx).await;
+            let r = (self.f)(&self.db, tx, touched).await;
             let keep = (self.keep)(&r);
             *self.out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
             keep
@@ -134,12 +134,24 @@ where
     }
 }
 
+/// The end of every group-commit transaction: one revision bump for all its jobs, recording the providers
+/// they touched.
+fn revision_tail<'t>(db: &'t Db, tx: &'t mut Tx, touched: &'t [String]) -> tessera_db::TailFuture<'t> {
+    Box::pin(async move {
+        let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
+        bump_revision(db, tx, &touched).await.map_err(|e| match e {
+            PlacementError::Db(e) => e,
+            e => tessera_db::DbError::Batch(e.to_string()),
+        })
+    })
+}
+
 /// Run a write through the database's group commit and return its outcome once it is committed (or
-/// discarded).
+/// discarded). `f` adds the providers it touches to its third argument instead of bumping the revision.
 async fn batched<T, F>(db: &Db, keep: fn(&Result<T>) -> bool, f: F) -> Result<T>
 where
     T: Send + 'static,
-    F: for<'t> Fn(&'t Db, &'t mut Tx) -> StoreFuture<'t, T> + Send + Sync + 'static,
+    F: for<'t> Fn(&'t Db, &'t mut Tx, &'t mut Vec<String>) -> StoreFuture<'t, T> + Send + Sync + 'static,
 {
     let job = std::sync::Arc::new(StoreJob {
         db: db.clone(),
@@ -147,7 +159,7 @@ where
         keep,
         out: std::sync::Mutex::new(None),
     });
-    let committed = db.write_batched(job.clone()).await?;
+    let committed = db.write_batched(job.clone(), revision_tail).await?;
     let out = job.out.lock().unwrap_or_else(|p| p.into_inner()).take();
     match out {
         Some(r) if committed || !keep(&r) => r,
@@ -378,14 +390,14 @@ fn map_dup(e: sqlx::Error, what: &str) -> PlacementError {
 /// Insert a provider; a uuid or name already taken is a 409 naming which (looked up only then).
 pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
     let p = p.clone();
-    batched(db, Result::is_ok, move |db, tx| {
+    batched(db, Result::is_ok, move |db, tx, touched| {
         let p = p.clone();
-        Box::pin(async move { provider_create_in(db, tx, &p).await })
+        Box::pin(async move { provider_create_in(db, tx, &p, touched).await })
     })
     .await
 }
 
-async fn provider_create_in(db: &Db, tx: &mut Tx, p: &Provider) -> Result<()> {
+async fn provider_create_in(db: &Db, tx: &mut Tx, p: &Provider, touched: &mut Vec<String>) -> Result<()> {
     let q = format!("INSERT INTO resource_providers ({RP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
     let inserted = sqlx::query(&db.sql(&q))
         .bind(&p.uuid)
@@ -408,7 +420,7 @@ async fn provider_create_in(db: &Db, tx: &mut Tx, p: &Provider) -> Result<()> {
         }
         r => r?,
     };
-    bump_revision(db, tx, &[&p.uuid]).await?;
+    touched.push(p.uuid.clone());
     Ok(())
 }
 
@@ -610,10 +622,13 @@ pub async fn inventories_write(
     replace_all: bool,
 ) -> Result<i64> {
     let (uuid, set, remove) = (uuid.to_string(), set.clone(), remove.clone());
-    batched(db, Result::is_ok, move |db, tx| {
+    batched(db, Result::is_ok, move |db, tx, touched| {
         let (uuid, set, remove) = (uuid.clone(), set.clone(), remove.clone());
         Box::pin(async move {
-            inventories_write_in(db, tx, &uuid, expected_generation, &set, &remove, replace_all).await
+            let gen =
+                inventories_write_in(db, tx, &uuid, expected_generation, &set, &remove, replace_all).await?;
+            touched.push(uuid);
+            Ok(gen)
         })
     })
     .await
@@ -702,7 +717,6 @@ async fn inventories_write_in(
         }
         query.execute(&mut **tx).await?;
     }
-    bump_revision(db, tx, &[uuid]).await?;
     Ok(gen)
 }
 
@@ -731,9 +745,13 @@ pub async fn provider_links_set(
     values: &BTreeSet<String>,
 ) -> Result<Option<i64>> {
     let (uuid, values) = (uuid.to_string(), values.clone());
-    batched(db, Result::is_ok, move |db, tx| {
+    batched(db, Result::is_ok, move |db, tx, touched| {
         let (uuid, values) = (uuid.clone(), values.clone());
-        Box::pin(async move { provider_links_set_in(db, tx, table, col, &uuid, expected, &values).await })
+        Box::pin(async move {
+            let gen = provider_links_set_in(db, tx, table, col, &uuid, expected, &values).await?;
+            touched.push(uuid);
+            Ok(gen)
+        })
     })
     .await
 }
@@ -768,7 +786,6 @@ async fn provider_links_set_in(
         }
         query.execute(&mut **tx).await?;
     }
-    bump_revision(db, tx, &[uuid]).await?;
     Ok(gen)
 }
 
@@ -901,15 +918,14 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
     batched(
         db,
         |r| matches!(r, Ok(Attempt::Done)),
-        move |db, tx| {
+        move |db, tx, touched| {
             let writes = writes.clone();
             Box::pin(async move {
-                let mut touched: BTreeSet<String> = BTreeSet::new();
-                if let Attempt::Retry = apply_allocations(db, tx, &writes, &mut touched).await? {
+                let mut mine: BTreeSet<String> = BTreeSet::new();
+                if let Attempt::Retry = apply_allocations(db, tx, &writes, &mut mine).await? {
                     return Ok(Attempt::Retry);
                 }
-                let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
-                bump_revision(db, tx, &touched).await?;
+                touched.extend(mine);
                 Ok(Attempt::Done)
             })
         },
