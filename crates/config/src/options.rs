@@ -58,6 +58,11 @@ pub const GROUPS: &[(&str, &str)] = &[
     ),
     ("placement", "The Placement service."),
     ("placement_database", "The Placement service's database."),
+    (
+        "network",
+        "The Networking (Neutron v2.0) service (neutron.conf's [DEFAULT] options).",
+    ),
+    ("network_database", "The Networking service's database."),
     ("database", "The cell database (Nova's [database] group)."),
     ("api_database", "The API database (Nova's [api_database] group)."),
     (
@@ -221,6 +226,21 @@ pub const OPTIONS: &[OptDef] = &[
         "Database URL of the Placement service."),
     opt("placement_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
         "Connections kept to the placement database."),
+    // [network]
+    opt("network", "bind_port", OptType::Port, "9696", "Port of the Networking API."),
+    opt("network", "global_physnet_mtu", OptType::Int { min: 68, max: 65_535 }, "1500",
+        "MTU of the underlying physical network; networks get it unless created with a smaller `mtu`."),
+    opt("network", "base_mac", OptType::Str, "fa:16:3e:00:00:00",
+        "Base of generated port MAC addresses: the bytes that are not 00 are kept, the rest random."),
+    opt("network", "max_fixed_ips_per_port", OptType::Int { min: 1, max: 1000 }, "5",
+        "Most fixed IPs one port may hold."),
+    opt("network", "pagination_max_limit", OptType::Int { min: -1, max: i64::MAX }, "-1",
+        "Most items one list answer holds (-1: no cap)."),
+    // [network_database]
+    secret("network_database", "connection", OptType::Str, "sqlite:///$state_path/network.sqlite",
+        "Database URL of the Networking service."),
+    opt("network_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
+        "Connections kept to the network database."),
     // [image_database]
     secret("image_database", "connection", OptType::Str, "sqlite:///$state_path/image.sqlite",
         "Database URL of the Image service."),

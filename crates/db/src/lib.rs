@@ -13,6 +13,7 @@ pub mod compute;
 pub mod identity;
 pub mod image;
 mod migrate;
+pub mod network;
 pub mod placement;
 mod url;
 

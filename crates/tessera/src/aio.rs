@@ -1,7 +1,7 @@
 //! `tessera all-in-one`: every available role in one process, all state in one directory, bootstrapped on
 //! first start, with `clouds.yaml` and `openrc` written for the `openstack` CLI.
 
-use crate::roles::{self, ComputeApiRole, IdentityRole, ImageRole, PlacementRole};
+use crate::roles::{self, ComputeApiRole, IdentityRole, ImageRole, NetworkRole, PlacementRole};
 use crate::{io_err, Shutdown, StartError};
 use base64::Engine as _;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ pub struct AllInOne {
     pub identity: IdentityRole,
     pub image: ImageRole,
     pub placement: PlacementRole,
+    pub network: NetworkRole,
     pub compute: ComputeApiRole,
     pub admin_username: String,
     pub admin_password: String,
@@ -103,6 +104,8 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     let placement_db = roles::open_placement_db(&cfg, true).await?;
     let placement =
         roles::start_placement(&cfg, placement_db, &identity.identity, &auth_url, shutdown).await?;
+    let network_db = roles::open_network_db(&cfg, true).await?;
+    let network = roles::start_network(&cfg, network_db, &identity.identity, &auth_url, shutdown).await?;
     let cells = ensure_cells(&cfg).await?;
     let creds = tessera_compute::placement_client::Credentials {
         auth_url: auth_url.clone(),
@@ -139,6 +142,7 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
         services: [
             ("image", "glance", &image.base_url),
             ("placement", "placement", &placement.base_url),
+            ("network", "neutron", &network.base_url),
             ("compute", "nova", &compute_url),
         ]
         .into_iter()
@@ -175,6 +179,7 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
         identity,
         image,
         placement,
+        network,
         compute,
         admin_username: params.admin_username,
         admin_password: password,

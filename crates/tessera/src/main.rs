@@ -247,11 +247,12 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             let cells: Vec<String> = a.cells.iter().filter_map(|c| c.name.clone()).collect();
             let cells = format!("{} ({} compute hosts)", cells.join(", "), a.computes.len());
             println!(
-                "tessera all-in-one ready in {} ms: identity {} | image {} | placement {} | compute {}/v2.1 | cells {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
+                "tessera all-in-one ready in {} ms: identity {} | image {} | placement {} | network {} | compute {}/v2.1 | cells {} | admin password in {dir}/admin-password | use: source {dir}/openrc  (or: export OS_CLIENT_CONFIG_FILE={dir}/clouds.yaml OS_CLOUD=tessera)",
                 started.elapsed().as_millis(),
                 a.auth_url(),
                 a.image.base_url,
                 a.placement.base_url,
+                a.network.base_url,
                 a.compute.base_url,
                 cells
             );
@@ -277,7 +278,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
                 let what = tessera::serve::compute(&cfg, &buses, &shutdown).await?;
                 println!("tessera: {what}");
             }
-            if !["identity", "image", "placement", "api"].iter().any(|r| has(r)) {
+            if !["identity", "image", "placement", "network", "api"]
+                .iter()
+                .any(|r| has(r))
+            {
                 println!("tessera serving {}", names.join(", "));
                 shutdown.wait().await;
                 return Ok(());
@@ -316,6 +320,12 @@ async fn run(cli: Cli) -> Result<(), StartError> {
                 let db = roles::open_placement_db(&cfg, false).await?;
                 let r = roles::start_placement(&cfg, db, &id, &identity_uri, &shutdown).await?;
                 println!("tessera: placement {}", r.base_url);
+                tasks.push(r.task);
+            }
+            if has("network") {
+                let db = roles::open_network_db(&cfg, false).await?;
+                let r = roles::start_network(&cfg, db, &id, &identity_uri, &shutdown).await?;
+                println!("tessera: network {}", r.base_url);
                 tasks.push(r.task);
             }
             if has("api") {

@@ -9,6 +9,7 @@ const DATABASES: &[(&str, &tessera_db::MigrationSet)] = &[
     ("identity_database", &tessera_db::identity::MIGRATIONS),
     ("image_database", &tessera_db::image::MIGRATIONS),
     ("placement_database", &tessera_db::placement::MIGRATIONS),
+    ("network_database", &tessera_db::network::MIGRATIONS),
     ("api_database", &tessera_db::compute::API_MIGRATIONS),
     ("database", &tessera_db::compute::CELL_MIGRATIONS),
 ];

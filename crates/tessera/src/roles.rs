@@ -23,7 +23,15 @@ pub const ALL_ROLES: &[&str] = &[
 ];
 
 /// Roles implemented in this build.
-pub const AVAILABLE: &[&str] = &["identity", "image", "placement", "api", "conductor", "compute"];
+pub const AVAILABLE: &[&str] = &[
+    "identity",
+    "image",
+    "placement",
+    "network",
+    "api",
+    "conductor",
+    "compute",
+];
 
 pub fn check_roles(roles: &[String]) -> Result<(), StartError> {
     for r in roles {
@@ -201,6 +209,39 @@ pub async fn open_placement_db(cfg: &Config, migrate: bool) -> Result<Db, StartE
         migrate,
     )
     .await
+}
+
+pub async fn open_network_db(cfg: &Config, migrate: bool) -> Result<Db, StartError> {
+    open_db(cfg, "network_database", &tessera_db::network::MIGRATIONS, migrate).await
+}
+
+/// A running Networking service.
+pub struct NetworkRole {
+    pub service: Arc<tessera_network::NetworkService>,
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Start the network role (the Neutron API) behind the auth layer of `identity`.
+pub async fn start_network(
+    cfg: &Config,
+    db: Db,
+    identity: &Arc<Identity>,
+    identity_uri: &str,
+    shutdown: &Shutdown,
+) -> Result<NetworkRole, StartError> {
+    let service = tessera_network::NetworkService::new(db, tessera_network::Settings::from_config(cfg));
+    let (listener, addr, base_url) = listen(cfg, "network").await?;
+    let router = tessera_network::api::router(service.clone(), identity.validator(), identity_uri, &base_url);
+    let task = tokio::spawn(tessera_http::serve(listener, router, shutdown.wait()));
+    tracing::info!(%addr, "network listening");
+    Ok(NetworkRole {
+        service,
+        addr,
+        base_url,
+        task,
+    })
 }
 
 /// A running Placement service.

@@ -1,0 +1,107 @@
+//! The Networking service: Neutron's v2.0 core API (networks, subnets, ports, security groups) over its own
+//! database, with IPAM that hands out each address once per subnet even under concurrent requests.
+
+pub mod api;
+pub mod error;
+pub mod ipam;
+pub mod store;
+
+use std::sync::Arc;
+use tessera_config::Config;
+use tessera_db::Db;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub global_physnet_mtu: i64,
+    /// The MAC prefix bytes kept from `base_mac` (those not 00), e.g. `fa:16:3e`.
+    pub base_mac: [u8; 6],
+    pub max_fixed_ips_per_port: usize,
+    /// 0: no cap.
+    pub pagination_max_limit: usize,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            global_physnet_mtu: cfg.get_int("network", "global_physnet_mtu"),
+            base_mac: parse_mac(&cfg.get_str("network", "base_mac")).unwrap_or([0xfa, 0x16, 0x3e, 0, 0, 0]),
+            max_fixed_ips_per_port: cfg.get_int("network", "max_fixed_ips_per_port").max(1) as usize,
+            pagination_max_limit: cfg.get_int("network", "pagination_max_limit").max(0) as usize,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            global_physnet_mtu: 1500,
+            base_mac: [0xfa, 0x16, 0x3e, 0, 0, 0],
+            max_fixed_ips_per_port: 5,
+            pagination_max_limit: 0,
+        }
+    }
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff` (also with `-`).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut out = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return None;
+        }
+        out[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub struct NetworkService {
+    pub db: Db,
+    pub settings: Settings,
+}
+
+impl NetworkService {
+    pub fn new(db: Db, settings: Settings) -> Arc<Self> {
+        Arc::new(Self { db, settings })
+    }
+
+    /// A random MAC under `base_mac` (its non-zero leading bytes kept).
+    pub fn new_mac(&self) -> String {
+        let mut m: [u8; 6] = rand::random();
+        let base = self.settings.base_mac;
+        for i in 0..6 {
+            if base[i..].iter().all(|b| *b == 0) {
+                break;
+            }
+            m[i] = base[i];
+        }
+        // Unicast, locally administered as the base says.
+        m[0] &= 0xfe;
+        format_mac(&m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn macs_keep_the_base() {
+        assert_eq!(
+            parse_mac("FA:16:3E:00:00:01").unwrap(),
+            [0xfa, 0x16, 0x3e, 0, 0, 1]
+        );
+        assert!(parse_mac("fa:16:3e:00:00").is_none());
+        let settings = Settings::default();
+        let m = settings.base_mac;
+        assert_eq!(format_mac(&m), "fa:16:3e:00:00:00");
+    }
+}
