@@ -63,6 +63,10 @@ pub const GROUPS: &[(&str, &str)] = &[
         "The Networking (Neutron v2.0) service (neutron.conf's [DEFAULT] options).",
     ),
     ("network_database", "The Networking service's database."),
+    (
+        "quotas",
+        "Default Networking quotas per project (neutron.conf's [quotas]); -1 is unlimited.",
+    ),
     ("database", "The cell database (Nova's [database] group)."),
     ("api_database", "The API database (Nova's [api_database] group)."),
     (
@@ -236,6 +240,20 @@ pub const OPTIONS: &[OptDef] = &[
         "Most fixed IPs one port may hold."),
     opt("network", "pagination_max_limit", OptType::Int { min: -1, max: i64::MAX }, "-1",
         "Most items one list answer holds (-1: no cap)."),
+    opt("network", "auto_allocate_cidr", OptType::Str, "10.128.0.0/12",
+        "Range the auto-allocated topology (Nova's `networks: auto`) takes each project's IPv4 subnet from."),
+    opt("network", "auto_allocate_prefixlen", OptType::Int { min: 8, max: 30 }, "26",
+        "Prefix length of those subnets."),
+    // [quotas]
+    opt("quotas", "quota_network", OptType::Int { min: -1, max: i64::MAX }, "100", "Networks per project."),
+    opt("quotas", "quota_subnet", OptType::Int { min: -1, max: i64::MAX }, "100", "Subnets per project."),
+    opt("quotas", "quota_port", OptType::Int { min: -1, max: i64::MAX }, "500", "Ports per project."),
+    opt("quotas", "quota_router", OptType::Int { min: -1, max: i64::MAX }, "10", "Routers per project."),
+    opt("quotas", "quota_floatingip", OptType::Int { min: -1, max: i64::MAX }, "50", "Floating IPs per project."),
+    opt("quotas", "quota_security_group", OptType::Int { min: -1, max: i64::MAX }, "10",
+        "Security groups per project."),
+    opt("quotas", "quota_security_group_rule", OptType::Int { min: -1, max: i64::MAX }, "100",
+        "Security group rules per project."),
     // [network_database]
     secret("network_database", "connection", OptType::Str, "sqlite:///$state_path/network.sqlite",
         "Database URL of the Networking service."),

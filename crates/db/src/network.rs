@@ -8,7 +8,8 @@ use crate::{Migration, MigrationSet};
 
 pub const MIGRATIONS: MigrationSet = MigrationSet {
     name: "network",
-    migrations: &[Migration {
+    migrations: &[
+    Migration {
         version: 1,
         name: "initial network schema",
         statements: &[
@@ -45,6 +46,27 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
             "CREATE TABLE port_security_groups (port_id VARCHAR(36) NOT NULL, security_group_id VARCHAR(36) NOT NULL, \
              PRIMARY KEY (port_id, security_group_id)){engine}",
             "CREATE INDEX ix_port_sg_group ON port_security_groups (security_group_id)",
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "routers, floating IPs, auto-allocated topologies and quotas",
+        statements: &[
+            "CREATE TABLE routers (id VARCHAR(36) NOT NULL PRIMARY KEY, project_id VARCHAR(64) NOT NULL, \
+             name VARCHAR(255) NOT NULL, gateway_network_id VARCHAR(36), body TEXT NOT NULL, \
+             created_at BIGINT NOT NULL){engine}",
+            "CREATE INDEX ix_routers_project ON routers (project_id)",
+            "CREATE TABLE floatingips (id VARCHAR(36) NOT NULL PRIMARY KEY, project_id VARCHAR(64) NOT NULL, \
+             floating_network_id VARCHAR(36) NOT NULL, floating_ip_address VARCHAR(64) NOT NULL, \
+             port_id VARCHAR(36), fixed_ip_address VARCHAR(64), router_id VARCHAR(36), body TEXT NOT NULL, \
+             created_at BIGINT NOT NULL, CONSTRAINT uq_fip_address UNIQUE (floating_network_id, floating_ip_address), \
+             CONSTRAINT uq_fip_fixed UNIQUE (port_id, fixed_ip_address)){engine}",
+            "CREATE INDEX ix_floatingips_project ON floatingips (project_id)",
+            "CREATE INDEX ix_floatingips_router ON floatingips (router_id)",
+            "CREATE TABLE auto_allocated_topologies (project_id VARCHAR(64) NOT NULL PRIMARY KEY, \
+             network_id VARCHAR(36) NOT NULL, router_id VARCHAR(36)){engine}",
+            "CREATE TABLE quotas (project_id VARCHAR(64) NOT NULL, resource VARCHAR(64) NOT NULL, \
+             hard_limit BIGINT NOT NULL, PRIMARY KEY (project_id, resource)){engine}",
         ],
     }],
 };

@@ -18,7 +18,22 @@ pub struct Settings {
     pub max_fixed_ips_per_port: usize,
     /// 0: no cap.
     pub pagination_max_limit: usize,
+    /// Default quotas: (resource, limit; -1 unlimited).
+    pub quotas: Vec<(&'static str, i64)>,
+    pub auto_allocate_cidr: String,
+    pub auto_allocate_prefixlen: u8,
 }
+
+/// The quota resources, as Neutron names them, with their `[quotas]` options.
+pub const QUOTA_RESOURCES: &[(&str, &str)] = &[
+    ("network", "quota_network"),
+    ("subnet", "quota_subnet"),
+    ("port", "quota_port"),
+    ("router", "quota_router"),
+    ("floatingip", "quota_floatingip"),
+    ("security_group", "quota_security_group"),
+    ("security_group_rule", "quota_security_group_rule"),
+];
 
 impl Settings {
     pub fn from_config(cfg: &Config) -> Self {
@@ -27,6 +42,12 @@ impl Settings {
             base_mac: parse_mac(&cfg.get_str("network", "base_mac")).unwrap_or([0xfa, 0x16, 0x3e, 0, 0, 0]),
             max_fixed_ips_per_port: cfg.get_int("network", "max_fixed_ips_per_port").max(1) as usize,
             pagination_max_limit: cfg.get_int("network", "pagination_max_limit").max(0) as usize,
+            quotas: QUOTA_RESOURCES
+                .iter()
+                .map(|(r, opt)| (*r, cfg.get_int("quotas", opt)))
+                .collect(),
+            auto_allocate_cidr: cfg.get_str("network", "auto_allocate_cidr"),
+            auto_allocate_prefixlen: cfg.get_int("network", "auto_allocate_prefixlen").clamp(8, 30) as u8,
         }
     }
 }
@@ -38,6 +59,13 @@ impl Default for Settings {
             base_mac: [0xfa, 0x16, 0x3e, 0, 0, 0],
             max_fixed_ips_per_port: 5,
             pagination_max_limit: 0,
+            quotas: QUOTA_RESOURCES
+                .iter()
+                .zip([100, 100, 500, 10, 50, 10, 100])
+                .map(|((r, _), v)| (*r, v))
+                .collect(),
+            auto_allocate_cidr: "10.128.0.0/12".into(),
+            auto_allocate_prefixlen: 26,
         }
     }
 }

@@ -2,8 +2,12 @@
 //! filters on any attribute, tags filters, `fields=`, `sort_key`/`sort_dir`, `limit`/`marker`/`page_reverse`
 //! with `<collection>_links`.
 
+pub mod floatingips;
+pub mod misc;
 pub mod networks;
 pub mod ports;
+pub mod quotas;
+pub mod routers;
 pub mod security_groups;
 pub mod subnets;
 
@@ -14,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::Router;
 use http::StatusCode;
 use serde_json::{json, Map, Value};
@@ -51,6 +55,14 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("network_availability_zone", "Network Availability Zone", "Availability zone support for network."),
     ("ip-substring-filtering", "IP address substring filtering", "Provides IP address substring filtering when listing ports"),
     ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
+    ("router", "Neutron L3 Router", "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via a NAT gateway."),
+    ("ext-gw-mode", "Neutron L3 Configurable external gateway mode", "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway"),
+    ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
+    ("router_availability_zone", "Router Availability Zone", "Availability zone support for router."),
+    ("quotas", "Quota management support", "Expose functions for quotas management per tenant"),
+    ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
+    ("network-ip-availability", "Network IP Availability", "Provides IP availability data for each network and subnet."),
+    ("auto-allocated-topology", "Auto Allocated Topology Services", "Auto Allocated Topology Services."),
 ];
 
 /// Build the Networking API behind the auth layer.
@@ -104,6 +116,53 @@ pub fn router(
             "/v2.0/security-group-rules/{id}",
             get(security_groups::show_rule).delete(security_groups::delete_rule),
         )
+        .route("/v2.0/routers", get(routers::list).post(routers::create))
+        .route(
+            "/v2.0/routers/{id}",
+            get(routers::show).put(routers::update).delete(routers::delete),
+        )
+        .route(
+            "/v2.0/routers/{id}/add_router_interface",
+            put(routers::add_interface),
+        )
+        .route(
+            "/v2.0/routers/{id}/remove_router_interface",
+            put(routers::remove_interface),
+        )
+        .route(
+            "/v2.0/floatingips",
+            get(floatingips::list).post(floatingips::create),
+        )
+        .route(
+            "/v2.0/floatingips/{id}",
+            get(floatingips::show)
+                .put(floatingips::update)
+                .delete(floatingips::delete),
+        )
+        .route("/v2.0/quotas", get(quotas::list))
+        .route(
+            "/v2.0/quotas/{project_id}",
+            get(quotas::show).put(quotas::update).delete(quotas::delete),
+        )
+        .route("/v2.0/quotas/{project_id}/default", get(quotas::defaults))
+        .route("/v2.0/quotas/{project_id}/details", get(quotas::details))
+        .route("/v2.0/network-ip-availabilities", get(misc::list_availabilities))
+        .route(
+            "/v2.0/network-ip-availabilities/{id}",
+            get(misc::show_availability),
+        )
+        .route(
+            "/v2.0/auto-allocated-topology/{project_id}",
+            get(misc::get_topology).delete(misc::delete_topology),
+        )
+        .route(
+            "/v2.0/{resource}/{id}/tags",
+            get(misc::get_tags).put(misc::put_tags).delete(misc::delete_tags),
+        )
+        .route(
+            "/v2.0/{resource}/{id}/tags/{tag}",
+            get(misc::get_tag).put(misc::put_tag).delete(misc::delete_tag),
+        )
         .route_layer(from_fn_with_state(layer, require_token))
         .with_state(svc);
     Router::new()
@@ -133,6 +192,8 @@ async fn resources(base: String) -> Response {
         "port",
         "security_group",
         "security_group_rule",
+        "router",
+        "floatingip",
     ]
     .iter()
     .map(|n| {

@@ -1,7 +1,7 @@
 //! `/v2.0/networks`.
 
 use super::{
-    body_object, only, opt_bool, opt_string, owner_of_new, owns, query_pairs, read_only, render_list,
+    body_object, only, opt_bool, opt_string, owner_of_new, owns, query_pairs, quotas, read_only, render_list,
     render_one, with_retries, writer, S,
 };
 use crate::error::{NetError, Result};
@@ -377,66 +377,23 @@ pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> R
         }
     };
     let id = tessera_types::new_uuid();
+    let fields = NewNetwork {
+        name,
+        description,
+        admin_state_up,
+        shared,
+        external,
+        port_security,
+        is_default,
+        mtu,
+        az_hints,
+    };
     let doc = with_retries(|| {
-        let (svc, m, id, owner, name, description, az_hints) = (
-            svc.clone(),
-            m.clone(),
-            id.clone(),
-            owner.clone(),
-            name.clone(),
-            description.clone(),
-            az_hints.clone(),
-        );
+        let (svc, m, id, owner, fields) = (svc.clone(), m.clone(), id.clone(), owner.clone(), fields.clone());
         async move {
             let mut tx = svc.db.begin_write().await?;
-            let (segment_key, ty, phys, seg) = segment(&svc, &mut tx, &m).await?;
-            // Tunnel networks carry the encapsulation overhead (VXLAN 50 bytes, Geneve 58 in Neutron's ML2).
-            let overhead = match ty.as_str() {
-                Some("vxlan") => 50,
-                Some("geneve") => 58,
-                _ => 0,
-            };
-            let mtu = if m.contains_key("mtu") {
-                mtu
-            } else {
-                mtu - overhead
-            };
-            let mut d = store::new_doc(&id, &owner);
-            for (k, v) in [
-                ("name", json!(name)),
-                ("description", json!(description)),
-                ("admin_state_up", json!(admin_state_up)),
-                ("status", json!("ACTIVE")),
-                ("shared", json!(shared)),
-                ("router:external", json!(external)),
-                ("mtu", json!(mtu)),
-                ("port_security_enabled", json!(port_security)),
-                ("availability_zone_hints", az_hints),
-                ("availability_zones", json!(["nova"])),
-                ("ipv4_address_scope", Value::Null),
-                ("ipv6_address_scope", Value::Null),
-                ("l2_adjacency", json!(true)),
-                ("is_default", json!(is_default)),
-                ("provider:network_type", ty),
-                ("provider:physical_network", phys),
-                ("provider:segmentation_id", seg),
-            ] {
-                d.insert(k.into(), v);
-            }
-            sqlx::query(&svc.db.sql(
-                "INSERT INTO networks (id, project_id, name, shared, external, segment, body, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            ))
-            .bind(&id)
-            .bind(&owner)
-            .bind(&name)
-            .bind(shared as i64)
-            .bind(external as i64)
-            .bind(segment_key)
-            .bind(serde_json::to_string(&d)?)
-            .bind(tessera_types::now_epoch_micros())
-            .execute(&mut *tx)
-            .await?;
+            quotas::check(&svc, &mut tx, &owner, "network", 1).await?;
+            let d = insert(&svc, &mut tx, &id, &owner, &m, &fields).await?;
             tx.commit().await?;
             Ok(d)
         }
@@ -449,6 +406,80 @@ pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> R
         &[],
         StatusCode::CREATED,
     ))
+}
+
+/// What a new network is made of (besides its segment, which `insert` works out from the request).
+#[derive(Debug, Clone)]
+pub(crate) struct NewNetwork {
+    pub name: String,
+    pub description: String,
+    pub admin_state_up: bool,
+    pub shared: bool,
+    pub external: bool,
+    pub port_security: bool,
+    pub is_default: bool,
+    pub mtu: i64,
+    pub az_hints: Value,
+}
+
+/// Insert a network in `tx`; `m` is the request (for the provider attributes).
+pub(crate) async fn insert(
+    svc: &NetworkService,
+    tx: &mut Tx,
+    id: &str,
+    owner: &str,
+    m: &serde_json::Map<String, Value>,
+    f: &NewNetwork,
+) -> Result<Doc> {
+    let (segment_key, ty, phys, seg) = segment(svc, tx, m).await?;
+    // Tunnel networks carry the encapsulation overhead (VXLAN 50 bytes, Geneve 58 in Neutron's ML2).
+    let overhead = match ty.as_str() {
+        Some("vxlan") => 50,
+        Some("geneve") => 58,
+        _ => 0,
+    };
+    let mtu = if m.contains_key("mtu") {
+        f.mtu
+    } else {
+        f.mtu - overhead
+    };
+    let mut d = store::new_doc(id, owner);
+    for (k, v) in [
+        ("name", json!(f.name)),
+        ("description", json!(f.description)),
+        ("admin_state_up", json!(f.admin_state_up)),
+        ("status", json!("ACTIVE")),
+        ("shared", json!(f.shared)),
+        ("router:external", json!(f.external)),
+        ("mtu", json!(mtu)),
+        ("port_security_enabled", json!(f.port_security)),
+        ("availability_zone_hints", f.az_hints.clone()),
+        ("availability_zones", json!(["nova"])),
+        ("ipv4_address_scope", Value::Null),
+        ("ipv6_address_scope", Value::Null),
+        ("l2_adjacency", json!(true)),
+        ("is_default", json!(f.is_default)),
+        ("provider:network_type", ty),
+        ("provider:physical_network", phys),
+        ("provider:segmentation_id", seg),
+    ] {
+        d.insert(k.into(), v);
+    }
+    sqlx::query(&svc.db.sql(
+        "INSERT INTO networks (id, project_id, name, shared, external, segment, body, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    ))
+    .bind(id)
+    .bind(owner)
+    .bind(&f.name)
+    .bind(f.shared as i64)
+    .bind(f.external as i64)
+    .bind(segment_key)
+    .bind(serde_json::to_string(&d)?)
+    .bind(tessera_types::now_epoch_micros())
+    .execute(&mut **tx)
+    .await?;
+    Ok(d)
 }
 
 pub(crate) async fn update(

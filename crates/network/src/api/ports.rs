@@ -627,6 +627,7 @@ pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> R
             if store::get(&svc.db, &mut *tx, "networks", &network_id).await?.is_none() {
                 return Err(NetError::network_not_found(&network_id));
             }
+            super::quotas::check(&svc, &mut tx, &owner, "port", 1).await?;
             let mac = match given_mac {
                 Some(mac) => {
                     if store::count(&svc.db, &mut *tx, "ports", "network_id = ? AND mac_address = ?", &[&network_id, &mac]).await? > 0 {
@@ -852,14 +853,86 @@ pub(crate) async fn delete(State(svc): S, Caller(ctx): Caller, Path(id): Path<St
         ));
     }
     let mut tx = svc.db.begin_write().await?;
-    for q in [
-        "DELETE FROM ip_allocations WHERE port_id = ?",
-        "DELETE FROM port_security_groups WHERE port_id = ?",
-    ] {
-        sqlx::query(&svc.db.sql(q)).bind(&id).execute(&mut *tx).await?;
-    }
-    store::delete(&svc.db, &mut tx, "ports", &id).await?;
+    remove_port(&svc, &mut tx, &id).await?;
+    // A floating IP on the port lets go of it.
+    super::floatingips::disassociate_port(&svc, &mut tx, &id).await?;
     tx.commit().await?;
     tracing::info!(port_id = %id, "port deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A port the service makes for itself (router interfaces and gateways, floating IPs, DHCP), inside the
+/// caller's transaction: addresses as `wanted` asks (or automatic), no security groups.
+pub(crate) async fn insert_service_port(
+    svc: &NetworkService,
+    tx: &mut Tx,
+    network_id: &str,
+    project_id: &str,
+    device_id: &str,
+    device_owner: &str,
+    wanted: Option<Vec<(Option<String>, Option<String>)>>,
+) -> Result<Doc> {
+    let wanted = wanted.map(|ws| {
+        ws.into_iter()
+            .map(|(subnet_id, ip)| Wanted {
+                subnet_id,
+                ip: ip.as_deref().and_then(ipam::parse_ip),
+            })
+            .collect()
+    });
+    let id = tessera_types::new_uuid();
+    let mac = svc.new_mac();
+    let ips = resolve_ips(svc, tx, network_id, wanted, &[], device_owner).await?;
+    let mut d = store::new_doc(&id, project_id);
+    for (k, v) in [
+        ("name", json!("")),
+        ("description", json!("")),
+        ("network_id", json!(network_id)),
+        ("admin_state_up", json!(true)),
+        ("status", json!("DOWN")),
+        ("mac_address", json!(mac)),
+        ("fixed_ips", fixed_ips_value(&ips)),
+        ("device_id", json!(device_id)),
+        ("device_owner", json!(device_owner)),
+        ("security_groups", json!([])),
+        ("port_security_enabled", json!(false)),
+        ("allowed_address_pairs", json!([])),
+        ("extra_dhcp_opts", json!([])),
+        ("binding:host_id", json!("")),
+        ("binding:profile", json!({})),
+        ("binding:vnic_type", json!("normal")),
+        ("ip_allocation", json!("immediate")),
+        ("propagate_uplink_status", json!(false)),
+    ] {
+        d.insert(k.into(), v);
+    }
+    binding_fields(&mut d);
+    sqlx::query(&svc.db.sql(
+        "INSERT INTO ports (id, project_id, network_id, mac_address, device_id, device_owner, body, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    ))
+    .bind(&id)
+    .bind(project_id)
+    .bind(network_id)
+    .bind(&mac)
+    .bind(device_id)
+    .bind(device_owner)
+    .bind(serde_json::to_string(&d)?)
+    .bind(tessera_types::now_epoch_micros())
+    .execute(&mut **tx)
+    .await?;
+    write_allocations(svc, tx, &id, network_id, &ips).await?;
+    Ok(d)
+}
+
+/// Remove a port and what it holds, inside the caller's transaction.
+pub(crate) async fn remove_port(svc: &NetworkService, tx: &mut Tx, id: &str) -> Result<()> {
+    for q in [
+        "DELETE FROM ip_allocations WHERE port_id = ?",
+        "DELETE FROM port_security_groups WHERE port_id = ?",
+        "DELETE FROM ports WHERE id = ?",
+    ] {
+        sqlx::query(&svc.db.sql(q)).bind(id).execute(&mut **tx).await?;
+    }
+    Ok(())
 }

@@ -331,6 +331,7 @@ pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> R
     ensure_default(&svc, &owner).await?;
     let id = tessera_types::new_uuid();
     let mut tx = svc.db.begin_write().await?;
+    super::quotas::check(&svc, &mut tx, &owner, "security_group", 1).await?;
     let d = insert_group(&svc, &mut tx, &id, &owner, &name, &description, stateful).await?;
     // New groups let everything out, nothing in.
     for ethertype in ["IPv4", "IPv6"] {
@@ -735,6 +736,7 @@ pub(crate) async fn create_rule(State(svc): S, Caller(ctx): Caller, body: Bytes)
             format!("Security group rule already exists. Rule id is {existing}."),
         ));
     }
+    super::quotas::check(&svc, &mut tx, &owner, "security_group_rule", 1).await?;
     insert_rule(&svc, &mut tx, &d, remote_group.as_deref()).await?;
     tx.commit().await?;
     Ok(render_one("security_group_rule", d, &[], StatusCode::CREATED))

@@ -1,7 +1,7 @@
 //! `/v2.0/subnets`.
 
 use super::{
-    body_object, networks, only, opt_bool, opt_string, owner_of_new, owns, query_pairs, read_only,
+    body_object, networks, only, opt_bool, opt_string, owner_of_new, owns, query_pairs, quotas, read_only,
     render_list, render_one, writer, S,
 };
 use crate::error::{NetError, Result};
@@ -405,42 +405,84 @@ pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> R
             }
         }
     }
+    quotas::check(&svc, &mut tx, &owner, "subnet", 1).await?;
     let id = tessera_types::new_uuid();
-    let mut d = store::new_doc(&id, &owner);
+    let mut d = doc(
+        &id,
+        &owner,
+        &name,
+        &network_id,
+        &cidr,
+        gateway,
+        &pools,
+        enable_dhcp,
+    );
     for (k, v) in [
-        ("name", json!(name)),
         ("description", json!(description)),
-        ("network_id", json!(network_id)),
-        ("ip_version", json!(version)),
-        ("cidr", json!(cidr.to_string())),
-        ("gateway_ip", json!(gateway.map(|g| ipam::format_ip(version, g)))),
-        ("allocation_pools", pools_value(&pools, version)),
-        ("enable_dhcp", json!(enable_dhcp)),
         ("dns_nameservers", dns),
         ("host_routes", routes),
         ("ipv6_ra_mode", ra),
         ("ipv6_address_mode", addr),
+    ] {
+        d.insert(k.into(), v);
+    }
+    insert(&svc, &mut tx, &d).await?;
+    tx.commit().await?;
+    tracing::info!(subnet_id = %id, network_id = %network_id, cidr = %cidr, "subnet created");
+    Ok(render_one("subnet", d, &[], StatusCode::CREATED))
+}
+
+/// A new subnet's document, optional attributes at their defaults.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn doc(
+    id: &str,
+    owner: &str,
+    name: &str,
+    network_id: &str,
+    cidr: &Cidr,
+    gateway: Option<u128>,
+    pools: &[(u128, u128)],
+    enable_dhcp: bool,
+) -> Doc {
+    let version = cidr.version;
+    let mut d = store::new_doc(id, owner);
+    for (k, v) in [
+        ("name", json!(name)),
+        ("description", json!("")),
+        ("network_id", json!(network_id)),
+        ("ip_version", json!(version)),
+        ("cidr", json!(cidr.to_string())),
+        ("gateway_ip", json!(gateway.map(|g| ipam::format_ip(version, g)))),
+        ("allocation_pools", pools_value(pools, version)),
+        ("enable_dhcp", json!(enable_dhcp)),
+        ("dns_nameservers", json!([])),
+        ("host_routes", json!([])),
+        ("ipv6_ra_mode", Value::Null),
+        ("ipv6_address_mode", Value::Null),
         ("subnetpool_id", Value::Null),
         ("segment_id", Value::Null),
         ("service_types", json!([])),
     ] {
         d.insert(k.into(), v);
     }
+    d
+}
+
+/// Insert a subnet document in `tx`.
+pub(crate) async fn insert(svc: &crate::NetworkService, tx: &mut store::Tx, d: &Doc) -> Result<()> {
     sqlx::query(&svc.db.sql(
         "INSERT INTO subnets (id, project_id, network_id, ip_version, cidr, body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
     ))
-    .bind(&id)
-    .bind(&owner)
-    .bind(&network_id)
-    .bind(version as i64)
-    .bind(cidr.to_string())
-    .bind(serde_json::to_string(&d)?)
+    .bind(store::text(d, "id"))
+    .bind(store::text(d, "project_id"))
+    .bind(store::text(d, "network_id"))
+    .bind(d["ip_version"].as_i64().unwrap_or(4))
+    .bind(store::text(d, "cidr"))
+    .bind(serde_json::to_string(d)?)
     .bind(tessera_types::now_epoch_micros())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
-    tx.commit().await?;
-    tracing::info!(subnet_id = %id, network_id = %network_id, cidr = %cidr, "subnet created");
-    Ok(render_one("subnet", d, &[], StatusCode::CREATED))
+    Ok(())
 }
 
 pub(crate) async fn update(
