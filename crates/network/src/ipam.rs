@@ -183,6 +183,15 @@ pub fn free_in_pools(pools: &[(u128, u128)], taken: &[u128], want: usize) -> Vec
     out
 }
 
+/// The modified EUI-64 address of `mac` in a /64 IPv6 prefix (as SLAAC hosts configure themselves).
+pub fn eui64(prefix: &Cidr, mac: &[u8; 6]) -> Option<u128> {
+    if prefix.version != 6 || prefix.prefix != 64 {
+        return None;
+    }
+    let iid = [mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]];
+    Some(prefix.addr | u64::from_be_bytes(iid) as u128)
+}
+
 /// Total addresses in the pools (saturating).
 pub fn pools_size(pools: &[(u128, u128)]) -> u128 {
     pools
@@ -216,6 +225,14 @@ mod tests {
         // A gateway in the middle splits the pool.
         let mid = c.default_pools(Some(c.first() + 100));
         assert_eq!(mid.len(), 2);
+    }
+
+    #[test]
+    fn eui64_addresses() {
+        let c = Cidr::parse("2001:db8::/64").unwrap();
+        let a = eui64(&c, &[0xfa, 0x16, 0x3e, 0x12, 0x34, 0x56]).unwrap();
+        assert_eq!(format_ip(6, a), "2001:db8::f816:3eff:fe12:3456");
+        assert!(eui64(&Cidr::parse("2001:db8::/56").unwrap(), &[0; 6]).is_none());
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub fn now_iso() -> String {
 }
 
 fn doc_of(r: &sqlx::any::AnyRow) -> Result<Doc> {
-    let body: String = r.try_get("body")?;
+    let body = tessera_db::get_text(r, "body")?;
     match serde_json::from_str::<Value>(&body)? {
         Value::Object(m) => Ok(m),
         _ => Err(crate::error::NetError::Db(tessera_db::DbError::Batch(

@@ -162,11 +162,13 @@ pub fn test_config(dir: &std::path::Path, db_url: &str) -> Config {
     cfg.set("identity_database", "connection", db_url).unwrap();
     cfg.set("image", "bind_port", "0").unwrap();
     cfg.set("placement", "bind_port", "0").unwrap();
+    cfg.set("network", "bind_port", "0").unwrap();
     cfg.set("DEFAULT", "osapi_compute_listen_port", "0").unwrap();
     if !db_url.starts_with("sqlite") {
         // Services keep distinct tables, so one test database serves them all.
         cfg.set("image_database", "connection", db_url).unwrap();
         cfg.set("placement_database", "connection", db_url).unwrap();
+        cfg.set("network_database", "connection", db_url).unwrap();
     }
     // Cheap hashes keep tests fast; production defaults are tested in the hash module.
     cfg.set("identity", "password_hash_memory_kib", "1024").unwrap();
@@ -233,6 +235,11 @@ impl Cloud {
     /// URL of the Placement API.
     pub fn placement_url(&self, path: &str) -> String {
         format!("{}{}", self.aio.placement.base_url, path)
+    }
+
+    /// URL of the Networking API.
+    pub fn network_url(&self, path: &str) -> String {
+        format!("{}{}", self.aio.network.base_url, path)
     }
 
     /// Send a request with an optional token and JSON body.

@@ -282,7 +282,10 @@ async fn resolve_ips(
     wanted: Option<Vec<Wanted>>,
     keep: &[(String, String)],
     device_owner: &str,
+    mac: &str,
 ) -> Result<Vec<(Addressing, u128)>> {
+    let mac = crate::parse_mac(mac).unwrap_or_default();
+    let slaac = |a: &Addressing| if a.slaac { ipam::eui64(&a.cidr, &mac) } else { None };
     let subnets: Vec<Addressing> = store::select(
         &svc.db,
         &mut **tx,
@@ -297,10 +300,19 @@ async fn resolve_ips(
     let mut out: Vec<(Addressing, u128)> = Vec::new();
     match wanted {
         None => {
+            // Every SLAAC subnet gives the port its MAC-derived address.
+            for a in subnets.iter() {
+                if let Some(ip) = slaac(a) {
+                    out.push((a.clone(), ip));
+                }
+            }
             for version in [4u8, 6] {
                 let mut exhausted = false;
                 let mut found = false;
-                for a in subnets.iter().filter(|a| a.cidr.version == version) {
+                for a in subnets
+                    .iter()
+                    .filter(|a| a.cidr.version == version && slaac(a).is_none())
+                {
                     match free_address(svc, tx, a).await? {
                         Some(ip) => {
                             out.push((a.clone(), ip));
@@ -369,6 +381,7 @@ async fn resolve_ips(
                         }
                         ip
                     }
+                    None if slaac(&a).is_some() => slaac(&a).unwrap_or_default(),
                     None => free_address(svc, tx, &a).await?.ok_or_else(|| {
                         NetError::conflict(
                             "IpAddressGenerationFailure",
@@ -640,7 +653,7 @@ pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> R
                 }
                 None => svc.new_mac(),
             };
-            let ips = resolve_ips(&svc, &mut tx, &network_id, wanted, &[], &device_owner).await?;
+            let ips = resolve_ips(&svc, &mut tx, &network_id, wanted, &[], &device_owner, &mac).await?;
             let mut d = store::new_doc(&id, &owner);
             for (k, v) in [
                 ("name", json!(opt_string(&m, "name", 255)?.unwrap_or_default())),
@@ -765,7 +778,8 @@ pub(crate) async fn update(
                         }
                     }
                 }
-                let ips = resolve_ips(&svc, &mut tx, &network_id, Some(ws), &held, &device_owner).await?;
+                let mac = store::text(&d, "mac_address").to_string();
+                let ips = resolve_ips(&svc, &mut tx, &network_id, Some(ws), &held, &device_owner, &mac).await?;
                 write_allocations(&svc, &mut tx, &id, &network_id, &ips).await?;
                 d.insert("fixed_ips".into(), fixed_ips_value(&ips));
             }
@@ -882,7 +896,7 @@ pub(crate) async fn insert_service_port(
     });
     let id = tessera_types::new_uuid();
     let mac = svc.new_mac();
-    let ips = resolve_ips(svc, tx, network_id, wanted, &[], device_owner).await?;
+    let ips = resolve_ips(svc, tx, network_id, wanted, &[], device_owner, &mac).await?;
     let mut d = store::new_doc(&id, project_id);
     for (k, v) in [
         ("name", json!("")),

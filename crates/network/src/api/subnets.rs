@@ -70,6 +70,8 @@ pub struct Addressing {
     pub cidr: Cidr,
     pub gateway: Option<u128>,
     pub pools: Vec<(u128, u128)>,
+    /// IPv6 addresses come from the port's MAC (SLAAC and DHCPv6-stateless subnets).
+    pub slaac: bool,
 }
 
 impl Addressing {
@@ -93,7 +95,12 @@ impl Addressing {
                     .collect()
             })
             .unwrap_or_default();
+        let slaac = matches!(
+            d.get("ipv6_address_mode").and_then(Value::as_str),
+            Some("slaac") | Some("dhcpv6-stateless")
+        );
         Ok(Self {
+            slaac,
             id: store::text(d, "id").to_string(),
             network_id: store::text(d, "network_id").to_string(),
             cidr,
