@@ -16,9 +16,9 @@ conc=${2:-8}
 cargo build --release -p tessera -p tessera-loadgen --quiet
 dir=$(mktemp -d /tmp/tessera-boot-bench.XXXXXX)
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-read -r pi pg pp pc < <(python3 -c '
+read -r pi pg pp pc pn < <(python3 -c '
 import socket
-s=[socket.socket() for _ in range(4)]
+s=[socket.socket() for _ in range(5)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
 cat > "$dir/bench.conf" <<CONF
@@ -30,6 +30,8 @@ bind_port = $pi
 bind_port = $pg
 [placement]
 bind_port = $pp
+[network]
+bind_port = $pn
 [all_in_one]
 cells = 2
 hosts_per_cell = 50

@@ -13,7 +13,7 @@ bin=target/release/tessera
 dir=$(mktemp -d /tmp/tessera-bench-XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
-printf '[identity]\nbind_port = %s\n[image]\nbind_port = %s\n[placement]\nbind_port = %s\n' "$port" "$(free_port)" "$(free_port)" > "$dir/bench.conf"
+printf '[identity]\nbind_port = %s\n[image]\nbind_port = %s\n[placement]\nbind_port = %s\n[network]\nbind_port = %s\n' "$port" "$(free_port)" "$(free_port)" "$(free_port)" > "$dir/bench.conf"
 "$bin" --config "$dir/bench.conf" all-in-one --state-dir "$dir" > "$dir/out" 2> "$dir/log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT

@@ -16,7 +16,7 @@ dir=$(mktemp -d "${TMPDIR:-/tmp}/tessera-bench-image-XXXXXX")
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 iport=$(free_port)
 gport=$(free_port)
-printf '[identity]\nbind_port = %s\n[image]\nbind_port = %s\n[placement]\nbind_port = %s\n' "$iport" "$gport" "$(free_port)" > "$dir/bench.conf"
+printf '[identity]\nbind_port = %s\n[image]\nbind_port = %s\n[placement]\nbind_port = %s\n[network]\nbind_port = %s\n' "$iport" "$gport" "$(free_port)" "$(free_port)" > "$dir/bench.conf"
 "$bin" --config "$dir/bench.conf" all-in-one --state-dir "$dir/state" > "$dir/out" 2> "$dir/log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT

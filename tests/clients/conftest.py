@@ -69,10 +69,10 @@ class Cloud:
 def start_cloud(state_dir, extra_conf=""):
     conf = os.path.join(state_dir, "test.conf")
     with open(conf, "w") as f:
-        ports = free_ports(4)
+        ports = free_ports(5)
         f.write(f"[DEFAULT]\nosapi_compute_listen_port = {ports[3]}\n"
                 f"[identity]\nbind_port = {ports[0]}\n[image]\nbind_port = {ports[1]}\n"
-                f"[placement]\nbind_port = {ports[2]}\n{extra_conf}")
+                f"[placement]\nbind_port = {ports[2]}\n[network]\nbind_port = {ports[4]}\n{extra_conf}")
     proc = subprocess.Popen(
         [TESSERA, "--config", conf, "all-in-one", "--state-dir", state_dir],
         stdout=subprocess.PIPE, stderr=open(os.path.join(state_dir, "tessera.log"), "w"), text=True,
