@@ -1,6 +1,7 @@
 """The Networking API through the unmodified `openstack` CLI: networks, subnets, ports with chosen addresses,
 routers with gateways and interfaces, security groups and rules, floating IPs, quotas, tags."""
 
+
 def test_network_subnet_port_lifecycle(cloud):
     net = cloud.os("network", "create", "cli-net", "-f", "json")
     assert net["status"] == "ACTIVE" and net["mtu"] == 1450 and net["router:external"] is False

@@ -104,12 +104,17 @@ def test_power_actions(cells_cloud):
 
 def test_auto_network_addresses_and_delete(cells_cloud):
     c = cells_cloud
-    # No network named: the CLI sends networks "auto", which the flat network answers.
+    # No network named: the CLI sends networks "auto"; the project has no network, so the Networking service
+    # auto-allocates one (with a router to the external network `public`) and the server gets a port on it.
     s = c.os("server", "create", "--flavor", "m1.tiny", "--image", "cirros", "--wait", "net1", "-f", "json")
     addrs = s["addresses"]
-    assert list(addrs) == ["private"] and addrs["private"][0].startswith("10.0."), addrs
+    assert list(addrs) == ["auto_allocated_network"], addrs
+    assert addrs["auto_allocated_network"][0].startswith("10.128."), addrs
+    ports = c.os("port", "list", "--server", "net1", "-f", "json")
+    assert len(ports) == 1 and ports[0]["Fixed IP Addresses"][0]["ip_address"] == addrs["auto_allocated_network"][0]
     before = total_usage(c)
     c.os("server", "delete", "--wait", "net1")
+    assert c.os("port", "list", "--device-owner", "compute:nova", "-f", "json") == []
     assert total_usage(c) == before - PER_TINY
     names = [s["Name"] for s in c.os("server", "list", "-f", "json")]
     assert "net1" not in names

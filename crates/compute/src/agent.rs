@@ -35,6 +35,7 @@ pub struct ComputeAgent {
     bus: Arc<dyn Bus>,
     pub driver: Arc<dyn VirtDriver>,
     placement: Arc<PlacementClient>,
+    network: Arc<crate::network::NetworkClient>,
 }
 
 /// What the first resource report produced (the host is then ready to be discovered).
@@ -50,12 +51,14 @@ impl ComputeAgent {
         bus: Arc<dyn Bus>,
         driver: Arc<dyn VirtDriver>,
         placement: Arc<PlacementClient>,
+        network: Arc<crate::network::NetworkClient>,
     ) -> Self {
         ComputeAgent {
             cfg,
             bus,
             driver,
             placement,
+            network,
         }
     }
 
@@ -145,8 +148,22 @@ impl ComputeAgent {
     /// and the build handed back to the conductor for the next alternate; or ERROR with a fault, its
     /// allocations released.
     pub async fn build_and_run(&self, build: BuildRequest, request_id: &str) -> Result<(), String> {
-        let spec = &build.instance;
-        match self.driver.spawn(spec).await {
+        let mut spec = build.instance.clone();
+        // Ports first (Nova's _build_networks_for_instance): made or bound for this host, recorded with
+        // the instance, then plugged by the driver.
+        let networked = match self.allocate_network(&build, &mut spec, request_id).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(crate::virt::VirtError::SpawnFailed {
+                uuid: spec.uuid.clone(),
+                reason: format!("network allocation failed: {e}"),
+            }),
+        };
+        let spec = &spec;
+        let spawned = match networked {
+            Ok(()) => self.driver.spawn(spec).await,
+            Err(e) => Err(e),
+        };
+        match spawned {
             Ok(()) => {
                 let power = self
                     .driver
@@ -165,6 +182,7 @@ impl ComputeAgent {
                     // Deleted while it spawned: do not leave a guest nobody owns.
                     tracing::info!(instance = %spec.uuid, %request_id, "deleted during its build; cleaning up");
                     let _ = self.driver.destroy(&spec.uuid).await;
+                    self.deallocate_network(&spec.uuid, &spec.network).await;
                     self.release(&spec.uuid).await;
                     return Ok(());
                 }
@@ -174,6 +192,8 @@ impl ComputeAgent {
             Err(e) => {
                 tracing::warn!(instance = %spec.uuid, host = %self.cfg.host, error = %e, %request_id, "spawn failed");
                 let _ = self.driver.destroy(&spec.uuid).await;
+                // The next host makes its own ports; this one's go (pre-existing ones are unbound).
+                self.deallocate_network(&spec.uuid, &spec.network).await;
                 self.release(&spec.uuid).await;
                 if !build.alternates.is_empty() {
                     self.conductor(
@@ -201,6 +221,47 @@ impl ComputeAgent {
         }
     }
 
+    /// Create or bind the build's ports and record them as the instance's VIFs in `spec`.
+    async fn allocate_network(
+        &self,
+        build: &BuildRequest,
+        spec: &mut crate::virt::SpawnSpec,
+        request_id: &str,
+    ) -> Result<(), String> {
+        if spec.network.requested.is_empty() {
+            return Ok(());
+        }
+        let vifs = self
+            .network
+            .allocate_for_instance(&spec.uuid, &build.project_id, &self.cfg.host, &spec.network)
+            .await?;
+        spec.network.vifs = vifs;
+        let v = self
+            .conductor(
+                "instance_network_info",
+                json!({"uuid": spec.uuid, "network_info": spec.network}),
+                request_id,
+            )
+            .await?;
+        if v["updated"] == json!(false) {
+            // Deleted meanwhile: the ports go with it.
+            self.deallocate_network(&spec.uuid, &spec.network).await;
+            return Err("the instance was deleted during its build".into());
+        }
+        tracing::info!(instance = %spec.uuid, ports = spec.network.vifs.len(), %request_id, "network allocated");
+        Ok(())
+    }
+
+    /// Release an instance's ports (logged, not fatal).
+    async fn deallocate_network(&self, uuid: &str, req: &crate::network::NetworkRequest) {
+        if req.requested.is_empty() && req.vifs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.network.deallocate_for_instance(uuid, req).await {
+            tracing::warn!(instance = %uuid, error = %e, "cannot release the instance's ports");
+        }
+    }
+
     /// Release an instance's allocations (logged, not fatal: the heal at start-up catches up).
     async fn release(&self, uuid: &str) {
         if let Err(e) = self.placement.release(uuid).await {
@@ -209,8 +270,14 @@ impl ComputeAgent {
     }
 
     /// Remove an instance from this host, release its allocations and mark it deleted in the cell.
-    pub async fn terminate(&self, uuid: &str, request_id: &str) -> Result<(), String> {
+    pub async fn terminate(
+        &self,
+        uuid: &str,
+        network: &crate::network::NetworkRequest,
+        request_id: &str,
+    ) -> Result<(), String> {
         self.driver.destroy(uuid).await.map_err(|e| e.to_string())?;
+        self.deallocate_network(uuid, network).await;
         self.release(uuid).await;
         self.conductor("instance_destroy", json!({ "uuid": uuid }), request_id)
             .await?;
@@ -275,7 +342,9 @@ impl ComputeAgent {
             let task = i["task_state"].as_str();
             let has = known.contains(&uuid);
             if task == Some("deleting") {
-                self.terminate(&uuid, &request_id).await?;
+                let spawn: Option<SpawnSpec> = serde_json::from_value(i["spawn"].clone()).ok();
+                let net = spawn.map(|s| s.network).unwrap_or_default();
+                self.terminate(&uuid, &net, &request_id).await?;
             } else if vm_state == "building" && !has {
                 let spawn: Option<SpawnSpec> = serde_json::from_value(i["spawn"].clone()).ok();
                 tracing::warn!(instance = %uuid, "build interrupted by a restart of its host");
@@ -292,7 +361,8 @@ impl ComputeAgent {
                     &request_id,
                 )
                 .await?;
-                if spawn.is_some() {
+                if let Some(s) = &spawn {
+                    self.deallocate_network(&uuid, &s.network).await;
                     self.release(&uuid).await;
                 }
             } else if task.is_some() || (vm_state == "active" && !has) {
@@ -405,7 +475,9 @@ impl ComputeAgent {
             }
             "terminate_instance" => {
                 let uuid = uuid_arg()?;
-                self.terminate(&uuid, &msg.request_id).await.map_err(|e| {
+                let net: crate::network::NetworkRequest =
+                    serde_json::from_value(msg.args["network_info"].clone()).unwrap_or_default();
+                self.terminate(&uuid, &net, &msg.request_id).await.map_err(|e| {
                     tracing::warn!(request_id = %msg.request_id, error = %e, "terminate failed");
                     err("TerminateFailed", e)
                 })?;

@@ -53,32 +53,19 @@ pub struct BootInstance {
     pub access_ip_v4: Option<String>,
     #[serde(default)]
     pub access_ip_v6: Option<String>,
-    /// Whether the server gets an address on the built-in flat network (`networks: "auto"`).
-    #[serde(default)]
-    pub auto_network: bool,
-    /// Its addresses once allocated (JSON list of `{"network", "addr", "mac", "version"}`).
+    /// The networks it asked for, then its VIFs (a [`crate::network::NetworkRequest`] as JSON).
     #[serde(default)]
     pub network_info: Option<String>,
 }
 
-/// Write the build requests, request specs and cell-less instance mappings of one boot, and the flat-network
-/// addresses of the servers that want one, atomically. A lost race for an address (another boot took it
-/// between our read and our insert) is retried a few times.
+/// Write the build requests, request specs and cell-less instance mappings of one boot atomically.
 pub async fn record(
     api: &Db,
     spec: &RequestSpec,
     instances: &mut [BootInstance],
-    flat: Option<&crate::flat::FlatNetwork>,
     group: Option<GroupJoin>,
 ) -> Result<()> {
-    let mut last = None;
-    for _ in 0..8 {
-        match record_once(api, spec, instances, flat, group).await {
-            Err(ComputeError::Duplicate(what)) if what.starts_with("address") => last = Some(what),
-            r => return r,
-        }
-    }
-    Err(ComputeError::Duplicate(last.unwrap_or_default()))
+    record_once(api, spec, instances, group).await
 }
 
 /// The server group a boot joins: its id and the most members it may have (-1: no limit).
@@ -92,21 +79,11 @@ async fn record_once(
     api: &Db,
     spec: &RequestSpec,
     instances: &mut [BootInstance],
-    flat: Option<&crate::flat::FlatNetwork>,
     group: Option<GroupJoin>,
 ) -> Result<()> {
     let now = tessera_types::now_epoch_micros();
     let spec_json = serde_json::to_string(spec).map_err(|e| ComputeError::NotFound(e.to_string()))?;
     let mut tx = api.begin_write().await?;
-    let wanted = instances.iter().filter(|i| i.auto_network).count();
-    if wanted > 0 {
-        let net = flat.ok_or_else(|| ComputeError::Invalid("no network is available for \"auto\"".into()))?;
-        let addrs = net.allocate(api, &mut tx, wanted).await?;
-        for (i, a) in instances.iter_mut().filter(|i| i.auto_network).zip(addrs) {
-            net.record(api, &mut tx, &a, &i.uuid).await?;
-            i.network_info = Some(net.network_info(&a).to_string());
-        }
-    }
     for i in instances.iter() {
         let inst = serde_json::to_string(i).map_err(|e| ComputeError::NotFound(e.to_string()))?;
         sqlx::query(&api.sql(
@@ -489,6 +466,7 @@ pub fn spawn_spec(row: &InstanceRow) -> SpawnSpec {
         root_gb: row.root_gb,
         ephemeral_gb: row.ephemeral_gb,
         image_id: row.image_ref.clone(),
+        network: crate::network::NetworkRequest::from_info(row.network_info.as_deref()),
     }
 }
 
@@ -634,14 +612,13 @@ impl SuperConductor {
 }
 
 /// Remove every API-database trace of a server that never reached a cell (its build request, if still
-/// there, its request spec, its instance mapping, its flat addresses), in one transaction.
+/// there, its request spec, its instance mapping, its group membership), in one transaction.
 pub async fn unrecord(api: &Db, uuid: &str) -> Result<()> {
     let mut tx = api.begin_write().await?;
     for sql in [
         "DELETE FROM build_requests WHERE instance_uuid = ?",
         "DELETE FROM request_specs WHERE instance_uuid = ?",
         "DELETE FROM instance_mappings WHERE instance_uuid = ?",
-        "DELETE FROM flat_addresses WHERE instance_uuid = ?",
         "DELETE FROM instance_group_member WHERE instance_uuid = ?",
     ] {
         sqlx::query(&api.sql(sql)).bind(uuid).execute(&mut *tx).await?;

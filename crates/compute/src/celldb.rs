@@ -670,6 +670,20 @@ pub async fn instance_set_state(
     Ok(n > 0)
 }
 
+/// Record an instance's network request and VIFs (`network_info`); false when it is gone.
+pub async fn instance_set_network_info(db: &Db, uuid: &str, info: &str) -> Result<bool> {
+    let n = sqlx::query(
+        &db.sql("UPDATE instances SET network_info = ?, updated_at = ? WHERE uuid = ? AND deleted = 0"),
+    )
+    .bind(info)
+    .bind(tessera_types::now_epoch_micros())
+    .bind(uuid)
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
 /// Record a fault (the message users see on an ERROR server).
 pub async fn fault_create(
     db: &Db,

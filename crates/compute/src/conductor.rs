@@ -182,6 +182,14 @@ async fn handle(cell: Arc<Cell>, msg: Envelope) -> Reply {
             .map_err(|e| remote("DBError", e))?;
             Ok(json!({ "updated": found }))
         }
+        "instance_network_info" => {
+            let uuid: String = arg(a, "uuid")?;
+            let info: crate::network::NetworkRequest = arg(a, "network_info")?;
+            let found = celldb::instance_set_network_info(&db, &uuid, &info.to_info())
+                .await
+                .map_err(|e| remote("DBError", e))?;
+            Ok(json!({ "updated": found }))
+        }
         "instance_fault" => {
             let uuid: String = arg(a, "uuid")?;
             let code: i64 = arg(a, "code")?;

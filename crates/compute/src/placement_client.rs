@@ -213,6 +213,48 @@ impl PlacementClient {
         Err(PlacementClientError::Auth("the token was refused twice".into()))
     }
 
+    /// One request to another service of the catalog (`network`, …) with this session's token, logging in
+    /// again once when the token is refused.
+    pub async fn service_call(
+        &self,
+        service_type: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value)> {
+        for attempt in 0..2 {
+            let endpoint = self.service_endpoint(service_type).await?;
+            let token = {
+                let s = self.session.lock().await;
+                s.as_ref()
+                    .map(|s| s.token.clone())
+                    .ok_or_else(|| PlacementClientError::Auth("no session".into()))?
+            };
+            let mut rb = self
+                .http
+                .request(method.clone(), format!("{endpoint}{path}"))
+                .header("X-Auth-Token", token)
+                .header("Accept", "application/json");
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            let r = rb.send().await?;
+            let status = r.status();
+            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
+                *self.session.lock().await = None;
+                continue;
+            }
+            let text = r.text().await?;
+            let v = if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            };
+            return Ok((status, v));
+        }
+        Err(PlacementClientError::Auth("the token was refused twice".into()))
+    }
+
     fn fail<T>(what: &str, status: StatusCode, body: &Value) -> Result<T> {
         Err(PlacementClientError::Status {
             status: status.as_u16(),

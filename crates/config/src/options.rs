@@ -89,8 +89,8 @@ pub const GROUPS: &[(&str, &str)] = &[
         "Default Compute quotas per project (Nova's [quota] group); -1 is unlimited.",
     ),
     (
-        "flat_network",
-        "The built-in flat network servers booted with `networks: \"auto\"` get an address from.",
+        "neutron",
+        "How the Compute API and compute hosts reach the Networking service (Nova's [neutron] group; empty auth_url: the [placement] credentials).",
     ),
 ];
 
@@ -285,7 +285,7 @@ pub const OPTIONS: &[OptDef] = &[
     // [conductor]
     opt("conductor", "workers", OptType::Int { min: 0, max: 1024 }, "0",
         "Boot requests the super conductor schedules at once (0: four per CPU, at least 8); the others wait on the bus."),
-    // [api] / [quota] / [flat_network]
+    // [api] / [quota] / [neutron]
     opt("api", "max_limit", OptType::Int { min: 1, max: 100_000 }, "1000",
         "Most items one page of a Compute API listing returns."),
     opt("api", "enable_instance_password", OptType::Bool, "true",
@@ -296,10 +296,18 @@ pub const OPTIONS: &[OptDef] = &[
     opt("quota", "metadata_items", OptType::Int { min: -1, max: i64::MAX }, "128", "Metadata items per server."),
     opt("quota", "server_groups", OptType::Int { min: -1, max: i64::MAX }, "10", "Server groups per project."),
     opt("quota", "server_group_members", OptType::Int { min: -1, max: i64::MAX }, "10", "Servers per server group."),
-    opt("flat_network", "name", OptType::Str, "private",
-        "Name the servers' addresses are shown under."),
-    opt("flat_network", "cidr", OptType::Str, "10.0.0.0/16",
-        "IPv4 range of the flat network (the first address is the gateway's)."),
+    opt("neutron", "auth_url", OptType::Str, "",
+        "Identity API (…/v3) to authenticate against for the Networking service; empty: use the [placement] credentials."),
+    opt("neutron", "username", OptType::Str, "", "User the Networking service is called as."),
+    secret("neutron", "password", OptType::Str, "", "That user's password."),
+    opt("neutron", "project_name", OptType::Str, "service", "Project of that user's token."),
+    opt("neutron", "user_domain_name", OptType::Str, "Default", "Domain of the user."),
+    opt("neutron", "project_domain_name", OptType::Str, "Default", "Domain of the project."),
+    opt("neutron", "region_name", OptType::Str, "", "Region of the network endpoint in the catalog (empty: any)."),
+    opt("neutron", "valid_interfaces", OptType::List, "internal,public",
+        "Catalog interfaces to use for the Networking service, in order of preference."),
+    opt("all_in_one", "public_network_cidr", OptType::Str, "172.24.4.0/24",
+        "all-in-one creates an external network `public` with this subnet on first start, the default for floating IPs and for the auto-allocated topology behind `networks: auto` (empty: none)."),
     // [scheduler] / [filter_scheduler]
     opt("scheduler", "max_attempts", OptType::Int { min: 1, max: 100 }, "3",
         "Hosts tried per instance: the chosen one and up to max_attempts - 1 alternates from its cell for reschedules."),

@@ -157,6 +157,10 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
         .collect(),
     };
     identity.identity.bootstrap(&params).await?;
+    ensure_public_network(&cfg, &placement_client).await?;
+    let network_client = Arc::new(tessera_compute::network::NetworkClient::new(
+        placement_client.clone(),
+    ));
     let buses = Arc::new(tessera_bus::Buses::new());
     let started = tessera_types::now_epoch_micros();
     let computes = start_cells(&cfg, &cells, &buses, placement_client.clone(), shutdown).await?;
@@ -167,7 +171,7 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
             .get(&cfg.get_str("DEFAULT", "transport_url"))
             .map_err(|e| StartError::Failed(format!("API bus: {e}")))?,
         buses: buses.clone(),
-        flat: Some(flat_network(&cfg)?),
+        network: Some(network_client.clone()),
     });
     recover_boots(&super_conductor, started).await;
     let aio = AllInOne {
@@ -191,13 +195,62 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     Ok(aio)
 }
 
-/// The `[flat_network]` behind `networks: "auto"`.
-pub fn flat_network(cfg: &Config) -> Result<tessera_compute::flat::FlatNetwork, StartError> {
-    tessera_compute::flat::FlatNetwork::parse(
-        &cfg.get_str("flat_network", "name"),
-        &cfg.get_str("flat_network", "cidr"),
+/// The external network `public` (`[all_in_one] public_network_cidr`), made once through the Networking
+/// API: the default for floating IPs and for the auto-allocated topology behind `networks: "auto"`.
+async fn ensure_public_network(
+    cfg: &Config,
+    session: &tessera_compute::placement_client::PlacementClient,
+) -> Result<(), StartError> {
+    use reqwest::Method;
+    let cidr = cfg.get_str("all_in_one", "public_network_cidr");
+    if cidr.is_empty() {
+        return Ok(());
+    }
+    let fail = |what: &str, e: String| StartError::Failed(format!("public network: {what}: {e}"));
+    let call = |m: Method, path: &'static str, body: Option<serde_json::Value>| async move {
+        session
+            .service_call("network", m, path, body.as_ref())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let (_, v) = call(
+        Method::GET,
+        "/v2.0/networks?router:external=True&name=public",
+        None,
     )
-    .map_err(|e| StartError::Usage(format!("[flat_network] cidr: {e}")))
+    .await
+    .map_err(|e| fail("list", e))?;
+    if v["networks"].as_array().is_some_and(|a| !a.is_empty()) {
+        return Ok(());
+    }
+    let (s, net) = call(
+        Method::POST,
+        "/v2.0/networks",
+        Some(
+            serde_json::json!({"network": {"name": "public", "router:external": true, "is_default": true,
+            "provider:network_type": "flat", "provider:physical_network": "public"}}),
+        ),
+    )
+    .await
+    .map_err(|e| fail("create", e))?;
+    if s.as_u16() != 201 {
+        return Err(fail("create", net.to_string()));
+    }
+    let (s, sub) = call(
+        Method::POST,
+        "/v2.0/subnets",
+        Some(
+            serde_json::json!({"subnet": {"name": "public-subnet", "network_id": net["network"]["id"],
+            "ip_version": 4, "cidr": cidr, "enable_dhcp": false}}),
+        ),
+    )
+    .await
+    .map_err(|e| fail("subnet", e))?;
+    if s.as_u16() != 201 {
+        return Err(fail("subnet", sub.to_string()));
+    }
+    tracing::info!(%cidr, "external network public created");
+    Ok(())
 }
 
 /// The super conductor (with its scheduler) serving the API-level bus (`[DEFAULT] transport_url`).
@@ -419,6 +472,7 @@ pub fn compute_host(
     host: &str,
     bus: Arc<dyn tessera_bus::Bus>,
     placement: Arc<tessera_compute::placement_client::PlacementClient>,
+    network: Arc<tessera_compute::network::NetworkClient>,
     shutdown: &Shutdown,
 ) -> (
     Arc<tessera_compute::agent::ComputeAgent>,
@@ -438,6 +492,7 @@ pub fn compute_host(
         bus,
         driver,
         placement,
+        network,
     ));
     let (tx, rx) = tokio::sync::oneshot::channel();
     a.clone().spawn(shutdown.subscribe(), tx);
@@ -476,7 +531,8 @@ pub async fn start_cell(
     let mut waits = Vec::new();
     for j in 1..=hosts {
         let host = format!("{name}-compute{j}");
-        let (a, rx) = compute_host(cfg, &host, bus.clone(), placement.clone(), shutdown);
+        let network = Arc::new(tessera_compute::network::NetworkClient::new(placement.clone()));
+        let (a, rx) = compute_host(cfg, &host, bus.clone(), placement.clone(), network, shutdown);
         waits.push((host, rx));
         agents.push(a);
     }

@@ -340,7 +340,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
                         .get(&cfg.get_str("DEFAULT", "transport_url"))
                         .map_err(|e| StartError::Failed(format!("[DEFAULT] transport_url: {e}")))?,
                     buses: buses.clone(),
-                    flat: Some(aio::flat_network(&cfg)?),
+                    network: Some(tessera::serve::network_client(&cfg, "api")?),
                 });
                 println!("tessera: compute {}/v2.1", r.base_url);
                 tasks.push(r.task);

@@ -41,6 +41,42 @@ pub fn placement_client(cfg: &Config, role: &str) -> Result<Arc<PlacementClient>
     })))
 }
 
+/// Nova's `[neutron]` options: the Networking service's client (the `[placement]` session when `[neutron]
+/// auth_url` is empty).
+pub fn network_client(
+    cfg: &Config,
+    role: &str,
+) -> Result<Arc<tessera_compute::network::NetworkClient>, StartError> {
+    if cfg.get_str("neutron", "auth_url").is_empty() {
+        return Ok(Arc::new(tessera_compute::network::NetworkClient::new(
+            placement_client(cfg, role)?,
+        )));
+    }
+    let need = |name: &str| {
+        let v = cfg.get_str("neutron", name);
+        if v.is_empty() {
+            Err(StartError::Usage(format!(
+                "role {role} needs [neutron] {name} with [neutron] auth_url"
+            )))
+        } else {
+            Ok(v)
+        }
+    };
+    let session = PlacementClient::new(Credentials {
+        auth_url: need("auth_url")?,
+        username: need("username")?,
+        password: need("password")?,
+        project_name: cfg.get_str("neutron", "project_name"),
+        user_domain_name: cfg.get_str("neutron", "user_domain_name"),
+        project_domain_name: cfg.get_str("neutron", "project_domain_name"),
+        region_name: cfg.get_str("neutron", "region_name"),
+        valid_interfaces: cfg.get_list("neutron", "valid_interfaces"),
+    });
+    Ok(Arc::new(tessera_compute::network::NetworkClient::new(Arc::new(
+        session,
+    ))))
+}
+
 /// Role `conductor`: the super conductor when this configuration names an API database, else a cell
 /// conductor. Returns what it started, for the log line.
 pub async fn conductor(
@@ -93,7 +129,8 @@ pub async fn compute(
         .map_err(|e| StartError::Failed(format!("[DEFAULT] transport_url: {e}")))?;
     let host = aio::host_name(cfg);
     let placement = placement_client(cfg, "compute")?;
-    let (agent, ready) = aio::compute_host(cfg, &host, bus, placement, shutdown);
+    let network = network_client(cfg, "compute")?;
+    let (agent, ready) = aio::compute_host(cfg, &host, bus, placement, network, shutdown);
     match tokio::time::timeout(Duration::from_secs(120), ready).await {
         Ok(Ok(_)) => {}
         _ => {

@@ -243,7 +243,7 @@ async fn super_conductor_builds_across_cells_or_buries_in_cell0() {
 
     // Four instances: each created in its host's cell, mapped there, built ACTIVE; no build request left.
     let (s, mut list) = boot_of(4, 1);
-    boot::record(&api, &s, &mut list, None, None).await.unwrap();
+    boot::record(&api, &s, &mut list, None).await.unwrap();
     assert_eq!(boot::build_requests_count(&api).await.unwrap(), 4);
     let uuids: Vec<String> = list.iter().map(|i| i.uuid.clone()).collect();
     sc.schedule_and_build(&uuids, "req-boot").await.unwrap();
@@ -284,7 +284,7 @@ async fn super_conductor_builds_across_cells_or_buries_in_cell0() {
 
     // Nothing fits: buried in cell0, ERROR with the NoValidHost fault, no claim left.
     let (s, mut list) = boot_of(2, 999);
-    boot::record(&api, &s, &mut list, None, None).await.unwrap();
+    boot::record(&api, &s, &mut list, None).await.unwrap();
     let uuids: Vec<String> = list.iter().map(|i| i.uuid.clone()).collect();
     sc.schedule_and_build(&uuids, "req-bury").await.unwrap();
     let cell0 = tessera_compute::cells::cell_get(&api, tessera_compute::cells::CELL0_UUID)

@@ -131,6 +131,19 @@ async fn api_count(c: &Cloud, table: &str) -> i64 {
     r.try_get::<i64, _>("n").unwrap()
 }
 
+/// How many ports the Networking service has for a server.
+async fn ports_of(c: &Cloud, t: &str, server: &str) -> usize {
+    let r = c
+        .http
+        .get(c.network_url(&format!("/v2.0/ports?device_id={server}")))
+        .header("X-Auth-Token", t)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    v["ports"].as_array().unwrap().len()
+}
+
 /// A cloud on SQLite with one cell of `hosts` compute hosts and the given `(group, option, value)` settings,
 /// its admin token and an active image.
 async fn one_cell(hosts: &str, settings: &[(&str, &str, &str)]) -> (Cloud, String, String) {
@@ -258,7 +271,8 @@ async fn servers_boot_list_act_and_delete_across_cells() {
         let (_, v) = call(&c, Method::GET, "/servers/detail?status=SHUTOFF", &t, "2.1", None).await;
         assert!(v["servers"].as_array().unwrap().is_empty());
 
-        // networks "auto": an address on the flat network.
+        // networks "auto": the project has no network, so it gets its auto-allocated one (a router to the
+        // all-in-one's default external network `public`), and the server a port on it.
         let (s, v) = call(
             &c,
             Method::POST,
@@ -273,8 +287,11 @@ async fn servers_boot_list_act_and_delete_across_cells() {
         let auto = v["server"]["id"].as_str().unwrap().to_string();
         wait_servers(&c, &t, "?name=auto", all_status("ACTIVE")).await;
         let (_, v) = call(&c, Method::GET, &format!("/servers/{auto}"), &t, "2.100", None).await;
-        assert_eq!(v["server"]["addresses"]["private"][0]["addr"], "10.0.0.2", "{v}");
-        assert_eq!(api_count(&c, "flat_addresses").await, 1);
+        let addr = v["server"]["addresses"]["auto_allocated_network"][0]["addr"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(addr.starts_with("10.128.0."), "{v}");
+        assert_eq!(ports_of(&c, &t, &auto).await, 1);
 
         // Power actions and their state guards.
         let act = |body: Value| {
@@ -482,7 +499,7 @@ async fn servers_boot_list_act_and_delete_across_cells() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(usage_total(&c, &t).await, 0);
-        assert_eq!(api_count(&c, "flat_addresses").await, 0);
+        assert_eq!(ports_of(&c, &t, &auto).await, 0, "the server's port went with it");
         // Deleted servers stay visible to admins asking for them.
         let (_, v) = call(&c, Method::GET, "/servers/detail?deleted=true", &t, "2.1", None).await;
         assert!(v["servers"]
@@ -660,7 +677,7 @@ async fn recovery_finishes_boots_left_half_way() {
             ..Default::default()
         })
         .collect();
-    boot::record(&api, &spec, &mut list, None, None).await.unwrap();
+    boot::record(&api, &spec, &mut list, None).await.unwrap();
     // The second one got as far as its row in cell1 (say, on another host) before the crash.
     let cell1 = tessera_compute::cells::cell_list(&api)
         .await

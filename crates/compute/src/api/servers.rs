@@ -7,7 +7,6 @@ use super::{base_url, nova, ComputeApi, Mv, S};
 use crate::boot::{self, BootInstance};
 use crate::celldb::{self, InstanceRow, ListFilter, SortCol};
 use crate::cells::{self, CellMapping};
-use crate::flat::FlatNetwork;
 use crate::scheduler::RequestSpec;
 use crate::ComputeError;
 use axum::body::Bytes;
@@ -31,8 +30,8 @@ pub struct BootWiring {
     pub api_bus: Arc<dyn tessera_bus::Bus>,
     /// The cells' buses (actions and deletes go straight to the instance's host).
     pub buses: Arc<tessera_bus::Buses>,
-    /// The built-in network behind `networks: "auto"` (None: only `none` works).
-    pub flat: Option<FlatNetwork>,
+    /// The Networking service (None: only `networks: "none"` boots).
+    pub network: Option<Arc<crate::network::NetworkClient>>,
 }
 
 /// Limits of the `[quota]` options (-1: unlimited) and the instance-password choice.
@@ -189,24 +188,20 @@ fn flavor_view(flavor_json: &str, v: &ViewCtx) -> Value {
     }
 }
 
+/// The server's addresses by network name, from the VIFs its ports gave it.
 fn addresses(row: &InstanceRow) -> Value {
-    if row.vm_state == "building" {
-        return json!({});
-    }
     let mut out = Map::new();
-    let info: Value = row
-        .network_info
-        .as_deref()
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or(Value::Null);
-    for a in info.as_array().into_iter().flatten() {
-        let net = a["network"].as_str().unwrap_or("private").to_string();
-        let entry = json!({"version": a["version"], "addr": a["addr"], "OS-EXT-IPS:type": "fixed",
-                           "OS-EXT-IPS-MAC:mac_addr": a["mac"]});
-        match out.get_mut(&net).and_then(Value::as_array_mut) {
-            Some(list) => list.push(entry),
-            None => {
-                out.insert(net, json!([entry]));
+    let info = crate::network::NetworkRequest::from_info(row.network_info.as_deref());
+    for vif in &info.vifs {
+        let entries = out
+            .entry(vif.network_name.clone())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(list) = entries {
+            for ip in &vif.ips {
+                list.push(
+                    json!({"version": ip.version, "addr": ip.address, "OS-EXT-IPS:type": "fixed",
+                                 "OS-EXT-IPS-MAC:mac_addr": vif.mac}),
+                );
             }
         }
     }
@@ -420,10 +415,10 @@ fn render_detail<'a>(
             "ACTIVE" | "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE" | "MIGRATING"
         )
         .then_some(0),
-        security_groups: row
-            .network_info
-            .is_some()
-            .then_some([GroupName { name: "default" }]),
+        security_groups: (!crate::network::NetworkRequest::from_info(row.network_info.as_deref())
+            .requested
+            .is_empty())
+        .then_some([GroupName { name: "default" }]),
         host: admin.then_some(row.host.as_deref()),
         node: admin.then_some(row.node.as_deref()),
         instance_name: admin.then(|| {
@@ -1042,11 +1037,91 @@ fn string_field<'a>(field: &str, v: &'a Value, min: usize, max: usize) -> Result
     Ok(s)
 }
 
+/// Check a boot's networks and security groups with the Networking service and say what the instances
+/// ask for.
+async fn resolve_networks(
+    ctx: &tessera_types::RequestContext,
+    project: &str,
+    wiring: &BootWiring,
+    networks: Networks,
+    security_groups: &[String],
+    count: i64,
+) -> Result<crate::network::NetworkRequest, ApiError> {
+    use crate::network::{NetworkCheck, NetworkRequest, RequestedNetwork};
+    if networks == Networks::None {
+        return Ok(NetworkRequest::default());
+    }
+    let Some(client) = wiring.network.clone() else {
+        return Err(bad(
+            "No networking service is configured: boot with networks \"none\".",
+        ));
+    };
+    let to_api = |e: NetworkCheck| match e {
+        NetworkCheck::BadRequest(m) => bad(m),
+        NetworkCheck::Conflict(m) => nova(StatusCode::CONFLICT, m),
+        NetworkCheck::Unavailable(m) => {
+            tracing::error!(error = %m, "networking service unavailable");
+            nova(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The networking service is not available.",
+            )
+        }
+    };
+    let requested: Vec<RequestedNetwork> = match networks {
+        Networks::List(list) => client
+            .validate(project, ctx.is_admin(), Some(list), count)
+            .await
+            .map_err(to_api)?,
+        Networks::Auto => client
+            .validate(project, ctx.is_admin(), None, count)
+            .await
+            .map_err(to_api)?,
+        // Before 2.37, no `networks`: the project's network if there is exactly one, else none.
+        _ => {
+            let nets = client
+                .available_networks(project)
+                .await
+                .map_err(|e| to_api(NetworkCheck::Unavailable(e)))?;
+            match nets.as_slice() {
+                [one] => vec![RequestedNetwork {
+                    network_id: one["id"].as_str().map(str::to_string),
+                    ..Default::default()
+                }],
+                [] => Vec::new(),
+                _ => {
+                    return Err(nova(
+                        StatusCode::CONFLICT,
+                        "Multiple possible networks found, use a Network ID to be more specific.",
+                    ))
+                }
+            }
+        }
+    };
+    let security_groups = if security_groups.is_empty() {
+        Vec::new()
+    } else {
+        client
+            .security_group_ids(project, security_groups)
+            .await
+            .map_err(to_api)?
+    };
+    Ok(NetworkRequest {
+        requested,
+        security_groups,
+        vifs: Vec::new(),
+    })
+}
+
 /// What `networks` asked for.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Networks {
+    /// `"auto"`: the project's one network, else its auto-allocated one.
     Auto,
+    /// `"none"` (or `[]` before 2.37).
     None,
+    /// Not given (before 2.37): the project's one network if it has one.
+    Default,
+    List(Vec<crate::network::RequestedNetwork>),
 }
 
 fn parse_networks(v: Option<&Value>, mv: Mv) -> Result<Networks, ApiError> {
@@ -1054,7 +1129,7 @@ fn parse_networks(v: Option<&Value>, mv: Mv) -> Result<Networks, ApiError> {
         if mv.at_least(37) {
             return Err(bad("Invalid input for field/attribute server. Value: the server. 'networks' is a required property"));
         }
-        return Ok(Networks::Auto);
+        return Ok(Networks::Default);
     };
     match v {
         Value::String(s) if mv.at_least(37) && s == "auto" => Ok(Networks::Auto),
@@ -1063,7 +1138,8 @@ fn parse_networks(v: Option<&Value>, mv: Mv) -> Result<Networks, ApiError> {
             if items.is_empty() && mv.at_least(37) {
                 return Err(invalid_field("networks", v, "[] is too short"));
             }
-            if let Some(n) = items.first() {
+            let mut out = Vec::new();
+            for n in items {
                 let o = n
                     .as_object()
                     .ok_or_else(|| invalid_field("networks", v, &format!("{n} is not of type 'object'")))?;
@@ -1079,16 +1155,52 @@ fn parse_networks(v: Option<&Value>, mv: Mv) -> Result<Networks, ApiError> {
                         &format!("Additional properties are not allowed ('{k}' was unexpected)"),
                     ));
                 }
-                if let Some(p) = o.get("port").and_then(Value::as_str) {
-                    return Err(bad(format!("Port id {p} could not be found.")));
+                let text = |k: &str| -> Result<Option<String>, ApiError> {
+                    match o.get(k) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(Value::String(s)) => Ok(Some(s.clone())),
+                        Some(x) => Err(invalid_field(
+                            "networks",
+                            v,
+                            &format!("{x} is not of type 'string'"),
+                        )),
+                    }
+                };
+                let r = crate::network::RequestedNetwork {
+                    network_id: text("uuid")?,
+                    port_id: text("port")?,
+                    fixed_ip: text("fixed_ip")?,
+                    tag: text("tag")?,
+                };
+                if let Some(ip) = &r.fixed_ip {
+                    if ip.parse::<std::net::IpAddr>().is_err() {
+                        return Err(bad(format!("Invalid fixed IP address ({ip})")));
+                    }
                 }
-                if let Some(u) = o.get("uuid").and_then(Value::as_str) {
-                    return Err(bad(format!("Network {u} could not be found.")));
+                match (&r.network_id, &r.port_id) {
+                    (None, None) => {
+                        return Err(bad("Bad networks format: network uuid is not in proper format"))
+                    }
+                    (Some(u), None) if !super::uuid_like(u) => {
+                        return Err(bad(format!(
+                            "Bad networks format: network uuid is not in proper format ({u})"
+                        )))
+                    }
+                    _ => {}
                 }
-                return Err(bad("Bad networks format: network uuid is not in proper format"));
+                if out
+                    .iter()
+                    .any(|o: &crate::network::RequestedNetwork| o.port_id.is_some() && o.port_id == r.port_id)
+                {
+                    return Err(bad("Duplicate networks are not allowed"));
+                }
+                out.push(r);
             }
-            // Before 2.37 an empty list means no network.
-            Ok(Networks::None)
+            if out.is_empty() {
+                // Before 2.37 an empty list means no network.
+                return Ok(Networks::None);
+            }
+            Ok(Networks::List(out))
         }
         _ => Err(invalid_field(
             "networks",
@@ -1528,11 +1640,6 @@ pub(crate) async fn create(
                 .and_then(Value::as_str)
                 .filter(|n| !n.is_empty())
                 .ok_or_else(|| invalid_field("security_groups", sg, "each group needs a 'name'"))?;
-            if n != "default" {
-                return Err(bad(format!(
-                    "Unable to find security_group with name or id '{n}'"
-                )));
-            }
             security_groups.push(n.to_string());
         }
     }
@@ -1648,6 +1755,9 @@ pub(crate) async fn create(
         }
     };
 
+    // --- networks: checked with the Networking service, `auto` resolved (Nova's validate_networks)
+    let net_request = resolve_networks(&ctx, &project, wiring, networks, &security_groups, max_count).await?;
+
     // --- quota: as many as fit between min_count and max_count
     let count = quota_count(&api, &project, &flavor, min_count, max_count).await?;
 
@@ -1698,8 +1808,7 @@ pub(crate) async fn create(
             metadata: metadata.clone(),
             access_ip_v4: access_v4.clone(),
             access_ip_v6: access_v6.clone(),
-            auto_network: networks == Networks::Auto,
-            network_info: None,
+            network_info: Some(net_request.to_info()),
         });
     }
     // The server group joined: the caller's project's (or any, for admins), with room for these servers.
@@ -1734,7 +1843,7 @@ pub(crate) async fn create(
         instance_group: group_hint.clone(),
         ..Default::default()
     };
-    boot::record(&api.api_db, &spec, &mut instances, wiring.flat.as_ref(), group)
+    boot::record(&api.api_db, &spec, &mut instances, group)
         .await
         .map_err(|e| match e {
             ComputeError::Invalid(m) => bad(m),
@@ -1945,7 +2054,6 @@ async fn delete_in_cell(
 ) -> Result<(), ApiError> {
     celldb::instance_set_deleting(db, &row.uuid).await?;
     cells::instance_mapping_queue_for_delete(&api.api_db, &row.uuid).await?;
-    crate::flat::release(&api.api_db, &row.uuid).await?;
     if let (Some(host), Some(w)) = (row.host.as_deref(), api.boot.get()) {
         let up = match celldb::service_get(db, host, crate::agent::BINARY).await? {
             Some(s) => crate::api::services::is_up_at(
@@ -1957,7 +2065,11 @@ async fn delete_in_cell(
         };
         if up {
             let bus = w.buses.get(&cell.transport_url).map_err(super::internal)?;
-            let msg = tessera_bus::Envelope::new("terminate_instance", json!({"uuid": row.uuid}), request_id);
+            let msg = tessera_bus::Envelope::new(
+                "terminate_instance",
+                json!({"uuid": row.uuid, "network_info": crate::network::NetworkRequest::from_info(row.network_info.as_deref())}),
+                request_id,
+            );
             match bus
                 .cast(&tessera_bus::Target::server(crate::agent::TOPIC, host), msg)
                 .await
@@ -1967,6 +2079,13 @@ async fn delete_in_cell(
                     tracing::warn!(instance = %row.uuid, %host, error = %e, "host unreachable; deleting locally")
                 }
             }
+        }
+    }
+    // The host is gone: its ports are released from here (Nova's local delete).
+    if let Some(net) = api.boot.get().and_then(|w| w.network.clone()) {
+        let req = crate::network::NetworkRequest::from_info(row.network_info.as_deref());
+        if let Err(e) = net.deallocate_for_instance(&row.uuid, &req).await {
+            tracing::warn!(instance = %row.uuid, error = %e, "cannot release the server's ports");
         }
     }
     celldb::instance_destroy(db, &row.uuid).await?;

@@ -252,6 +252,7 @@ mod tests {
             root_gb: 1,
             ephemeral_gb: 0,
             image_id: None,
+            network: Default::default(),
         }
     }
 

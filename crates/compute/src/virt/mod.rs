@@ -45,6 +45,9 @@ pub struct SpawnSpec {
     pub root_gb: i64,
     pub ephemeral_gb: i64,
     pub image_id: Option<String>,
+    /// The networks asked for (and, once allocated, the VIFs to plug).
+    #[serde(default)]
+    pub network: crate::network::NetworkRequest,
 }
 
 #[derive(Debug, Clone, PartialEq)]
