@@ -252,6 +252,95 @@ impl ComputeAgent {
         Ok(())
     }
 
+    /// Attach one more network or port to an instance (os-interface): the port is made or bound here, the
+    /// driver plugs it, and the instance's VIFs are recorded. Returns the new VIF.
+    pub async fn attach_interface(
+        &self,
+        uuid: &str,
+        project_id: &str,
+        mut current: crate::network::NetworkRequest,
+        requested: crate::network::RequestedNetwork,
+        request_id: &str,
+    ) -> Result<crate::network::Vif, String> {
+        let one = crate::network::NetworkRequest {
+            requested: vec![requested.clone()],
+            security_groups: current.security_groups.clone(),
+            vifs: Vec::new(),
+        };
+        let vif = self
+            .network
+            .allocate_for_instance(uuid, project_id, &self.cfg.host, &one)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no port was allocated".to_string())?;
+        if let Err(e) = self.driver.attach_interface(uuid, &vif).await {
+            let _ = self
+                .network
+                .release_port(&vif.port_id, vif.preserve_on_delete)
+                .await;
+            return Err(e.to_string());
+        }
+        current.requested.push(crate::network::RequestedNetwork {
+            network_id: Some(vif.network_id.clone()),
+            port_id: vif.preserve_on_delete.then(|| vif.port_id.clone()),
+            ..requested
+        });
+        current.vifs.push(vif.clone());
+        self.conductor(
+            "instance_network_info",
+            json!({"uuid": uuid, "network_info": current}),
+            request_id,
+        )
+        .await?;
+        tracing::info!(instance = %uuid, port = %vif.port_id, %request_id, "interface attached");
+        Ok(vif)
+    }
+
+    /// Detach a port from an instance (os-interface): unplugged, released, and dropped from its VIFs.
+    pub async fn detach_interface(
+        &self,
+        uuid: &str,
+        mut current: crate::network::NetworkRequest,
+        port_id: &str,
+        request_id: &str,
+    ) -> Result<(), String> {
+        let Some(vif) = current.vifs.iter().find(|v| v.port_id == port_id).cloned() else {
+            return Err(format!("port {port_id} is not attached to instance {uuid}"));
+        };
+        self.driver
+            .detach_interface(uuid, &vif)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.network.release_port(port_id, vif.preserve_on_delete).await?;
+        current.vifs.retain(|v| v.port_id != port_id);
+        current
+            .requested
+            .retain(|r| r.port_id.as_deref() != Some(port_id));
+        // A network entry that made this port goes too (the first one of its network without a VIF left).
+        let left: Vec<String> = current.vifs.iter().map(|v| v.network_id.clone()).collect();
+        if let Some(pos) = current.requested.iter().position(|r| {
+            r.port_id.is_none()
+                && r.network_id.as_deref() == Some(vif.network_id.as_str())
+                && left.iter().filter(|n| **n == vif.network_id).count()
+                    < current
+                        .requested
+                        .iter()
+                        .filter(|q| q.network_id == r.network_id)
+                        .count()
+        }) {
+            current.requested.remove(pos);
+        }
+        self.conductor(
+            "instance_network_info",
+            json!({"uuid": uuid, "network_info": current}),
+            request_id,
+        )
+        .await?;
+        tracing::info!(instance = %uuid, port = %port_id, %request_id, "interface detached");
+        Ok(())
+    }
+
     /// Release an instance's ports (logged, not fatal).
     async fn deallocate_network(&self, uuid: &str, req: &crate::network::NetworkRequest) {
         if req.requested.is_empty() && req.vifs.is_empty() {
@@ -481,6 +570,28 @@ impl ComputeAgent {
                     tracing::warn!(request_id = %msg.request_id, error = %e, "terminate failed");
                     err("TerminateFailed", e)
                 })?;
+                Ok(json!({}))
+            }
+            "attach_interface" => {
+                let uuid = uuid_arg()?;
+                let arg = |k: &str| msg.args[k].clone();
+                let current = serde_json::from_value(arg("network_info")).unwrap_or_default();
+                let requested = serde_json::from_value(arg("requested"))
+                    .map_err(|e| err("BadArguments", e.to_string()))?;
+                let project = arg("project_id").as_str().unwrap_or_default().to_string();
+                let vif = self
+                    .attach_interface(&uuid, &project, current, requested, &msg.request_id)
+                    .await
+                    .map_err(|e| err("InterfaceAttachFailed", e))?;
+                Ok(json!({ "vif": vif }))
+            }
+            "detach_interface" => {
+                let uuid = uuid_arg()?;
+                let current = serde_json::from_value(msg.args["network_info"].clone()).unwrap_or_default();
+                let port = msg.args["port_id"].as_str().unwrap_or_default().to_string();
+                self.detach_interface(&uuid, current, &port, &msg.request_id)
+                    .await
+                    .map_err(|e| err("InterfaceDetachFailed", e))?;
                 Ok(json!({}))
             }
             "start_instance" | "stop_instance" | "reboot_instance" => {

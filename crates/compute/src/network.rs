@@ -404,6 +404,28 @@ impl NetworkClient {
         Ok(vifs)
     }
 
+    /// The ports bound to an instance, as the Networking service has them now.
+    pub async fn ports_of(&self, instance: &str) -> R<Vec<Value>> {
+        self.list(&format!("/v2.0/ports?device_id={instance}"), "ports")
+            .await
+    }
+
+    /// Let one port go: deleted when Nova made it, unbound when the user brought it.
+    pub async fn release_port(&self, port_id: &str, preserve: bool) -> R<()> {
+        let r = if preserve {
+            let body = json!({"port": {"device_id": "", "device_owner": "", "binding:host_id": "", "binding:profile": {}}});
+            self.call(Method::PUT, &format!("/v2.0/ports/{port_id}"), Some(&body))
+                .await?
+        } else {
+            self.call(Method::DELETE, &format!("/v2.0/ports/{port_id}"), None)
+                .await?
+        };
+        match r {
+            (200, _) | (204, _) | (404, _) => Ok(()),
+            (s, v) => Err(format!("releasing port {port_id}: {s} {}", Self::message(&v))),
+        }
+    }
+
     /// Remove the instance's ports: the ones Nova made are deleted, the ones the user brought unbound. Ports
     /// are found by `device_id`, so ports made by an allocation that never got recorded go too.
     pub async fn deallocate_for_instance(&self, instance: &str, req: &NetworkRequest) -> R<()> {

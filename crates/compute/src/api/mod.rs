@@ -5,6 +5,7 @@ mod aggregates;
 mod flavors;
 mod hypervisors;
 pub(crate) use hypervisors::uuid_like;
+mod interfaces;
 mod keypairs;
 pub mod microversion;
 mod server_groups;
@@ -317,6 +318,11 @@ pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity
         .route("/v2.1/servers/detail", get(servers::detail))
         .route("/v2.1/servers/{id}", get(servers::show).delete(servers::delete))
         .route("/v2.1/servers/{id}/action", axum::routing::post(servers::action))
+        .route("/v2.1/servers/{id}/os-interface", get(interfaces::list).post(interfaces::create))
+        .route(
+            "/v2.1/servers/{id}/os-interface/{port_id}",
+            get(interfaces::show).delete(interfaces::delete),
+        )
         .route("/v2.1/os-services", get(services::list))
         .route("/v2.1/os-services/{id}", axum::routing::put(services::update).delete(services::delete))
         .route("/v2.1/os-aggregates", get(aggregates::list).post(aggregates::create))

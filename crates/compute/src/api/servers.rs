@@ -480,7 +480,7 @@ fn caller_project(ctx: &RequestContext) -> Result<String, ApiError> {
 }
 
 /// Where a server is now.
-enum Found {
+pub(crate) enum Found {
     Building(Box<BootInstance>),
     Cell {
         cell: CellMapping,
@@ -492,7 +492,7 @@ enum Found {
 }
 
 /// Look a server up for the caller (another project's server is not found, except for admins).
-async fn find(api: &ComputeApi, ctx: &RequestContext, id: &str) -> Result<Found, ApiError> {
+pub(crate) async fn find(api: &ComputeApi, ctx: &RequestContext, id: &str) -> Result<Found, ApiError> {
     let m = cells::instance_mapping_get(&api.api_db, id)
         .await?
         .ok_or_else(|| not_found(id))?;

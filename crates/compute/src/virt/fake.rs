@@ -142,6 +142,15 @@ impl VirtDriver for FakeDriver {
         Ok(())
     }
 
+    async fn attach_interface(&self, uuid: &str, _vif: &crate::network::Vif) -> Result<(), VirtError> {
+        // The fake guest has no devices: attaching needs only the guest.
+        self.get_info(uuid).await.map(|_| ())
+    }
+
+    async fn detach_interface(&self, uuid: &str, _vif: &crate::network::Vif) -> Result<(), VirtError> {
+        self.get_info(uuid).await.map(|_| ())
+    }
+
     async fn destroy(&self, uuid: &str) -> Result<(), VirtError> {
         self.guests.lock().unwrap_or_else(|p| p.into_inner()).remove(uuid);
         Ok(())

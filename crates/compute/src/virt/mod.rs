@@ -109,6 +109,20 @@ pub trait VirtDriver: Send + Sync + 'static {
     async fn available_resources(&self) -> HostResources;
     /// Uuids of the instances on this host.
     async fn list_instances(&self) -> Vec<String>;
+    /// Plug one more VIF into a guest (os-interface attach).
+    async fn attach_interface(&self, _uuid: &str, _vif: &crate::network::Vif) -> Result<(), VirtError> {
+        Err(VirtError::Unsupported {
+            driver: self.name(),
+            op: "attach an interface",
+        })
+    }
+    /// Unplug a VIF from a guest.
+    async fn detach_interface(&self, _uuid: &str, _vif: &crate::network::Vif) -> Result<(), VirtError> {
+        Err(VirtError::Unsupported {
+            driver: self.name(),
+            op: "detach an interface",
+        })
+    }
     /// The fake driver behind this one, for tests that inject failures.
     fn as_fake(&self) -> Option<&fake::FakeDriver> {
         None
