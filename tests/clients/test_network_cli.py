@@ -115,3 +115,58 @@ def test_quotas_tags_and_availability(cloud):
     cloud.os("port", "delete", "tp")
     cloud.os("network", "delete", "tagged")
     cloud.os("quota", "set", "--networks", "100", project)
+
+
+def test_servers_on_networks_ports_and_floating_ips(cloud, tmp_path):
+    img = tmp_path / "disk.raw"
+    img.write_bytes(b"\0" * 65536)
+    cloud.os("image", "create", "--disk-format", "raw", "--container-format", "bare", "--file", str(img),
+             "net-img", "-f", "json")
+    cloud.os("network", "create", "srv-net", "-f", "json")
+    cloud.os("subnet", "create", "--network", "srv-net", "--subnet-range", "10.94.0.0/24", "srv-sub", "-f", "json")
+    cloud.os("network", "create", "srv-net2", "-f", "json")
+    cloud.os("subnet", "create", "--network", "srv-net2", "--subnet-range", "10.95.0.0/24", "srv-sub2", "-f", "json")
+    s = cloud.os("server", "create", "--flavor", "m1.tiny", "--image", "net-img", "--network", "srv-net", "--wait",
+                 "vm-net", "-f", "json")
+    assert s["status"] == "ACTIVE"
+    addr = s["addresses"]["srv-net"][0]
+    assert addr.startswith("10.94.0.")
+    ports = cloud.os("port", "list", "--server", "vm-net", "-f", "json")
+    assert [p["Fixed IP Addresses"][0]["ip_address"] for p in ports] == [addr]
+    port = cloud.os("port", "show", ports[0]["ID"], "-f", "json")
+    assert port["device_owner"] == "compute:nova" and port["binding_host_id"], port
+    # A second network, then a port of the user's own, attached and detached.
+    cloud.os("server", "add", "network", "vm-net", "srv-net2")
+    shown = cloud.os("server", "show", "vm-net", "-f", "json")["addresses"]
+    assert sorted(shown) == ["srv-net", "srv-net2"], shown
+    mine = cloud.os("port", "create", "--network", "srv-net2", "--fixed-ip", "ip-address=10.95.0.77", "mine",
+                    "-f", "json")
+    cloud.os("server", "add", "port", "vm-net", "mine")
+    assert "10.95.0.77" in cloud.os("server", "show", "vm-net", "-f", "json")["addresses"]["srv-net2"]
+    cloud.os("server", "remove", "port", "vm-net", "mine")
+    cloud.os("server", "remove", "network", "vm-net", "srv-net2")
+    assert list(cloud.os("server", "show", "vm-net", "-f", "json")["addresses"]) == ["srv-net"]
+    assert cloud.os("port", "show", "mine", "-f", "json")["device_id"] == "", "the user's port is unbound, kept"
+    # A floating IP through a router to an external network.
+    cloud.os("network", "create", "--external", "srv-ext", "-f", "json")
+    cloud.os("subnet", "create", "--network", "srv-ext", "--subnet-range", "172.31.9.0/24", "--no-dhcp",
+             "srv-ext-sub", "-f", "json")
+    cloud.os("router", "create", "srv-router", "-f", "json")
+    cloud.os("router", "set", "--external-gateway", "srv-ext", "srv-router")
+    cloud.os("router", "add", "subnet", "srv-router", "srv-sub")
+    fip = cloud.os("floating", "ip", "create", "srv-ext", "-f", "json")["floating_ip_address"]
+    cloud.os("server", "add", "floating", "ip", "vm-net", fip)
+    assert cloud.os("floating", "ip", "show", fip, "-f", "json")["fixed_ip_address"] == addr
+    # No network at all.
+    bare = cloud.os("server", "create", "--flavor", "m1.tiny", "--image", "net-img", "--nic", "none", "--wait",
+                    "vm-bare", "-f", "json")
+    assert bare["addresses"] == {}
+    cloud.os("server", "delete", "--wait", "vm-net", "vm-bare")
+    assert cloud.os("port", "list", "--device-owner", "compute:nova", "-f", "json") == []
+    assert cloud.os("floating", "ip", "show", fip, "-f", "json")["port_id"] is None
+    cloud.os("port", "delete", "mine")
+    cloud.os("floating", "ip", "delete", fip)
+    cloud.os("router", "remove", "subnet", "srv-router", "srv-sub")
+    cloud.os("router", "delete", "srv-router")
+    for n in ("srv-net", "srv-net2", "srv-ext"):
+        cloud.os("network", "delete", n)
