@@ -4,6 +4,7 @@
 //!
 //!   tessera-loadgen providers URL TOKEN N CONCURRENCY fresh|keepalive   → one JSON line: {"seconds", "uuids"}
 //!   tessera-loadgen allocations URL TOKEN CONCURRENCY fresh|keepalive < uuids.json  → {"seconds", "count"}
+//!   tessera-loadgen ports NETWORK_URL TOKEN NETWORK_ID N CONCURRENCY  → {"per_second", "p50_ms", "p95_ms", …}
 //!
 //! `fresh` opens a new connection for every request (for servers that close each one, like uWSGI's
 //! `--http-socket`); `keepalive` reuses connections.
@@ -190,7 +191,8 @@ where
 async fn run(args: Vec<String>) -> Result<Value, Error> {
     let usage = "usage: tessera-loadgen providers URL TOKEN N CONCURRENCY fresh|keepalive | \
                  allocations URL TOKEN CONCURRENCY fresh|keepalive < uuids | \
-                 servers COMPUTE_URL TOKEN IMAGE N CONCURRENCY";
+                 servers COMPUTE_URL TOKEN IMAGE N CONCURRENCY | \
+                 ports NETWORK_URL TOKEN NETWORK_ID N CONCURRENCY";
     let (cmd, url, token) = match (args.get(1), args.get(2), args.get(3)) {
         (Some(c), Some(u), Some(t)) => (c.as_str(), u.trim_end_matches('/').to_string(), t.clone()),
         _ => return Err(usage.into()),
@@ -212,6 +214,16 @@ async fn run(args: Vec<String>) -> Result<Value, Error> {
         };
         let image = args.get(4).ok_or(usage)?.clone();
         return servers(client, image, num(5)?, num(6)?).await;
+    }
+    if cmd == "ports" {
+        let client = Client {
+            http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+            base: url,
+            token,
+            service: "network",
+        };
+        let network = args.get(4).ok_or(usage)?.clone();
+        return ports(client, network, num(5)?, num(6)?).await;
     }
     let idle = mode(if cmd == "providers" { 6 } else { 5 })?;
     let client = Client {
@@ -257,6 +269,33 @@ async fn run(args: Vec<String>) -> Result<Value, Error> {
         }
         _ => Err(usage.into()),
     }
+}
+
+/// Create `n` ports on `network` from `conc` clients: ports per second and the latency percentiles.
+async fn ports(c: Client, network: String, n: usize, conc: usize) -> Result<Value, Error> {
+    let cc = c.clone();
+    let (times, secs) = fan_out(n, conc, move |_| {
+        let (c, network) = (cc.clone(), network.clone());
+        async move {
+            let t0 = Instant::now();
+            c.expect(
+                reqwest::Method::POST,
+                "/v2.0/ports",
+                "2.0",
+                json!({"port": {"network_id": network}}),
+                201,
+            )
+            .await?;
+            Ok(t0.elapsed().as_secs_f64() * 1000.0)
+        }
+    })
+    .await?;
+    let mut sorted = times;
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(
+        json!({"ports": n, "concurrency": conc, "seconds": secs, "per_second": n as f64 / secs,
+              "p50_ms": percentile(&sorted, 0.50), "p95_ms": percentile(&sorted, 0.95)}),
+    )
 }
 
 /// Count the servers of a listing by status (`GET /servers/detail`, paged by the API's limit).

@@ -12,7 +12,7 @@ pub mod security_groups;
 pub mod subnets;
 
 use crate::error::{NetError, Result};
-use crate::store::Doc;
+use crate::store::{self, Doc};
 use crate::NetworkService;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -241,6 +241,69 @@ pub(crate) fn body_object(body: &Bytes, key: &str) -> Result<Map<String, Value>>
         },
         _ => Err(NetError::bad_request("Malformed request body")),
     }
+}
+
+/// `POST` of one resource (`{"<one>": {...}}`) or of several (`{"<many>": [...]}`, Neutron's bulk create:
+/// all or nothing — the ones made before a failure are removed again with `undo`).
+pub(crate) async fn bulk_create<C, CF, U, UF>(
+    body: &Bytes,
+    one: &str,
+    many: &str,
+    create: C,
+    undo: U,
+) -> Result<Response>
+where
+    C: Fn(Map<String, Value>) -> CF,
+    CF: std::future::Future<Output = Result<Doc>>,
+    U: Fn(String) -> UF,
+    UF: std::future::Future<Output = Result<()>>,
+{
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| NetError::bad_request(format!("Malformed request body: {e}")))?;
+    let Some(items) = v.get(many) else {
+        let m = body_object(body, one)?;
+        let d = create(m).await?;
+        return Ok(render_one(one, d, &[], StatusCode::CREATED));
+    };
+    let Some(items) = items.as_array() else {
+        return Err(NetError::bad_request(format!(
+            "Invalid input for operation: '{many}' must be a list."
+        )));
+    };
+    let mut made: Vec<Doc> = Vec::new();
+    for item in items {
+        let r = match item {
+            Value::Object(m) => create(m.clone()).await,
+            _ => Err(NetError::bad_request(format!(
+                "Invalid input for operation: each of '{many}' must be an object."
+            ))),
+        };
+        match r {
+            Ok(d) => made.push(d),
+            Err(e) => {
+                for d in made.iter().rev() {
+                    if let Err(u) = undo(store::text(d, "id").to_string()).await {
+                        tracing::error!(error = ?u, "cannot undo part of a failed bulk create");
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    let mut out = Map::new();
+    out.insert(
+        many.to_string(),
+        Value::Array(made.into_iter().map(Value::Object).collect()),
+    );
+    Ok((StatusCode::CREATED, axum::Json(Value::Object(out))).into_response())
+}
+
+/// One statement binding `id`, in its own write transaction (undoing part of a bulk create).
+pub(crate) async fn undo(svc: &NetworkService, sql: &str, id: &str) -> Result<()> {
+    let mut tx = svc.db.begin_write().await?;
+    sqlx::query(&svc.db.sql(sql)).bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Refuse attributes outside `allowed` (Neutron: "Unrecognized attribute(s)").

@@ -348,8 +348,26 @@ async fn next_tunnel_id(svc: &NetworkService, tx: &mut Tx, ty: &str) -> Result<i
 }
 
 pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> Result<Response> {
+    let (s, c) = (svc.clone(), ctx.clone());
+    super::bulk_create(
+        &body,
+        "network",
+        "networks",
+        move |m| create_one(s.clone(), c.clone(), m),
+        |id| {
+            let svc = svc.clone();
+            async move { super::undo(&svc, "DELETE FROM networks WHERE id = ?", &id).await }
+        },
+    )
+    .await
+}
+
+async fn create_one(
+    svc: std::sync::Arc<NetworkService>,
+    ctx: std::sync::Arc<RequestContext>,
+    m: serde_json::Map<String, Value>,
+) -> Result<Doc> {
     writer(&ctx, "rule:create_network")?;
-    let m = body_object(&body, "network")?;
     only(&m, CREATE)?;
     admin_only(&ctx, &m, "create")?;
     let owner = owner_of_new(&ctx, &m, "create_network:tenant_id")?;
@@ -400,12 +418,7 @@ pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> R
     })
     .await?;
     tracing::info!(network_id = %id, project_id = %owner, "network created");
-    Ok(render_one(
-        "network",
-        view(&ctx, doc, Vec::new()),
-        &[],
-        StatusCode::CREATED,
-    ))
+    Ok(view(&ctx, doc, Vec::new()))
 }
 
 /// What a new network is made of (besides its segment, which `insert` works out from the request).
@@ -570,12 +583,12 @@ pub(crate) async fn delete(State(svc): S, Caller(ctx): Caller, Path(id): Path<St
         return Err(NetError::policy("rule:delete_network"));
     }
     writer(&ctx, "rule:delete_network")?;
-    // Ports the service made for itself (DHCP) go with the network; anybody else's keep it alive.
+    // Ports the service made for itself (DHCP, floating IPs) go with the network; anybody else's keep it alive.
     let in_use = store::count(
         &svc.db,
         &mut *tx,
         "ports",
-        "network_id = ? AND device_owner <> 'network:dhcp'",
+        "network_id = ? AND device_owner <> 'network:dhcp' AND device_owner <> 'network:floatingip'",
         &[&id],
     )
     .await?;
@@ -586,6 +599,7 @@ pub(crate) async fn delete(State(svc): S, Caller(ctx): Caller, Path(id): Path<St
         ));
     }
     for q in [
+        "DELETE FROM floatingips WHERE floating_network_id = ?",
         "DELETE FROM port_security_groups WHERE port_id IN (SELECT id FROM ports WHERE network_id = ?)",
         "DELETE FROM ip_allocations WHERE network_id = ?",
         "DELETE FROM ports WHERE network_id = ?",

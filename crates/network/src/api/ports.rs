@@ -596,8 +596,31 @@ fn dhcp_opts(v: &Value) -> Result<Value> {
 }
 
 pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> Result<Response> {
+    let (s, c) = (svc.clone(), ctx.clone());
+    super::bulk_create(
+        &body,
+        "port",
+        "ports",
+        move |m| create_one(s.clone(), c.clone(), m),
+        |id| {
+            let svc = svc.clone();
+            async move {
+                let mut tx = svc.db.begin_write().await?;
+                remove_port(&svc, &mut tx, &id).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
+async fn create_one(
+    svc: std::sync::Arc<NetworkService>,
+    ctx: std::sync::Arc<RequestContext>,
+    m: Map<String, Value>,
+) -> Result<Doc> {
     writer(&ctx, "rule:create_port")?;
-    let m = body_object(&body, "port")?;
     only(&m, CREATE)?;
     check_bindings(&ctx, &m, "create")?;
     let network_id = match m.get("network_id").and_then(Value::as_str) {
@@ -712,7 +735,7 @@ pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> R
     })
     .await?;
     tracing::info!(port_id = %id, network_id = %network_id, "port created");
-    Ok(render_one("port", view(&ctx, doc), &[], StatusCode::CREATED))
+    Ok(view(&ctx, doc))
 }
 
 pub(crate) async fn update(

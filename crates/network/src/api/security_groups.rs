@@ -612,13 +612,18 @@ pub(crate) async fn create_rule(State(svc): S, Caller(ctx): Caller, body: Bytes)
             ))
         }
         Some(n) if PORT_PROTOCOLS.contains(&n) => {
-            let (lo, hi) = (min.unwrap_or(1), max.unwrap_or(65535));
-            if min.is_none()
-                || max.is_none()
-                || !(1..=65535).contains(&lo)
-                || !(1..=65535).contains(&hi)
-                || lo > hi
+            if let Some(v) = [min, max]
+                .into_iter()
+                .flatten()
+                .find(|v| !(1..=65535).contains(v))
             {
+                return Err(NetError::bad(
+                    StatusCode::BAD_REQUEST,
+                    "SecurityGroupInvalidPortValue",
+                    format!("Invalid value for port {v}"),
+                ));
+            }
+            if !matches!((min, max), (Some(lo), Some(hi)) if lo <= hi) {
                 return Err(NetError::bad(
                     StatusCode::BAD_REQUEST,
                     "SecurityGroupInvalidPortRange",
@@ -627,15 +632,13 @@ pub(crate) async fn create_rule(State(svc): S, Caller(ctx): Caller, body: Bytes)
             }
         }
         Some(1) | Some(58) => {
-            for (v, what) in [(min, "type"), (max, "code")] {
+            for (v, what) in [(min, "type (port_range_min)"), (max, "code (port_range_max)")] {
                 if let Some(v) = v {
                     if !(0..=255).contains(&v) {
                         return Err(NetError::bad(
                             StatusCode::BAD_REQUEST,
                             "SecurityGroupInvalidIcmpValue",
-                            format!(
-                                "Invalid value for ICMP {what} (port_range_min): {v}. It must be 0 to 255."
-                            ),
+                            format!("Invalid value for ICMP {what}: {v}. It must be 0 to 255."),
                         ));
                     }
                 }

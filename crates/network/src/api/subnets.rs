@@ -55,8 +55,7 @@ pub(crate) fn visible_sql(ctx: &RequestContext) -> (String, Vec<String>) {
         ("1 = 1".into(), Vec::new())
     } else {
         (
-            "(project_id = ? OR network_id IN (SELECT id FROM networks WHERE shared = 1 OR external = 1))"
-                .into(),
+            "(project_id = ? OR network_id IN (SELECT id FROM networks WHERE shared = 1))".into(),
             vec![ctx.project_id().unwrap_or("").to_string()],
         )
     }
@@ -124,9 +123,9 @@ async fn get_visible(svc: &crate::NetworkService, ctx: &RequestContext, id: &str
     if owns(ctx, &s) {
         return Ok(s);
     }
-    // Others' subnets show through a network the caller may see (shared or external).
+    // Others' subnets show through a shared network (an external network's subnets stay its owner's).
     match store::get(&svc.db, svc.db.pool(), "networks", store::text(&s, "network_id")).await? {
-        Some(n) if networks::visible(ctx, &n) => Ok(s),
+        Some(n) if owns(ctx, &n) || n.get("shared") == Some(&Value::Bool(true)) => Ok(s),
         _ => Err(NetError::subnet_not_found(id)),
     }
 }
@@ -309,8 +308,26 @@ fn ipv6_mode(m: &Map<String, Value>, key: &str, version: u8) -> Result<Value> {
 }
 
 pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> Result<Response> {
+    let (s, c) = (svc.clone(), ctx.clone());
+    super::bulk_create(
+        &body,
+        "subnet",
+        "subnets",
+        move |m| create_one(s.clone(), c.clone(), m),
+        |id| {
+            let svc = svc.clone();
+            async move { super::undo(&svc, "DELETE FROM subnets WHERE id = ?", &id).await }
+        },
+    )
+    .await
+}
+
+async fn create_one(
+    svc: std::sync::Arc<crate::NetworkService>,
+    ctx: std::sync::Arc<RequestContext>,
+    m: Map<String, Value>,
+) -> Result<Doc> {
     writer(&ctx, "rule:create_subnet")?;
-    let m = body_object(&body, "subnet")?;
     only(&m, CREATE)?;
     for k in ["subnetpool_id", "prefixlen", "use_default_subnetpool"] {
         if m.get(k).is_some_and(|v| !v.is_null() && v != &json!(false)) {
@@ -436,7 +453,7 @@ pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> R
     insert(&svc, &mut tx, &d).await?;
     tx.commit().await?;
     tracing::info!(subnet_id = %id, network_id = %network_id, cidr = %cidr, "subnet created");
-    Ok(render_one("subnet", d, &[], StatusCode::CREATED))
+    Ok(d)
 }
 
 /// A new subnet's document, optional attributes at their defaults.
@@ -576,12 +593,18 @@ pub(crate) async fn delete(State(svc): S, Caller(ctx): Caller, Path(id): Path<St
         return Err(NetError::policy("rule:delete_subnet"));
     }
     writer(&ctx, "rule:delete_subnet")?;
+    // Addresses a SLAAC subnet gave ports by itself go with it (a router's interface still holds it).
+    let slaac = Addressing::of(&s)?.slaac;
     let mut tx = svc.db.begin_write().await?;
     let in_use = store::count(
         &svc.db,
         &mut *tx,
         "ip_allocations",
-        "subnet_id = ? AND port_id IN (SELECT id FROM ports WHERE device_owner <> 'network:dhcp')",
+        if slaac {
+            "subnet_id = ? AND port_id IN (SELECT id FROM ports WHERE device_owner LIKE 'network:router%')"
+        } else {
+            "subnet_id = ? AND port_id IN (SELECT id FROM ports WHERE device_owner <> 'network:dhcp')"
+        },
         &[&id],
     )
     .await?;
@@ -590,6 +613,22 @@ pub(crate) async fn delete(State(svc): S, Caller(ctx): Caller, Path(id): Path<St
             "SubnetInUse",
             format!("Unable to complete operation on subnet {id}: One or more ports have an IP allocation from this subnet."),
         ));
+    }
+    let holders = store::select(
+        &svc.db,
+        &mut *tx,
+        "ports",
+        "id IN (SELECT port_id FROM ip_allocations WHERE subnet_id = ?)",
+        std::slice::from_ref(&id),
+    )
+    .await?;
+    for mut p in holders {
+        if let Some(Value::Array(ips)) = p.get_mut("fixed_ips") {
+            ips.retain(|f| f["subnet_id"].as_str() != Some(id.as_str()));
+        }
+        store::touch(&mut p);
+        let pid = store::text(&p, "id").to_string();
+        store::put_body(&svc.db, &mut tx, "ports", &pid, &p).await?;
     }
     sqlx::query(&svc.db.sql("DELETE FROM ip_allocations WHERE subnet_id = ?"))
         .bind(&id)
