@@ -229,15 +229,16 @@ async fn allocated(svc: &NetworkService, tx: &mut Tx, subnet: &str, ip: &str) ->
         > 0)
 }
 
-/// A free address of `a`: random probes while the pools are mostly free, else the lowest few free ones
-/// (one of them at random, so concurrent requests rarely collide).
+/// A free address of `a`: random probes in a large pool, else (or when they miss) one of the lowest few free
+/// ones, at random, so concurrent requests rarely collide.
 async fn free_address(svc: &NetworkService, tx: &mut Tx, a: &Addressing) -> Result<Option<u128>> {
     let size = ipam::pools_size(&a.pools);
     if size == 0 {
         return Ok(None);
     }
-    let used = store::count(&svc.db, &mut **tx, "ip_allocations", "subnet_id = ?", &[&a.id]).await? as u128;
-    if size > 1024 && used * 2 < size {
+    // Large pools: a few random probes (one indexed lookup each) find a free address at once while the pool
+    // is not nearly full; only when they all hit taken addresses is the subnet's list read.
+    if size > 1024 {
         for _ in 0..8 {
             let mut off = rand::random::<u128>() % size;
             for &(lo, hi) in &a.pools {
