@@ -165,7 +165,7 @@ def test_bad_config_is_reported_with_file_and_line():
 
 
 def test_unavailable_roles_fail_clearly():
-    p = subprocess.run([TESSERA, "serve", "network"], capture_output=True, text=True, timeout=30)
+    p = subprocess.run([TESSERA, "serve", "novncproxy"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "not available" in p.stderr, p.stderr
     p = subprocess.run([TESSERA, "serve", "bogus"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "unknown role" in p.stderr, p.stderr

@@ -1,6 +1,8 @@
 """The Networking API through the unmodified `openstack` CLI: networks, subnets, ports with chosen addresses,
 routers with gateways and interfaces, security groups and rules, floating IPs, quotas, tags."""
 
+import time
+
 
 def test_network_subnet_port_lifecycle(cloud):
     net = cloud.os("network", "create", "cli-net", "-f", "json")
@@ -157,6 +159,15 @@ def test_servers_on_networks_ports_and_floating_ips(cloud, tmp_path):
     fip = cloud.os("floating", "ip", "create", "srv-ext", "-f", "json")["floating_ip_address"]
     cloud.os("server", "add", "floating", "ip", "vm-net", fip)
     assert cloud.os("floating", "ip", "show", fip, "-f", "json")["fixed_ip_address"] == addr
+    # The Networking service tells the Compute API (os-server-external-events); the server's compute host
+    # reads its ports again, and the floating address shows among the server's addresses.
+    shown = []
+    for _ in range(50):
+        shown = cloud.os("server", "show", "vm-net", "-f", "json")["addresses"]["srv-net"]
+        if fip in shown:
+            break
+        time.sleep(0.2)
+    assert shown == [addr, fip], shown
     # No network at all.
     bare = cloud.os("server", "create", "--flavor", "m1.tiny", "--image", "net-img", "--nic", "none", "--wait",
                     "vm-bare", "-f", "json")

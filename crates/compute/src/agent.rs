@@ -341,6 +341,37 @@ impl ComputeAgent {
         Ok(())
     }
 
+    /// Events other services sent about an instance here (`os-server-external-events`): on `network-changed`
+    /// and `network-vif-deleted` the instance's VIFs are read again from its ports and recorded.
+    pub async fn external_events(
+        &self,
+        uuid: &str,
+        mut current: crate::network::NetworkRequest,
+        events: &[serde_json::Value],
+        request_id: &str,
+    ) -> Result<(), String> {
+        let mut refresh = false;
+        for e in events {
+            let name = e["name"].as_str().unwrap_or_default();
+            tracing::info!(instance = %uuid, event = %name, tag = ?e["tag"].as_str(), status = ?e["status"].as_str(), %request_id, "external event");
+            refresh |= matches!(name, "network-changed" | "network-vif-deleted");
+        }
+        if refresh {
+            current.vifs = self.network.refresh(uuid, &current).await?;
+            let live: Vec<String> = current.vifs.iter().map(|v| v.port_id.clone()).collect();
+            current
+                .requested
+                .retain(|r| r.port_id.as_ref().is_none_or(|p| live.contains(p)));
+            self.conductor(
+                "instance_network_info",
+                json!({"uuid": uuid, "network_info": current}),
+                request_id,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Release an instance's ports (logged, not fatal).
     async fn deallocate_network(&self, uuid: &str, req: &crate::network::NetworkRequest) {
         if req.requested.is_empty() && req.vifs.is_empty() {
@@ -584,6 +615,15 @@ impl ComputeAgent {
                     .await
                     .map_err(|e| err("InterfaceAttachFailed", e))?;
                 Ok(json!({ "vif": vif }))
+            }
+            "external_instance_event" => {
+                let uuid = uuid_arg()?;
+                let current = serde_json::from_value(msg.args["network_info"].clone()).unwrap_or_default();
+                let events = msg.args["events"].as_array().cloned().unwrap_or_default();
+                self.external_events(&uuid, current, &events, &msg.request_id)
+                    .await
+                    .map_err(|e| err("ExternalEventFailed", e))?;
+                Ok(json!({}))
             }
             "detach_interface" => {
                 let uuid = uuid_arg()?;

@@ -48,6 +48,9 @@ pub struct Vif {
     pub devname: String,
     #[serde(default)]
     pub bridge: Option<String>,
+    /// Floating IPs pointing at this port's fixed addresses.
+    #[serde(default)]
+    pub floating_ips: Vec<String>,
 }
 
 /// What an instance asked for and what it got (stored as the instance's `network_info`).
@@ -298,7 +301,7 @@ impl NetworkClient {
         Ok(requested)
     }
 
-    fn vif_of(port: &Value, network_name: &str, preserve: bool) -> Vif {
+    pub(crate) fn vif_of(port: &Value, network_name: &str, preserve: bool) -> Vif {
         let id = port["id"].as_str().unwrap_or_default().to_string();
         Vif {
             devname: format!("tap{}", &id[..id.len().min(11)]),
@@ -326,7 +329,47 @@ impl NetworkClient {
             bridge: port["binding:vif_details"]["bridge_name"]
                 .as_str()
                 .map(str::to_string),
+            floating_ips: Vec::new(),
         }
+    }
+
+    /// The floating addresses pointing at a port.
+    pub async fn floating_ips_of(&self, port_id: &str) -> R<Vec<String>> {
+        Ok(self
+            .list(&format!("/v2.0/floatingips?port_id={port_id}"), "floatingips")
+            .await?
+            .iter()
+            .filter_map(|f| f["floating_ip_address"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// The instance's VIFs as its ports are now (addresses, floating IPs); ports bound to it that `current`
+    /// does not know are added, ports gone are dropped (Nova's info-cache refresh on `network-changed`).
+    pub async fn refresh(&self, instance: &str, current: &NetworkRequest) -> R<Vec<Vif>> {
+        let ports = self.ports_of(instance).await?;
+        let mut vifs = Vec::new();
+        for v in &current.vifs {
+            if let Some(p) = ports
+                .iter()
+                .find(|p| p["id"].as_str() == Some(v.port_id.as_str()))
+            {
+                let mut nv = Self::vif_of(p, &v.network_name, v.preserve_on_delete);
+                nv.floating_ips = self.floating_ips_of(&nv.port_id).await?;
+                vifs.push(nv);
+            }
+        }
+        for p in &ports {
+            let id = p["id"].as_str().unwrap_or_default();
+            if !current.vifs.iter().any(|v| v.port_id == id) {
+                let name = self
+                    .network_name(p["network_id"].as_str().unwrap_or_default())
+                    .await;
+                let mut nv = Self::vif_of(p, &name, true);
+                nv.floating_ips = self.floating_ips_of(id).await?;
+                vifs.push(nv);
+            }
+        }
+        Ok(vifs)
     }
 
     async fn network_name(&self, id: &str) -> String {

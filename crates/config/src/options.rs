@@ -67,6 +67,10 @@ pub const GROUPS: &[(&str, &str)] = &[
         "quotas",
         "Default Networking quotas per project (neutron.conf's [quotas]); -1 is unlimited.",
     ),
+    (
+        "nova",
+        "How the Networking service tells the Compute API about servers' ports (neutron.conf's [nova]; empty auth_url: it does not).",
+    ),
     ("database", "The cell database (Nova's [database] group)."),
     ("api_database", "The API database (Nova's [api_database] group)."),
     (
@@ -254,6 +258,17 @@ pub const OPTIONS: &[OptDef] = &[
         "Security groups per project."),
     opt("quotas", "quota_security_group_rule", OptType::Int { min: -1, max: i64::MAX }, "100",
         "Security group rules per project."),
+    // [nova] (neutron.conf's): the notifier's credentials
+    opt("nova", "auth_url", OptType::Str, "",
+        "Identity API (…/v3) the Networking service authenticates against to send server events; empty: none are sent (all-in-one uses its admin)."),
+    opt("nova", "username", OptType::Str, "", "User the events are sent as (admin or service role)."),
+    secret("nova", "password", OptType::Str, "", "That user's password."),
+    opt("nova", "project_name", OptType::Str, "service", "Project of that user's token."),
+    opt("nova", "user_domain_name", OptType::Str, "Default", "Domain of the user."),
+    opt("nova", "project_domain_name", OptType::Str, "Default", "Domain of the project."),
+    opt("nova", "region_name", OptType::Str, "", "Region of the compute endpoint in the catalog (empty: any)."),
+    opt("nova", "valid_interfaces", OptType::List, "internal,public",
+        "Catalog interfaces to use for the Compute API, in order of preference."),
     // [network_database]
     secret("network_database", "connection", OptType::Str, "sqlite:///$state_path/network.sqlite",
         "Database URL of the Networking service."),

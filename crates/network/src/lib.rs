@@ -90,14 +90,46 @@ pub fn format_mac(m: &[u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// Tells the Compute service about changes to its servers' ports (Neutron's Nova notifier: events for
+/// `os-server-external-events`).
+#[async_trait::async_trait]
+pub trait ComputeNotifier: Send + Sync {
+    async fn notify(&self, events: Vec<serde_json::Value>);
+}
+
 pub struct NetworkService {
     pub db: Db,
     pub settings: Settings,
+    notifier: std::sync::OnceLock<Arc<dyn ComputeNotifier>>,
 }
 
 impl NetworkService {
     pub fn new(db: Db, settings: Settings) -> Arc<Self> {
-        Arc::new(Self { db, settings })
+        Arc::new(Self {
+            db,
+            settings,
+            notifier: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Where events about servers' ports go (none: nobody is told).
+    pub fn set_notifier(&self, n: Arc<dyn ComputeNotifier>) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// Tell the Compute service that `port` changed (`network-changed`) or went (`network-vif-deleted`), if
+    /// it belongs to a server; sent after the change is committed, without waiting for the answer.
+    pub(crate) fn notify_port(&self, port: &store::Doc, name: &str) {
+        let (owner, device) = (store::text(port, "device_owner"), store::text(port, "device_id"));
+        if !owner.starts_with("compute:") || device.is_empty() {
+            return;
+        }
+        let Some(n) = self.notifier.get().cloned() else {
+            return;
+        };
+        let event = serde_json::json!({"name": name, "server_uuid": device, "tag": store::text(port, "id"),
+                                       "status": "completed"});
+        tokio::spawn(async move { n.notify(vec![event]).await });
     }
 
     /// A random MAC under `base_mac` (its non-zero leading bytes kept).

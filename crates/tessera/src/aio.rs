@@ -158,6 +158,9 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     };
     identity.identity.bootstrap(&params).await?;
     ensure_public_network(&cfg, &placement_client).await?;
+    network.service.set_notifier(Arc::new(roles::ComputeEvents {
+        session: placement_client.clone(),
+    }));
     let network_client = Arc::new(tessera_compute::network::NetworkClient::new(
         placement_client.clone(),
     ));

@@ -325,6 +325,14 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             if has("network") {
                 let db = roles::open_network_db(&cfg, false).await?;
                 let r = roles::start_network(&cfg, db, &id, &identity_uri, &shutdown).await?;
+                match tessera::serve::nova_session(&cfg)? {
+                    Some(session) => r
+                        .service
+                        .set_notifier(std::sync::Arc::new(roles::ComputeEvents { session })),
+                    None => tracing::warn!(
+                        "[nova] auth_url is empty: servers are not told when their ports change"
+                    ),
+                }
                 println!("tessera: network {}", r.base_url);
                 tasks.push(r.task);
             }

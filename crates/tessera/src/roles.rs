@@ -244,6 +244,33 @@ pub async fn start_network(
     })
 }
 
+/// The Networking service's messenger to the Compute API (`os-server-external-events`), over a Keystone
+/// session whose token may send them (admin or service role).
+pub struct ComputeEvents {
+    pub session: Arc<tessera_compute::placement_client::PlacementClient>,
+}
+
+#[async_trait::async_trait]
+impl tessera_network::ComputeNotifier for ComputeEvents {
+    async fn notify(&self, events: Vec<serde_json::Value>) {
+        let body = serde_json::json!({ "events": events });
+        match self
+            .session
+            .service_call(
+                "compute",
+                reqwest::Method::POST,
+                "/os-server-external-events",
+                Some(&body),
+            )
+            .await
+        {
+            Ok((s, _)) if s.is_success() || s.as_u16() == 207 || s.as_u16() == 404 => {}
+            Ok((s, v)) => tracing::warn!(status = %s, answer = %v, "the Compute API refused server events"),
+            Err(e) => tracing::warn!(error = %e, "cannot send server events to the Compute API"),
+        }
+    }
+}
+
 /// A running Placement service.
 pub struct PlacementRole {
     pub service: Arc<tessera_placement::PlacementService>,

@@ -16,29 +16,42 @@ use std::time::Duration;
 use tessera_compute::placement_client::{Credentials, PlacementClient};
 use tessera_config::Config;
 
-/// Nova's `[placement]` keystoneauth options: how a role outside all-in-one reaches placement (and the
-/// catalog).
-pub fn placement_client(cfg: &Config, role: &str) -> Result<Arc<PlacementClient>, StartError> {
+/// A Keystone session from a group of keystoneauth options (`auth_url`, `username`, `password`,
+/// `project_name`, domains, `region_name`, `valid_interfaces`); None when `auth_url` is empty.
+fn session(cfg: &Config, group: &str, role: &str) -> Result<Option<Arc<PlacementClient>>, StartError> {
+    if cfg.get_str(group, "auth_url").is_empty() {
+        return Ok(None);
+    }
     let need = |name: &str| {
-        let v = cfg.get_str("placement", name);
+        let v = cfg.get_str(group, name);
         if v.is_empty() {
             Err(StartError::Usage(format!(
-                "role {role} needs [placement] {name} (with auth_url, username and password) to reach placement"
+                "role {role} needs [{group}] {name} (with auth_url, username and password)"
             )))
         } else {
             Ok(v)
         }
     };
-    Ok(Arc::new(PlacementClient::new(Credentials {
+    Ok(Some(Arc::new(PlacementClient::new(Credentials {
         auth_url: need("auth_url")?,
         username: need("username")?,
         password: need("password")?,
-        project_name: cfg.get_str("placement", "project_name"),
-        user_domain_name: cfg.get_str("placement", "user_domain_name"),
-        project_domain_name: cfg.get_str("placement", "project_domain_name"),
-        region_name: cfg.get_str("placement", "region_name"),
-        valid_interfaces: cfg.get_list("placement", "valid_interfaces"),
-    })))
+        project_name: cfg.get_str(group, "project_name"),
+        user_domain_name: cfg.get_str(group, "user_domain_name"),
+        project_domain_name: cfg.get_str(group, "project_domain_name"),
+        region_name: cfg.get_str(group, "region_name"),
+        valid_interfaces: cfg.get_list(group, "valid_interfaces"),
+    }))))
+}
+
+/// Nova's `[placement]` keystoneauth options: how a role outside all-in-one reaches placement (and the
+/// catalog).
+pub fn placement_client(cfg: &Config, role: &str) -> Result<Arc<PlacementClient>, StartError> {
+    session(cfg, "placement", role)?.ok_or_else(|| {
+        StartError::Usage(format!(
+            "role {role} needs [placement] auth_url (with username and password) to reach placement"
+        ))
+    })
 }
 
 /// Nova's `[neutron]` options: the Networking service's client (the `[placement]` session when `[neutron]
@@ -47,34 +60,17 @@ pub fn network_client(
     cfg: &Config,
     role: &str,
 ) -> Result<Arc<tessera_compute::network::NetworkClient>, StartError> {
-    if cfg.get_str("neutron", "auth_url").is_empty() {
-        return Ok(Arc::new(tessera_compute::network::NetworkClient::new(
-            placement_client(cfg, role)?,
-        )));
-    }
-    let need = |name: &str| {
-        let v = cfg.get_str("neutron", name);
-        if v.is_empty() {
-            Err(StartError::Usage(format!(
-                "role {role} needs [neutron] {name} with [neutron] auth_url"
-            )))
-        } else {
-            Ok(v)
-        }
+    let s = match session(cfg, "neutron", role)? {
+        Some(s) => s,
+        None => placement_client(cfg, role)?,
     };
-    let session = PlacementClient::new(Credentials {
-        auth_url: need("auth_url")?,
-        username: need("username")?,
-        password: need("password")?,
-        project_name: cfg.get_str("neutron", "project_name"),
-        user_domain_name: cfg.get_str("neutron", "user_domain_name"),
-        project_domain_name: cfg.get_str("neutron", "project_domain_name"),
-        region_name: cfg.get_str("neutron", "region_name"),
-        valid_interfaces: cfg.get_list("neutron", "valid_interfaces"),
-    });
-    Ok(Arc::new(tessera_compute::network::NetworkClient::new(Arc::new(
-        session,
-    ))))
+    Ok(Arc::new(tessera_compute::network::NetworkClient::new(s)))
+}
+
+/// neutron.conf's `[nova]` options: the session the Networking service sends server events with (None when
+/// `[nova] auth_url` is empty).
+pub fn nova_session(cfg: &Config) -> Result<Option<Arc<PlacementClient>>, StartError> {
+    session(cfg, "nova", "network")
 }
 
 /// Role `conductor`: the super conductor when this configuration names an API database, else a cell

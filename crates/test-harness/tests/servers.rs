@@ -1066,3 +1066,74 @@ async fn a_starting_host_heals_its_allocations() {
     assert!(held.contains_key(&stranger), "{consumers}");
     c.stop().await;
 }
+
+#[tokio::test]
+async fn external_events_reach_the_servers_host() {
+    let (c, t, img) = one_cell("1", &[]).await;
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/servers",
+        &t,
+        "2.100",
+        Some(json!({"server": {"name": "ev", "flavorRef": "1", "imageRef": img, "networks": "auto"}})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["server"]["id"].as_str().unwrap().to_string();
+    wait_servers(&c, &t, "?name=ev", all_status("ACTIVE")).await;
+    let ev = |name: &str, uuid: &str| json!({"events": [{"name": name, "server_uuid": uuid, "tag": "p"}]});
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/os-server-external-events",
+        &t,
+        "2.1",
+        Some(ev("network-changed", &id)),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["events"][0]["code"], 200);
+    assert_eq!(v["events"][0]["status"], "completed");
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        "/os-server-external-events",
+        &t,
+        "2.1",
+        Some(ev("network-changed", "00000000-0000-0000-0000-00000000beef")),
+    )
+    .await;
+    assert_eq!((s, v["events"][0]["code"].as_i64()), (404, Some(404)), "{v}");
+    let (s, _) = call(
+        &c,
+        Method::POST,
+        "/os-server-external-events",
+        &t,
+        "2.1",
+        Some(ev("no-such-event", &id)),
+    )
+    .await;
+    assert_eq!(s, 400);
+    // power-update arrived with 2.76.
+    let (s, _) = call(
+        &c,
+        Method::POST,
+        "/os-server-external-events",
+        &t,
+        "2.75",
+        Some(ev("power-update", &id)),
+    )
+    .await;
+    assert_eq!(s, 400);
+    // The refresh kept the server's one port.
+    let (_, v) = call(&c, Method::GET, &format!("/servers/{id}"), &t, "2.100", None).await;
+    assert_eq!(
+        v["server"]["addresses"]["auto_allocated_network"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{v}"
+    );
+    c.stop().await;
+}

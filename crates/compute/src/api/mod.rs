@@ -5,6 +5,7 @@ mod aggregates;
 mod flavors;
 mod hypervisors;
 pub(crate) use hypervisors::uuid_like;
+mod events;
 mod interfaces;
 mod keypairs;
 pub mod microversion;
@@ -318,6 +319,7 @@ pub fn router(api: Arc<ComputeApi>, validator: Arc<dyn TokenValidator>, identity
         .route("/v2.1/servers/detail", get(servers::detail))
         .route("/v2.1/servers/{id}", get(servers::show).delete(servers::delete))
         .route("/v2.1/servers/{id}/action", axum::routing::post(servers::action))
+        .route("/v2.1/os-server-external-events", axum::routing::post(events::create))
         .route("/v2.1/servers/{id}/os-interface", get(interfaces::list).post(interfaces::create))
         .route(
             "/v2.1/servers/{id}/os-interface/{port_id}",

@@ -203,6 +203,10 @@ fn addresses(row: &InstanceRow) -> Value {
                                  "OS-EXT-IPS-MAC:mac_addr": vif.mac}),
                 );
             }
+            for f in &vif.floating_ips {
+                list.push(json!({"version": if f.contains(':') { 6 } else { 4 }, "addr": f,
+                                 "OS-EXT-IPS:type": "floating", "OS-EXT-IPS-MAC:mac_addr": vif.mac}));
+            }
         }
     }
     Value::Object(out)

@@ -32,19 +32,8 @@ const CREATE: &[&str] = &[
 ];
 const UPDATE: &[&str] = &["port_id", "fixed_ip_address", "description", "qos_policy_id"];
 
-fn visible_sql(ctx: &RequestContext) -> (String, Vec<String>) {
-    if ctx.is_admin() {
-        ("1 = 1".into(), Vec::new())
-    } else {
-        (
-            "project_id = ?".into(),
-            vec![ctx.project_id().unwrap_or("").to_string()],
-        )
-    }
-}
-
 pub(crate) async fn list(State(svc): S, Caller(ctx): Caller, RawQuery(raw): RawQuery) -> Result<Response> {
-    let (w, b) = visible_sql(&ctx);
+    let (w, b) = super::own_rows(&ctx);
     let docs = store::select(&svc.db, svc.db.pool(), "floatingips", &w, &b).await?;
     render_list(&svc, "/v2.0/floatingips", "floatingips", docs, &query_pairs(&raw))
 }
@@ -260,7 +249,17 @@ pub(crate) async fn create(State(svc): S, Caller(ctx): Caller, body: Bytes) -> R
     })
     .await?;
     tracing::info!(floatingip_id = %id, "floating IP created");
+    tell(&svc, &[doc["port_id"].as_str()]).await;
     Ok(render_one("floatingip", doc, &[], StatusCode::CREATED))
+}
+
+/// The servers of these ports learn their floating IPs changed (`network-changed`).
+async fn tell(svc: &NetworkService, ports: &[Option<&str>]) {
+    for pid in ports.iter().flatten() {
+        if let Ok(Some(p)) = store::get(&svc.db, svc.db.pool(), "ports", pid).await {
+            svc.notify_port(&p, "network-changed");
+        }
+    }
 }
 
 pub(crate) async fn update(
@@ -271,7 +270,7 @@ pub(crate) async fn update(
 ) -> Result<Response> {
     let m = body_object(&body, "floatingip")?;
     only(&m, UPDATE)?;
-    get_visible(&svc, svc.db.pool(), &ctx, &id).await?;
+    let before = get_visible(&svc, svc.db.pool(), &ctx, &id).await?;
     writer(&ctx, "rule:update_floatingip")?;
     let doc = with_retries(|| {
         let (svc, ctx, m, id) = (svc.clone(), ctx.clone(), m.clone(), id.clone());
@@ -300,11 +299,14 @@ pub(crate) async fn update(
         }
     })
     .await?;
+    if before["port_id"] != doc["port_id"] {
+        tell(&svc, &[before["port_id"].as_str(), doc["port_id"].as_str()]).await;
+    }
     Ok(render_one("floatingip", doc, &[], StatusCode::OK))
 }
 
 pub(crate) async fn delete(State(svc): S, Caller(ctx): Caller, Path(id): Path<String>) -> Result<Response> {
-    get_visible(&svc, svc.db.pool(), &ctx, &id).await?;
+    let before = get_visible(&svc, svc.db.pool(), &ctx, &id).await?;
     writer(&ctx, "rule:delete_floatingip")?;
     let mut tx = svc.db.begin_write().await?;
     for p in store::select(
@@ -320,6 +322,7 @@ pub(crate) async fn delete(State(svc): S, Caller(ctx): Caller, Path(id): Path<St
     }
     store::delete(&svc.db, &mut tx, "floatingips", &id).await?;
     tx.commit().await?;
+    tell(&svc, &[before["port_id"].as_str()]).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -409,6 +409,18 @@ pub(crate) fn owner_of_new(ctx: &RequestContext, m: &Map<String, Value>, rule: &
     }
 }
 
+/// SQL visibility of resources only their project sees (and admins): the condition and its binds.
+pub(crate) fn own_rows(ctx: &RequestContext) -> (String, Vec<String>) {
+    if ctx.is_admin() {
+        ("1 = 1".into(), Vec::new())
+    } else {
+        (
+            "project_id = ?".into(),
+            vec![ctx.project_id().unwrap_or("").to_string()],
+        )
+    }
+}
+
 /// Whether the caller owns `doc` (or is admin).
 pub(crate) fn owns(ctx: &RequestContext, doc: &Doc) -> bool {
     ctx.is_admin() || ctx.project_id() == doc.get("project_id").and_then(Value::as_str)

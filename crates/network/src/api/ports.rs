@@ -874,6 +874,10 @@ pub(crate) async fn update(
         }
     })
     .await?;
+    // Its server learns of new addresses.
+    if m.contains_key("fixed_ips") {
+        svc.notify_port(&doc, "network-changed");
+    }
     Ok(render_one("port", view(&ctx, doc), &[], StatusCode::OK))
 }
 
@@ -895,6 +899,7 @@ pub(crate) async fn delete(State(svc): S, Caller(ctx): Caller, Path(id): Path<St
     // A floating IP on the port lets go of it.
     super::floatingips::disassociate_port(&svc, &mut tx, &id).await?;
     tx.commit().await?;
+    svc.notify_port(&d, "network-vif-deleted");
     tracing::info!(port_id = %id, "port deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

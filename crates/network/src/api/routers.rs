@@ -43,17 +43,6 @@ const UPDATE: &[&str] = &[
 pub(crate) const INTERFACE: &str = "network:router_interface";
 pub(crate) const GATEWAY: &str = "network:router_gateway";
 
-fn visible_sql(ctx: &RequestContext) -> (String, Vec<String>) {
-    if ctx.is_admin() {
-        ("1 = 1".into(), Vec::new())
-    } else {
-        (
-            "project_id = ?".into(),
-            vec![ctx.project_id().unwrap_or("").to_string()],
-        )
-    }
-}
-
 fn view(ctx: &RequestContext, mut d: Doc) -> Doc {
     if !ctx.is_admin() {
         d.remove("distributed");
@@ -64,7 +53,7 @@ fn view(ctx: &RequestContext, mut d: Doc) -> Doc {
 }
 
 pub(crate) async fn list(State(svc): S, Caller(ctx): Caller, RawQuery(raw): RawQuery) -> Result<Response> {
-    let (w, b) = visible_sql(&ctx);
+    let (w, b) = super::own_rows(&ctx);
     let docs = store::select(&svc.db, svc.db.pool(), "routers", &w, &b)
         .await?
         .into_iter()

@@ -255,23 +255,12 @@ async fn rules_of(
     Ok(out)
 }
 
-fn visible_sql(ctx: &RequestContext) -> (String, Vec<String>) {
-    if ctx.is_admin() {
-        ("1 = 1".into(), Vec::new())
-    } else {
-        (
-            "project_id = ?".into(),
-            vec![ctx.project_id().unwrap_or("").to_string()],
-        )
-    }
-}
-
 pub(crate) async fn list(State(svc): S, Caller(ctx): Caller, RawQuery(raw): RawQuery) -> Result<Response> {
     if let Some(p) = ctx.project_id() {
         ensure_default(&svc, p).await?;
     }
     let pairs = query_pairs(&raw);
-    let (w, b) = visible_sql(&ctx);
+    let (w, b) = super::own_rows(&ctx);
     let mut docs = store::select(&svc.db, svc.db.pool(), "security_groups", &w, &b).await?;
     let ids: Vec<String> = docs.iter().map(|d| store::text(d, "id").to_string()).collect();
     let mut rules = rules_of(&svc, &ids).await?;
