@@ -166,18 +166,24 @@ impl PlacementClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value)> {
-        let (status, text) = self.request_text(method, path, body).await?;
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Ok((status, v))
+        self.send_json(None, method, path, body).await
     }
 
     /// Like [`Self::request`], the answer's text undecoded (for callers that decode it into their own types).
     async fn request_text(
         &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, String)> {
+        self.send(None, method, path, body).await
+    }
+
+    /// One request with the session's token — to placement (`service` None, with the placement
+    /// microversion) or to another service of the catalog — logging in again once when the token is refused.
+    async fn send(
+        &self,
+        service: Option<&str>,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
@@ -191,14 +197,22 @@ impl PlacementClient {
                 let s = s
                     .as_ref()
                     .ok_or_else(|| PlacementClientError::Auth("no session".into()))?;
-                (s.token.clone(), s.endpoint.clone())
+                let endpoint = match service {
+                    None => s.endpoint.clone(),
+                    Some(t) => self.endpoint_from(&s.catalog, t).ok_or_else(|| {
+                        PlacementClientError::Auth(format!("the catalog has no {t} endpoint"))
+                    })?,
+                };
+                (s.token.clone(), endpoint)
             };
             let mut rb = self
                 .http
                 .request(method.clone(), format!("{endpoint}{path}"))
                 .header("X-Auth-Token", token)
-                .header("OpenStack-API-Version", MICROVERSION)
                 .header("Accept", "application/json");
+            if service.is_none() {
+                rb = rb.header("OpenStack-API-Version", MICROVERSION);
+            }
             if let Some(b) = body {
                 rb = rb.json(b);
             }
@@ -213,8 +227,7 @@ impl PlacementClient {
         Err(PlacementClientError::Auth("the token was refused twice".into()))
     }
 
-    /// One request to another service of the catalog (`network`, …) with this session's token, logging in
-    /// again once when the token is refused.
+    /// One request to another service of the catalog (`network`, `compute`, …) with this session's token.
     pub async fn service_call(
         &self,
         service_type: &str,
@@ -222,37 +235,24 @@ impl PlacementClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value)> {
-        for attempt in 0..2 {
-            let endpoint = self.service_endpoint(service_type).await?;
-            let token = {
-                let s = self.session.lock().await;
-                s.as_ref()
-                    .map(|s| s.token.clone())
-                    .ok_or_else(|| PlacementClientError::Auth("no session".into()))?
-            };
-            let mut rb = self
-                .http
-                .request(method.clone(), format!("{endpoint}{path}"))
-                .header("X-Auth-Token", token)
-                .header("Accept", "application/json");
-            if let Some(b) = body {
-                rb = rb.json(b);
-            }
-            let r = rb.send().await?;
-            let status = r.status();
-            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
-                *self.session.lock().await = None;
-                continue;
-            }
-            let text = r.text().await?;
-            let v = if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            };
-            return Ok((status, v));
-        }
-        Err(PlacementClientError::Auth("the token was refused twice".into()))
+        self.send_json(Some(service_type), method, path, body).await
+    }
+
+    /// [`Self::send`] with the answer decoded (an empty body is null, a non-JSON one a string).
+    async fn send_json(
+        &self,
+        service: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let (status, text) = self.send(service, method, path, body).await?;
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, v))
     }
 
     fn fail<T>(what: &str, status: StatusCode, body: &Value) -> Result<T> {
