@@ -334,6 +334,12 @@ fn free_block(svc: &NetworkService, taken: &[Cidr]) -> Result<Cidr> {
             format!("[network] auto_allocate_cidr: {e}"),
         )
     })?;
+    if range.version != 4 {
+        return Err(NetError::conflict(
+            "AutoAllocationFailure",
+            format!("[network] auto_allocate_cidr {range} is not an IPv4 range"),
+        ));
+    }
     let len = svc.settings.auto_allocate_prefixlen.max(range.prefix);
     let step = 1u128 << (32 - len as u32);
     let mut addr = range.first();
