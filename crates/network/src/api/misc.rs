@@ -521,18 +521,14 @@ pub(crate) async fn delete_topology(
         }
         store::delete(&svc.db, &mut tx, "routers", &r).await?;
     }
-    for q in [
-        "DELETE FROM ip_allocations WHERE network_id = ?",
-        "DELETE FROM ports WHERE network_id = ?",
-        "DELETE FROM subnets WHERE network_id = ?",
-        "DELETE FROM networks WHERE id = ?",
-        "DELETE FROM auto_allocated_topologies WHERE network_id = ?",
-    ] {
-        sqlx::query(&svc.db.sql(q))
-            .bind(&net_id)
-            .execute(&mut *tx)
-            .await?;
-    }
+    networks::purge(&svc, &mut tx, &net_id).await?;
+    sqlx::query(
+        &svc.db
+            .sql("DELETE FROM auto_allocated_topologies WHERE network_id = ?"),
+    )
+    .bind(&net_id)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -495,6 +495,22 @@ pub(crate) async fn insert(
     Ok(d)
 }
 
+/// Remove a network with everything left on it (its subnets, and the ports and floating IPs the service
+/// made), in the caller's transaction; callers check first that nobody else's port is on it.
+pub(crate) async fn purge(svc: &NetworkService, tx: &mut Tx, id: &str) -> Result<()> {
+    for q in [
+        "DELETE FROM floatingips WHERE floating_network_id = ?",
+        "DELETE FROM port_security_groups WHERE port_id IN (SELECT id FROM ports WHERE network_id = ?)",
+        "DELETE FROM ip_allocations WHERE network_id = ?",
+        "DELETE FROM ports WHERE network_id = ?",
+        "DELETE FROM subnets WHERE network_id = ?",
+        "DELETE FROM networks WHERE id = ?",
+    ] {
+        sqlx::query(&svc.db.sql(q)).bind(id).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn update(
     State(svc): S,
     Caller(ctx): Caller,
@@ -598,16 +614,7 @@ pub(crate) async fn delete(State(svc): S, Caller(ctx): Caller, Path(id): Path<St
             format!("Unable to complete operation on network {id}. There are one or more ports still in use on the network."),
         ));
     }
-    for q in [
-        "DELETE FROM floatingips WHERE floating_network_id = ?",
-        "DELETE FROM port_security_groups WHERE port_id IN (SELECT id FROM ports WHERE network_id = ?)",
-        "DELETE FROM ip_allocations WHERE network_id = ?",
-        "DELETE FROM ports WHERE network_id = ?",
-        "DELETE FROM subnets WHERE network_id = ?",
-        "DELETE FROM networks WHERE id = ?",
-    ] {
-        sqlx::query(&svc.db.sql(q)).bind(&id).execute(&mut *tx).await?;
-    }
+    purge(&svc, &mut tx, &id).await?;
     tx.commit().await?;
     tracing::info!(network_id = %id, "network deleted");
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -714,20 +714,7 @@ async fn create_one(
                 ));
             }
             binding_fields(&mut d);
-            sqlx::query(&svc.db.sql(
-                "INSERT INTO ports (id, project_id, network_id, mac_address, device_id, device_owner, body, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            ))
-            .bind(&id)
-            .bind(&owner)
-            .bind(&network_id)
-            .bind(&mac)
-            .bind(&device_id)
-            .bind(&device_owner)
-            .bind(serde_json::to_string(&d)?)
-            .bind(tessera_types::now_epoch_micros())
-            .execute(&mut *tx)
-            .await?;
+            insert_row(&svc, &mut tx, &d).await?;
             write_allocations(&svc, &mut tx, &id, &network_id, &ips).await?;
             write_groups(&svc, &mut tx, &id, groups.as_deref().unwrap_or(&[])).await?;
             tx.commit().await?;
@@ -950,22 +937,28 @@ pub(crate) async fn insert_service_port(
         d.insert(k.into(), v);
     }
     binding_fields(&mut d);
+    insert_row(svc, tx, &d).await?;
+    write_allocations(svc, tx, &id, network_id, &ips).await?;
+    Ok(d)
+}
+
+/// Insert a port document with the columns queries select on.
+async fn insert_row(svc: &NetworkService, tx: &mut Tx, d: &Doc) -> Result<()> {
     sqlx::query(&svc.db.sql(
         "INSERT INTO ports (id, project_id, network_id, mac_address, device_id, device_owner, body, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     ))
-    .bind(&id)
-    .bind(project_id)
-    .bind(network_id)
-    .bind(&mac)
-    .bind(device_id)
-    .bind(device_owner)
-    .bind(serde_json::to_string(&d)?)
+    .bind(store::text(d, "id"))
+    .bind(store::text(d, "project_id"))
+    .bind(store::text(d, "network_id"))
+    .bind(store::text(d, "mac_address"))
+    .bind(store::text(d, "device_id"))
+    .bind(store::text(d, "device_owner"))
+    .bind(serde_json::to_string(d)?)
     .bind(tessera_types::now_epoch_micros())
     .execute(&mut **tx)
     .await?;
-    write_allocations(svc, tx, &id, network_id, &ips).await?;
-    Ok(d)
+    Ok(())
 }
 
 /// Remove a port and what it holds, inside the caller's transaction.
