@@ -64,6 +64,10 @@ pub const GROUPS: &[(&str, &str)] = &[
     ),
     ("network_database", "The Networking service's database."),
     (
+        "network_agent",
+        "The network agent of a host (role network-agent; the job of Neutron's Linux bridge, DHCP and L3 agents).",
+    ),
+    (
         "quotas",
         "Default Networking quotas per project (neutron.conf's [quotas]); -1 is unlimited.",
     ),
@@ -234,6 +238,23 @@ pub const OPTIONS: &[OptDef] = &[
         "Database URL of the Placement service."),
     opt("placement_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
         "Connections kept to the placement database."),
+    // [network_agent]
+    opt("network_agent", "data_plane", OptType::Enum(&["auto", "true", "false"]), "auto",
+        "Wire the host (bridges, taps, DHCP, routers, security groups): auto (when it can: root, bridges and network namespaces), true (say why not when it cannot), false (report only; ports stay DOWN)."),
+    opt("network_agent", "enable_dhcp", OptType::Bool, "true",
+        "Serve DHCP (dnsmasq in a namespace per network) for the networks given to this host."),
+    opt("network_agent", "enable_l3", OptType::Bool, "true",
+        "Host routers (a namespace per router, NAT with nftables)."),
+    opt("network_agent", "physical_interface_mappings", OptType::Str, "",
+        "physnet:interface pairs (comma separated): the host interface that carries a flat or VLAN network's physical network (Neutron's [linux_bridge] physical_interface_mappings)."),
+    opt("network_agent", "external_gateway_on_bridge", OptType::Bool, "true",
+        "On an external network with no interface mapped, give the host the subnet's gateway address on the network's bridge (devstack's br-ex), so routers reach the host and the host reaches floating IPs."),
+    opt("network_agent", "state_dir", OptType::Str, "$state_path/network-agent",
+        "Where the agent keeps dnsmasq's files."),
+    opt("network_agent", "report_interval", OptType::Int { min: 1, max: 3600 }, "30",
+        "Seconds between the agent's state reports (heartbeats)."),
+    opt("network_agent", "dhcp_lease_duration", OptType::Int { min: 120, max: 31_536_000 }, "86400",
+        "DHCP lease time in seconds."),
     // [network]
     opt("network", "bind_port", OptType::Port, "9696", "Port of the Networking API."),
     opt("network", "global_physnet_mtu", OptType::Int { min: 68, max: 65_535 }, "1500",
@@ -246,6 +267,8 @@ pub const OPTIONS: &[OptDef] = &[
         "Most items one list answer holds (-1: no cap)."),
     opt("network", "auto_allocate_cidr", OptType::Str, "10.128.0.0/12",
         "Range the auto-allocated topology (Nova's `networks: auto`) takes each project's IPv4 subnet from."),
+    opt("network", "agent_down_time", OptType::Int { min: 1, max: 86_400 }, "75",
+        "Seconds without a heartbeat after which a network agent is down (neutron.conf's agent_down_time)."),
     opt("network", "auto_allocate_prefixlen", OptType::Int { min: 8, max: 30 }, "26",
         "Prefix length of those subnets."),
     // [quotas]

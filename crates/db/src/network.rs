@@ -68,5 +68,18 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
             "CREATE TABLE quotas (project_id VARCHAR(64) NOT NULL, resource VARCHAR(64) NOT NULL, \
              hard_limit BIGINT NOT NULL, PRIMARY KEY (project_id, resource)){engine}",
         ],
+    },
+    Migration {
+        version: 3,
+        name: "agents, their networks and routers, and the host ports are bound to",
+        statements: &[
+            "CREATE TABLE agents (id VARCHAR(36) NOT NULL PRIMARY KEY, agent_type VARCHAR(255) NOT NULL, \
+             host VARCHAR(255) NOT NULL, body TEXT NOT NULL, heartbeat_at BIGINT NOT NULL, created_at BIGINT NOT NULL, \
+             CONSTRAINT uq_agents_type_host UNIQUE (agent_type, host)){engine}",
+            "CREATE TABLE agent_bindings (resource_type VARCHAR(16) NOT NULL, resource_id VARCHAR(36) NOT NULL, \
+             host VARCHAR(255) NOT NULL, PRIMARY KEY (resource_type, resource_id)){engine}",
+            "ALTER TABLE ports ADD COLUMN binding_host VARCHAR(255) NOT NULL DEFAULT ''",
+            "CREATE INDEX ix_ports_binding_host ON ports (binding_host)",
+        ],
     }],
 };

@@ -1,6 +1,7 @@
 //! The Networking service: Neutron's v2.0 core API (networks, subnets, ports, security groups) over its own
 //! database, with IPAM that hands out each address once per subnet even under concurrent requests.
 
+pub mod agent;
 pub mod api;
 pub mod error;
 pub mod ipam;
@@ -22,6 +23,8 @@ pub struct Settings {
     pub quotas: Vec<(&'static str, i64)>,
     pub auto_allocate_cidr: String,
     pub auto_allocate_prefixlen: u8,
+    /// Seconds without a heartbeat after which an agent is down (`[network] agent_down_time`).
+    pub agent_down_time: i64,
 }
 
 /// The quota resources, as Neutron names them, with their `[quotas]` options.
@@ -48,6 +51,7 @@ impl Settings {
                 .collect(),
             auto_allocate_cidr: cfg.get_str("network", "auto_allocate_cidr"),
             auto_allocate_prefixlen: cfg.get_int("network", "auto_allocate_prefixlen").clamp(8, 30) as u8,
+            agent_down_time: cfg.get_int("network", "agent_down_time").max(1),
         }
     }
 }
@@ -66,6 +70,7 @@ impl Default for Settings {
                 .collect(),
             auto_allocate_cidr: "10.128.0.0/12".into(),
             auto_allocate_prefixlen: 26,
+            agent_down_time: 75,
         }
     }
 }
@@ -101,6 +106,8 @@ pub struct NetworkService {
     pub db: Db,
     pub settings: Settings,
     notifier: std::sync::OnceLock<Arc<dyn ComputeNotifier>>,
+    /// Counts committed changes; agents long-poll on it for the next thing to wire up.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl NetworkService {
@@ -109,6 +116,7 @@ impl NetworkService {
             db,
             settings,
             notifier: std::sync::OnceLock::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -130,6 +138,15 @@ impl NetworkService {
         let event = serde_json::json!({"name": name, "server_uuid": device, "tag": store::text(port, "id"),
                                        "status": "completed"});
         tokio::spawn(async move { n.notify(vec![event]).await });
+    }
+
+    /// Something changed: agents waiting for work look again.
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// A random MAC under `base_mac` (its non-zero leading bytes kept).

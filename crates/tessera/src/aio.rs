@@ -17,6 +17,8 @@ pub struct AllInOne {
     pub cells: Vec<tessera_compute::cells::CellMapping>,
     /// The fake-driver compute hosts, `cellN-computeM`.
     pub computes: Vec<Arc<tessera_compute::agent::ComputeAgent>>,
+    /// What the network agent found this machine lets it do.
+    pub network_agent: tessera_network::agent::Capabilities,
     /// This process's buses (one per cell transport URL).
     pub buses: Arc<tessera_bus::Buses>,
     /// The placement client compute hosts and the Compute API use.
@@ -168,6 +170,11 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
     let started = tessera_types::now_epoch_micros();
     let computes = start_cells(&cfg, &cells, &buses, placement_client.clone(), shutdown).await?;
     spawn_periodic_discovery(&cfg, shutdown);
+    // The network agent plugs the ports of every compute host this machine plays, and hosts DHCP and routers.
+    let mut agent_hosts = vec![host_name(&cfg)];
+    agent_hosts.extend(computes.iter().map(|c| c.cfg.host.clone()));
+    let network_agent =
+        roles::start_network_agent(&cfg, agent_hosts, placement_client.clone(), shutdown).await;
     let super_conductor = start_super_conductor(&cfg, &buses, placement_client.clone(), shutdown).await?;
     compute.api.wire_boot(tessera_compute::api::servers::BootWiring {
         api_bus: buses
@@ -187,6 +194,7 @@ pub async fn start(cfg: Config, shutdown: &Shutdown) -> Result<AllInOne, StartEr
         image,
         placement,
         network,
+        network_agent,
         compute,
         admin_username: params.admin_username,
         admin_password: password,

@@ -256,6 +256,14 @@ async fn run(cli: Cli) -> Result<(), StartError> {
                 a.compute.base_url,
                 cells
             );
+            if a.network_agent.data_plane {
+                println!("network data plane on (bridges, DHCP, routers, security groups)");
+            } else {
+                println!(
+                    "network data plane OFF ({}): the Networking API works, ports stay DOWN",
+                    a.network_agent.notes.join("; ")
+                );
+            }
             let _ = a.identity.task.await;
             Ok(())
         }
@@ -276,6 +284,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             }
             if has("compute") {
                 let what = tessera::serve::compute(&cfg, &buses, &shutdown).await?;
+                println!("tessera: {what}");
+            }
+            if has("network-agent") {
+                let what = tessera::serve::network_agent(&cfg, &shutdown).await?;
                 println!("tessera: {what}");
             }
             if !["identity", "image", "placement", "network", "api"]

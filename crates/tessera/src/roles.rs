@@ -28,6 +28,7 @@ pub const AVAILABLE: &[&str] = &[
     "image",
     "placement",
     "network",
+    "network-agent",
     "api",
     "conductor",
     "compute",
@@ -365,4 +366,48 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), StartError> {
     f.write_all(contents.as_bytes())
         .map_err(io_err("cannot write", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err("cannot write", path))
+}
+
+/// The network agent's link to the Networking service: the agent RPC calls over a Keystone session whose
+/// token has the admin or service role.
+pub struct AgentLink {
+    pub session: Arc<tessera_compute::placement_client::PlacementClient>,
+}
+
+#[async_trait::async_trait]
+impl tessera_network::agent::AgentRpc for AgentLink {
+    async fn call(&self, method: &str, body: serde_json::Value) -> Result<serde_json::Value, String> {
+        let path = format!("/v2.0/agent-rpc/{method}");
+        match self
+            .session
+            .service_call("network", reqwest::Method::POST, &path, Some(&body))
+            .await
+        {
+            Ok((s, v)) if s.is_success() => Ok(v),
+            Ok((s, v)) => Err(format!("{path}: {s}: {v}")),
+            Err(e) => Err(format!("{path}: {e}")),
+        }
+    }
+}
+
+/// Start the network agent for `hosts` (the first is the machine's own host name): probe what the machine
+/// can do, then report and wire until shutdown. Returns what it found it can do.
+pub async fn start_network_agent(
+    cfg: &Config,
+    hosts: Vec<String>,
+    session: Arc<tessera_compute::placement_client::PlacementClient>,
+    shutdown: &Shutdown,
+) -> tessera_network::agent::Capabilities {
+    let host = hosts
+        .first()
+        .cloned()
+        .unwrap_or_else(|| crate::aio::host_name(cfg));
+    let mut settings = tessera_network::agent::AgentSettings::from_config(cfg, &host);
+    if !hosts.is_empty() {
+        settings.hosts = hosts;
+    }
+    let caps = tessera_network::agent::probe(&settings).await;
+    let agent = tessera_network::agent::Agent::new(settings, caps.clone(), Arc::new(AgentLink { session }));
+    agent.spawn(shutdown.subscribe());
+    caps
 }

@@ -67,6 +67,26 @@ pub fn network_client(
     Ok(Arc::new(tessera_compute::network::NetworkClient::new(s)))
 }
 
+/// Role `network-agent`: the host's data plane (bridges, taps, DHCP, routers, security groups), driven by the
+/// Networking service it reaches with the `[neutron]` credentials (else `[placement]`'s), which must carry
+/// the admin or service role. It holds no database credentials.
+pub async fn network_agent(cfg: &Config, shutdown: &Shutdown) -> Result<String, StartError> {
+    let session = match session(cfg, "neutron", "network-agent")? {
+        Some(s) => s,
+        None => placement_client(cfg, "network-agent")?,
+    };
+    let host = aio::host_name(cfg);
+    let caps = crate::roles::start_network_agent(cfg, vec![host.clone()], session, shutdown).await;
+    Ok(if caps.data_plane {
+        format!("network agent of {host} (data plane on)")
+    } else {
+        format!(
+            "network agent of {host} (data plane OFF: {})",
+            caps.notes.join("; ")
+        )
+    })
+}
+
 /// neutron.conf's `[nova]` options: the session the Networking service sends server events with (None when
 /// `[nova] auth_url` is empty).
 pub fn nova_session(cfg: &Config) -> Result<Option<Arc<PlacementClient>>, StartError> {

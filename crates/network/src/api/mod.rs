@@ -2,6 +2,7 @@
 //! filters on any attribute, tags filters, `fields=`, `sort_key`/`sort_dir`, `limit`/`marker`/`page_reverse`
 //! with `<collection>_links`.
 
+pub mod agents;
 pub mod floatingips;
 pub mod misc;
 pub mod networks;
@@ -18,7 +19,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use http::StatusCode;
 use serde_json::{json, Map, Value};
@@ -63,6 +64,9 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
     ("network-ip-availability", "Network IP Availability", "Provides IP availability data for each network and subnet."),
     ("auto-allocated-topology", "Auto Allocated Topology Services", "Auto Allocated Topology Services."),
+    ("agent", "agent", "The agent management extension."),
+    ("dhcp_agent_scheduler", "DHCP Agent Scheduler", "Schedule networks among dhcp agents"),
+    ("l3_agent_scheduler", "L3 Agent Scheduler", "Schedule routers among l3 agents"),
 ];
 
 /// Build the Networking API behind the auth layer.
@@ -155,6 +159,14 @@ pub fn router(
             "/v2.0/auto-allocated-topology/{project_id}",
             get(misc::get_topology).delete(misc::delete_topology),
         )
+        .route("/v2.0/agents", get(agents::list))
+        .route(
+            "/v2.0/agents/{id}",
+            get(agents::show).put(agents::update).delete(agents::delete),
+        )
+        .route("/v2.0/agent-rpc/report_state", post(agents::report_state))
+        .route("/v2.0/agent-rpc/sync", post(agents::sync))
+        .route("/v2.0/agent-rpc/port_status", post(agents::port_status))
         .route(
             "/v2.0/{resource}/{id}/tags",
             get(misc::get_tags).put(misc::put_tags).delete(misc::delete_tags),
@@ -163,6 +175,7 @@ pub fn router(
             "/v2.0/{resource}/{id}/tags/{tag}",
             get(misc::get_tag).put(misc::put_tag).delete(misc::delete_tag),
         )
+        .route_layer(from_fn_with_state(svc.clone(), wake_agents))
         .route_layer(from_fn_with_state(layer, require_token))
         .with_state(svc);
     Router::new()
@@ -175,6 +188,18 @@ pub fn router(
             NetError::not_found("HTTPNotFound", "The resource could not be found.").into_response()
         })
         .layer(from_fn_with_state(metrics, observe))
+}
+
+/// A write that went through may change what the agents wire up: wake the ones waiting (their own calls
+/// say for themselves when they change something).
+async fn wake_agents(State(svc): S, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let write = !matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+        && !req.uri().path().contains("/agent-rpc/");
+    let resp = next.run(req).await;
+    if write && resp.status().is_success() {
+        svc.changed();
+    }
+    resp
 }
 
 async fn versions(base: String) -> Response {

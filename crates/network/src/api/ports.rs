@@ -809,10 +809,15 @@ pub(crate) async fn update(
                 }
                 d.insert("mac_address".into(), json!(mac));
             }
+            let bound_to = store::text(&d, "binding:host_id").to_string();
             for k in ["name", "description", "device_id", "device_owner", "binding:host_id"] {
                 if let Some(v) = opt_string(&m, k, 255)? {
                     d.insert(k.into(), json!(v));
                 }
+            }
+            if store::text(&d, "binding:host_id") != bound_to {
+                // A port bound elsewhere (or unbound) waits for the agent of its new host to plug it again.
+                d.insert("status".into(), json!("DOWN"));
             }
             if let Some(v) = opt_bool(&m, "admin_state_up")? {
                 d.insert("admin_state_up".into(), json!(v));
@@ -848,10 +853,13 @@ pub(crate) async fn update(
             }
             binding_fields(&mut d);
             store::touch(&mut d);
-            sqlx::query(&svc.db.sql("UPDATE ports SET mac_address = ?, device_id = ?, device_owner = ?, body = ? WHERE id = ?"))
+            sqlx::query(&svc.db.sql(
+                "UPDATE ports SET mac_address = ?, device_id = ?, device_owner = ?, binding_host = ?, body = ? WHERE id = ?",
+            ))
                 .bind(store::text(&d, "mac_address"))
                 .bind(store::text(&d, "device_id"))
                 .bind(store::text(&d, "device_owner"))
+                .bind(store::text(&d, "binding:host_id"))
                 .bind(serde_json::to_string(&d)?)
                 .bind(&id)
                 .execute(&mut *tx)
@@ -942,11 +950,74 @@ pub(crate) async fn insert_service_port(
     Ok(d)
 }
 
+/// Give a service port (a network's DHCP port) one address in each of `subnets`, keeping the addresses it
+/// holds there, and bind it to `host`; returns whether anything changed.
+pub(crate) async fn reshape_service_port(
+    svc: &NetworkService,
+    tx: &mut Tx,
+    d: &mut Doc,
+    subnets: &[String],
+    host: &str,
+) -> Result<bool> {
+    let held: Vec<(String, String)> = d["fixed_ips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    (
+                        f["subnet_id"].as_str().unwrap_or("").to_string(),
+                        f["ip_address"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut have: Vec<&String> = held.iter().map(|(s, _)| s).collect();
+    have.sort();
+    let mut want: Vec<&String> = subnets.iter().collect();
+    want.sort();
+    if have == want && store::text(d, "binding:host_id") == host {
+        return Ok(false);
+    }
+    let id = store::text(d, "id").to_string();
+    let network_id = store::text(d, "network_id").to_string();
+    if have != want {
+        let ws = subnets
+            .iter()
+            .map(|sid| Wanted {
+                subnet_id: Some(sid.clone()),
+                ip: held
+                    .iter()
+                    .find(|(s, _)| s == sid)
+                    .and_then(|(_, ip)| ipam::parse_ip(ip)),
+            })
+            .collect();
+        let mac = store::text(d, "mac_address").to_string();
+        let owner = store::text(d, "device_owner").to_string();
+        let ips = resolve_ips(svc, tx, &network_id, Some(ws), &held, &owner, &mac).await?;
+        write_allocations(svc, tx, &id, &network_id, &ips).await?;
+        d.insert("fixed_ips".into(), fixed_ips_value(&ips));
+    }
+    d.insert("binding:host_id".into(), json!(host));
+    binding_fields(d);
+    store::touch(d);
+    sqlx::query(
+        &svc.db
+            .sql("UPDATE ports SET binding_host = ?, body = ? WHERE id = ?"),
+    )
+    .bind(host)
+    .bind(serde_json::to_string(d)?)
+    .bind(&id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
+}
+
 /// Insert a port document with the columns queries select on.
 async fn insert_row(svc: &NetworkService, tx: &mut Tx, d: &Doc) -> Result<()> {
     sqlx::query(&svc.db.sql(
-        "INSERT INTO ports (id, project_id, network_id, mac_address, device_id, device_owner, body, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO ports (id, project_id, network_id, mac_address, device_id, device_owner, binding_host, body, \
+         created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     ))
     .bind(store::text(d, "id"))
     .bind(store::text(d, "project_id"))
@@ -954,6 +1025,7 @@ async fn insert_row(svc: &NetworkService, tx: &mut Tx, d: &Doc) -> Result<()> {
     .bind(store::text(d, "mac_address"))
     .bind(store::text(d, "device_id"))
     .bind(store::text(d, "device_owner"))
+    .bind(store::text(d, "binding:host_id"))
     .bind(serde_json::to_string(d)?)
     .bind(tessera_types::now_epoch_micros())
     .execute(&mut **tx)
