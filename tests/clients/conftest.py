@@ -28,10 +28,12 @@ def free_ports(n):
 
 
 class Cloud:
-    def __init__(self, state_dir, proc, ready_line):
+    def __init__(self, state_dir, proc, ready_line, netns=None):
         self.state_dir = state_dir
         self.proc = proc
         self.ready_line = ready_line
+        # A cloud running inside a network namespace is reached from inside it.
+        self.netns = netns
 
     def openrc_env(self):
         """The environment after `source DIR/openrc`."""
@@ -58,7 +60,8 @@ class Cloud:
     def os(self, *args, env=None, check=True):
         """Run `openstack ARGS`; with `-f json` the output is parsed."""
         env = env or self.openrc_env()
-        p = subprocess.run(["openstack", *args], env=env, capture_output=True, text=True, timeout=120)
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        p = subprocess.run([*prefix, "openstack", *args], env=env, capture_output=True, text=True, timeout=120)
         if check and p.returncode != 0:
             raise AssertionError(f"openstack {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
         if check and "json" in args:
@@ -66,15 +69,19 @@ class Cloud:
         return p
 
 
-def start_cloud(state_dir, extra_conf=""):
+def start_cloud(state_dir, extra_conf="", netns=None, data_plane=False):
+    """Start an all-in-one. Its network data plane is off unless asked for (it wires the host it runs on:
+    tests that want it run the cloud in a network namespace of their own, `netns`)."""
     conf = os.path.join(state_dir, "test.conf")
     with open(conf, "w") as f:
         ports = free_ports(5)
         f.write(f"[DEFAULT]\nosapi_compute_listen_port = {ports[3]}\n"
                 f"[identity]\nbind_port = {ports[0]}\n[image]\nbind_port = {ports[1]}\n"
-                f"[placement]\nbind_port = {ports[2]}\n[network]\nbind_port = {ports[4]}\n{extra_conf}")
+                f"[placement]\nbind_port = {ports[2]}\n[network]\nbind_port = {ports[4]}\n"
+                f"[network_agent]\ndata_plane = {'true' if data_plane else 'false'}\n{extra_conf}")
+    prefix = ["ip", "netns", "exec", netns] if netns else []
     proc = subprocess.Popen(
-        [TESSERA, "--config", conf, "all-in-one", "--state-dir", state_dir],
+        [*prefix, TESSERA, "--config", conf, "all-in-one", "--state-dir", state_dir],
         stdout=subprocess.PIPE, stderr=open(os.path.join(state_dir, "tessera.log"), "w"), text=True,
     )
     deadline = time.time() + 60

@@ -8,6 +8,7 @@ use crate::conductor;
 use crate::placement_client::{NodeInventory, PlacementClient};
 use crate::virt::{SpawnSpec, VirtDriver};
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_bus::Bus;
@@ -28,6 +29,10 @@ pub struct AgentConfig {
     pub reserved_host_disk_mb: i64,
     /// How long one conductor call may take.
     pub rpc_timeout: Duration,
+    /// How long a build waits for `network-vif-plugged` of its ports (zero: it does not wait).
+    pub vif_plugging_timeout: Duration,
+    /// Whether a port not plugged in time (or reported failed) fails the build.
+    pub vif_plugging_is_fatal: bool,
 }
 
 pub struct ComputeAgent {
@@ -36,6 +41,8 @@ pub struct ComputeAgent {
     pub driver: Arc<dyn VirtDriver>,
     placement: Arc<PlacementClient>,
     network: Arc<crate::network::NetworkClient>,
+    /// Builds waiting for events (`network-vif-plugged`) by (instance, event name and tag).
+    waiting: std::sync::Mutex<HashMap<(String, String), tokio::sync::oneshot::Sender<String>>>,
 }
 
 /// What the first resource report produced (the host is then ready to be discovered).
@@ -59,7 +66,67 @@ impl ComputeAgent {
             driver,
             placement,
             network,
+            waiting: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Wait for `name` with `tag` about `uuid` (register before causing it); the receiver gets its status.
+    fn expect_event(&self, uuid: &str, name: &str, tag: &str) -> tokio::sync::oneshot::Receiver<String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut w) = self.waiting.lock() {
+            w.insert((uuid.to_string(), format!("{name}-{tag}")), tx);
+        }
+        rx
+    }
+
+    fn forget_events(&self, uuid: &str) {
+        if let Ok(mut w) = self.waiting.lock() {
+            w.retain(|(u, _), _| u != uuid);
+        }
+    }
+
+    /// Plug the instance's taps (when this host's network agent wires ports) and return the waits for
+    /// `network-vif-plugged` of the ports not ACTIVE yet (Nova's libvirt driver waits for exactly those).
+    async fn plug_vifs(
+        &self,
+        spec: &crate::virt::SpawnSpec,
+    ) -> Result<Vec<(String, tokio::sync::oneshot::Receiver<String>)>, String> {
+        let taps: Vec<&crate::network::Vif> = spec
+            .network
+            .vifs
+            .iter()
+            .filter(|v| crate::vif::wants_tap(v))
+            .collect();
+        if taps.is_empty() || !self.network.host_wires_ports(&self.cfg.host).await {
+            return Ok(Vec::new());
+        }
+        let mut waits = Vec::new();
+        for v in taps {
+            if !v.active && !self.cfg.vif_plugging_timeout.is_zero() {
+                waits.push((
+                    v.port_id.clone(),
+                    self.expect_event(&spec.uuid, "network-vif-plugged", &v.port_id),
+                ));
+            }
+            crate::vif::plug(v).await?;
+        }
+        Ok(waits)
+    }
+
+    async fn wait_plugged(
+        &self,
+        uuid: &str,
+        waits: Vec<(String, tokio::sync::oneshot::Receiver<String>)>,
+    ) -> Result<(), String> {
+        let r = wait_for_plugs(
+            uuid,
+            waits,
+            self.cfg.vif_plugging_timeout,
+            self.cfg.vif_plugging_is_fatal,
+        )
+        .await;
+        self.forget_events(uuid);
+        r
     }
 
     async fn heartbeat(&self) -> Result<i64, String> {
@@ -160,9 +227,24 @@ impl ComputeAgent {
         };
         let spec = &spec;
         let spawned = match networked {
-            Ok(()) => self.driver.spawn(spec).await,
+            Ok(()) => match self.plug_vifs(spec).await {
+                Ok(waits) => match self.driver.spawn(spec).await {
+                    Ok(()) => self.wait_plugged(&spec.uuid, waits).await.map_err(|reason| {
+                        crate::virt::VirtError::SpawnFailed {
+                            uuid: spec.uuid.clone(),
+                            reason,
+                        }
+                    }),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(crate::virt::VirtError::SpawnFailed {
+                    uuid: spec.uuid.clone(),
+                    reason: format!("plugging VIFs failed: {e}"),
+                }),
+            },
             Err(e) => Err(e),
         };
+        self.forget_events(&spec.uuid);
         match spawned {
             Ok(()) => {
                 let power = self
@@ -274,7 +356,21 @@ impl ComputeAgent {
             .into_iter()
             .next()
             .ok_or_else(|| "no port was allocated".to_string())?;
+        let plugged = match crate::vif::wants_tap(&vif) && self.network.host_wires_ports(&self.cfg.host).await
+        {
+            true => crate::vif::plug(&vif).await,
+            false => Ok(()),
+        };
+        if let Err(e) = plugged {
+            crate::vif::unplug(&vif).await;
+            let _ = self
+                .network
+                .release_port(&vif.port_id, vif.preserve_on_delete)
+                .await;
+            return Err(format!("plugging the VIF failed: {e}"));
+        }
         if let Err(e) = self.driver.attach_interface(uuid, &vif).await {
+            crate::vif::unplug(&vif).await;
             let _ = self
                 .network
                 .release_port(&vif.port_id, vif.preserve_on_delete)
@@ -312,6 +408,7 @@ impl ComputeAgent {
             .detach_interface(uuid, &vif)
             .await
             .map_err(|e| e.to_string())?;
+        crate::vif::unplug(&vif).await;
         self.network.release_port(port_id, vif.preserve_on_delete).await?;
         current.vifs.retain(|v| v.port_id != port_id);
         current
@@ -354,6 +451,14 @@ impl ComputeAgent {
         for e in events {
             let name = e["name"].as_str().unwrap_or_default();
             tracing::info!(instance = %uuid, event = %name, tag = ?e["tag"].as_str(), status = ?e["status"].as_str(), %request_id, "external event");
+            let key = (
+                uuid.to_string(),
+                format!("{name}-{}", e["tag"].as_str().unwrap_or_default()),
+            );
+            let waiter = self.waiting.lock().ok().and_then(|mut w| w.remove(&key));
+            if let Some(tx) = waiter {
+                let _ = tx.send(e["status"].as_str().unwrap_or("completed").to_string());
+            }
             refresh |= matches!(name, "network-changed" | "network-vif-deleted");
         }
         if refresh {
@@ -376,6 +481,9 @@ impl ComputeAgent {
     async fn deallocate_network(&self, uuid: &str, req: &crate::network::NetworkRequest) {
         if req.requested.is_empty() && req.vifs.is_empty() {
             return;
+        }
+        for v in &req.vifs {
+            crate::vif::unplug(v).await;
         }
         if let Err(e) = self.network.deallocate_for_instance(uuid, req).await {
             tracing::warn!(instance = %uuid, error = %e, "cannot release the instance's ports");
@@ -720,5 +828,103 @@ impl ComputeAgent {
                 }
             }
         })
+    }
+}
+
+/// Wait (up to `timeout` in all) for the ports' `network-vif-plugged`; a port reported failed, or not in time,
+/// fails the build when `fatal` (Nova's `vif_plugging_is_fatal`), else is logged.
+pub async fn wait_for_plugs(
+    uuid: &str,
+    waits: Vec<(String, tokio::sync::oneshot::Receiver<String>)>,
+    timeout: Duration,
+    fatal: bool,
+) -> Result<(), String> {
+    if waits.is_empty() {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut problem = None;
+    for (port, rx) in waits {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(status)) if status == "completed" => {}
+            Ok(Ok(status)) => problem = Some(format!("port {port} was reported {status}")),
+            Ok(Err(_)) | Err(_) => {
+                problem = Some(format!(
+                    "timeout waiting for network-vif-plugged of port {port} ({} s)",
+                    timeout.as_secs()
+                ))
+            }
+        }
+        if problem.is_some() {
+            break;
+        }
+    }
+    match problem {
+        None => {
+            tracing::info!(instance = %uuid, "VIFs plugged");
+            Ok(())
+        }
+        Some(p) if fatal => Err(format!("Virtual Interface creation failed: {p}")),
+        Some(p) => {
+            tracing::warn!(instance = %uuid, problem = %p, "VIFs not plugged; going on ([DEFAULT] vif_plugging_is_fatal = false)");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod vif_wait_tests {
+    use super::*;
+
+    type Waits = Vec<(String, tokio::sync::oneshot::Receiver<String>)>;
+
+    fn waits(n: usize) -> (Vec<tokio::sync::oneshot::Sender<String>>, Waits) {
+        (0..n)
+            .map(|i| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (tx, (format!("port{i}"), rx))
+            })
+            .unzip()
+    }
+
+    #[tokio::test]
+    async fn plugged_ports_let_the_build_go_on() {
+        let (txs, w) = waits(2);
+        for tx in txs {
+            tx.send("completed".into()).unwrap();
+        }
+        assert_eq!(wait_for_plugs("i", w, Duration::from_secs(5), true).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_late_port_fails_the_build_only_when_fatal() {
+        let (txs, w) = waits(2);
+        txs.into_iter().next().unwrap().send("completed".into()).unwrap();
+        let e = wait_for_plugs("i", w, Duration::from_millis(50), true)
+            .await
+            .unwrap_err();
+        assert!(
+            e.starts_with(
+                "Virtual Interface creation failed: timeout waiting for network-vif-plugged of port port1"
+            ),
+            "{e}"
+        );
+        let (_txs, w) = waits(1);
+        assert_eq!(
+            wait_for_plugs("i", w, Duration::from_millis(50), false).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_port_fails_the_build_when_fatal() {
+        let (txs, w) = waits(1);
+        for tx in txs {
+            tx.send("failed".into()).unwrap();
+        }
+        let e = wait_for_plugs("i", w, Duration::from_secs(5), true)
+            .await
+            .unwrap_err();
+        assert!(e.contains("port port0 was reported failed"), "{e}");
     }
 }

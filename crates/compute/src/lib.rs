@@ -15,6 +15,7 @@ pub mod keypairs;
 pub mod network;
 pub mod placement_client;
 pub mod scheduler;
+pub mod vif;
 pub mod virt;
 
 #[derive(Debug, thiserror::Error)]

@@ -51,6 +51,9 @@ pub struct Vif {
     /// Floating IPs pointing at this port's fixed addresses.
     #[serde(default)]
     pub floating_ips: Vec<String>,
+    /// The port was ACTIVE when read (its host's agent had wired it already).
+    #[serde(default)]
+    pub active: bool,
 }
 
 /// What an instance asked for and what it got (stored as the instance's `network_info`).
@@ -330,6 +333,31 @@ impl NetworkClient {
                 .as_str()
                 .map(str::to_string),
             floating_ips: Vec::new(),
+            active: port["status"].as_str() == Some("ACTIVE"),
+        }
+    }
+
+    /// Whether a live network agent on `host` wires ports there: it plugs their taps into bridges and
+    /// reports them ACTIVE, so a build waits for `network-vif-plugged`. Unknown (no agent, or the agents
+    /// cannot be listed with this session): no.
+    pub async fn host_wires_ports(&self, host: &str) -> bool {
+        let host: String = form_urlencoded::byte_serialize(host.as_bytes()).collect();
+        match self
+            .list(
+                &format!("/v2.0/agents?host={host}&agent_type=Linux%20bridge%20agent"),
+                "agents",
+            )
+            .await
+        {
+            Ok(agents) => agents.iter().any(|a| {
+                a["alive"] == Value::Bool(true)
+                    && a["admin_state_up"] != Value::Bool(false)
+                    && a["configurations"]["data_plane"] == Value::Bool(true)
+            }),
+            Err(e) => {
+                tracing::debug!(%host, error = %e, "cannot list network agents");
+                false
+            }
         }
     }
 

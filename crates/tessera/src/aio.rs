@@ -447,6 +447,10 @@ pub fn agent_config(cfg: &Config, host: &str) -> tessera_compute::agent::AgentCo
         reserved_host_memory_mb: cfg.get_int("DEFAULT", "reserved_host_memory_mb"),
         reserved_host_disk_mb: cfg.get_int("DEFAULT", "reserved_host_disk_mb"),
         rpc_timeout: Duration::from_secs(60),
+        vif_plugging_timeout: Duration::from_secs(
+            cfg.get_int("DEFAULT", "vif_plugging_timeout").max(0) as u64
+        ),
+        vif_plugging_is_fatal: cfg.get_bool("DEFAULT", "vif_plugging_is_fatal"),
     }
 }
 

@@ -177,6 +177,8 @@ pub fn test_config(dir: &std::path::Path, db_url: &str) -> Config {
     cfg.set("token", "revocation_poll_interval", "1").unwrap();
     // No compute hosts unless a test asks for them (they are placement providers, and log in).
     cfg.set("all_in_one", "hosts_per_cell", "0").unwrap();
+    // The network agent reports but does not wire this machine (tests run side by side on one host).
+    cfg.set("network_agent", "data_plane", "false").unwrap();
     cfg
 }
 

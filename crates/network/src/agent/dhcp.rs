@@ -22,7 +22,7 @@ pub struct DhcpNetwork<'a> {
 
 fn dhcp_subnet(s: &Value) -> bool {
     s["enable_dhcp"] == Value::Bool(true)
-        && (s["ip_version"] == Value::from(4) || s["ipv6_address_mode"].as_str() == Some("dhcpv6-stateful"))
+        && (s["ip_version"] == 4 || s["ipv6_address_mode"].as_str() == Some("dhcpv6-stateful"))
 }
 
 /// The IPv4 netmask of a prefix length.
@@ -105,6 +105,10 @@ pub fn files(n: &DhcpNetwork, dir: &Path, interface: &str) -> (String, String, V
         format!("--dhcp-hostsfile={}", dir.join("host").display()),
         format!("--dhcp-optsfile={}", dir.join("opts").display()),
         format!("--dhcp-leasefile={}", dir.join("leases").display()),
+        format!("--log-facility={}", dir.join("log").display()),
+        // It rereads its files on SIGHUP; they live in the agent's state directory, which need not be open
+        // to other users, so it keeps the agent's user rather than dropping to nobody.
+        "--user=root".into(),
         "--bind-interfaces".into(),
         format!("--interface={interface}"),
         "--except-interface=lo".into(),
@@ -116,7 +120,7 @@ pub fn files(n: &DhcpNetwork, dir: &Path, interface: &str) -> (String, String, V
         let cidr = s["cidr"].as_str().unwrap_or_default();
         let (net, prefix) = cidr.split_once('/').unwrap_or((cidr, "32"));
         let tag = format!("tag:subnet-{sid}");
-        if s["ip_version"] == Value::from(4) {
+        if s["ip_version"] == 4 {
             let mask = netmask(prefix.parse().unwrap_or(32));
             args.push(format!(
                 "--dhcp-range=set:subnet-{sid},{net},static,{mask},{}s",

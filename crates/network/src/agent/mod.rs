@@ -616,10 +616,10 @@ impl Agent {
                 .map(|(_, i)| i.clone())
         });
         match (text(net, "provider:network_type"), iface) {
-            ("flat", Some(iface)) => {
-                if links.get(&iface).and_then(|l| l.master.as_deref()) != Some(br.as_str()) {
-                    linux::ip(None, &["link", "set", &iface, "master", &br, "up"]).await?;
-                }
+            ("flat", Some(iface))
+                if links.get(&iface).and_then(|l| l.master.as_deref()) != Some(br.as_str()) =>
+            {
+                linux::ip(None, &["link", "set", &iface, "master", &br, "up"]).await?;
             }
             ("vlan", Some(iface)) => {
                 let vid = net["provider:segmentation_id"].as_i64().unwrap_or(0).to_string();

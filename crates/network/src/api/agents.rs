@@ -350,7 +350,7 @@ async fn bind_to(svc: &NetworkService, kind: &str, agent_type: &str, id: &str, h
     .map(|r| tessera_db::get_text(&r, "host"))
     .transpose()?;
     match current {
-        Some(h) if h == host => return Ok(true),
+        Some(h) if h == host => Ok(true),
         Some(h) => {
             let alive = load(svc, "agent_type = ? AND host = ?", &[agent_type, &h])
                 .await?
