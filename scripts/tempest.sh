@@ -23,6 +23,26 @@ if [ -z "${TESSERA_BIN:-}" ]; then
     TESSERA_BIN=$root/target/debug/tessera
 fi
 
+# With root and network namespaces, the cloud runs in a namespace of its own with its network data plane on
+# (bridges, DHCP, routers: router interfaces go ACTIVE as Tempest waits for), and Tempest with it; elsewhere
+# the data plane is off. TEMPEST_DATA_PLANE=0 keeps it off.
+data_plane=false
+if [ -z "${TEMPEST_NETNS:-}" ] && [ "${TEMPEST_DATA_PLANE:-1}" = 1 ] && [ "$(id -u)" = 0 ]; then
+    ns="tsr-tempest-$$"
+    if ip netns add "$ns" 2>/dev/null; then
+        ip -n "$ns" link set lo up
+        set +e
+        TEMPEST_NETNS=$ns TESSERA_BIN=$TESSERA_BIN ip netns exec "$ns" "$0" "$@"
+        rc=$?
+        set -e
+        for p in "$out"/state/network-agent/dhcp/*/pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
+        ip netns del "$ns"
+        exit $rc
+    fi
+fi
+[ -n "${TEMPEST_NETNS:-}" ] && data_plane=true
+echo "== network data plane: $data_plane"
+
 rm -rf "$out" && mkdir -p "$out"
 read -r pi pg pp pc pn < <(python3 -c '
 import socket
@@ -40,6 +60,8 @@ bind_port = $pg
 bind_port = $pp
 [network]
 bind_port = $pn
+[network_agent]
+data_plane = $data_plane
 [quotas]
 quota_network = -1
 quota_subnet = -1
@@ -104,9 +126,9 @@ project_network_v6_cidr = 2001:db8::/48
 project_network_v6_mask_bits = 64
 project_networks_reachable = false
 shared_physical_network = false
-# Waits for port status (router interfaces going ACTIVE once an agent has plugged them) give up after this
-# many seconds; ports stay DOWN while no network agent plugs them.
-build_timeout = ${TEMPEST_BUILD_TIMEOUT:-10}
+# Waits for port status (router interfaces going ACTIVE once the network agent has plugged them) give up
+# after this many seconds (without the data plane, ports stay DOWN).
+build_timeout = ${TEMPEST_BUILD_TIMEOUT:-60}
 [network-feature-enabled]
 api_extensions = $exts
 ipv6 = true

@@ -483,3 +483,288 @@ async fn routers_floating_ips_and_list_paging() {
         c.stop().await;
     });
 }
+
+#[tokio::test]
+async fn agents_report_fetch_their_work_and_bring_ports_up() {
+    each_backend!(|b: Backend| async move {
+        let c = Cloud::start(&b).await;
+        let t = c.admin_token().await;
+        c.project_with_member(&t, "pm", "um", "pw-m-123").await;
+        let tm = c.login("um", "pw-m-123", Some("pm")).await.subject_token();
+        // Agents report (several compute hosts' L2 agents from one machine, and its DHCP and L3 agents).
+        let report = json!({"report": {"host": "h1", "agents": [
+            {"agent_type": "Linux bridge agent", "binary": "tessera-network-agent", "configurations": {"data_plane": true}, "start_flag": true},
+            {"agent_type": "Linux bridge agent", "host": "h2", "configurations": {"data_plane": true}},
+            {"agent_type": "DHCP agent", "configurations": {}},
+            {"agent_type": "L3 agent", "configurations": {}}]}});
+        let (s, v) = call(
+            &c,
+            http::Method::POST,
+            "/v2.0/agent-rpc/report_state",
+            &t,
+            Some(report.clone()),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        // Reporting again refreshes the same records.
+        let (s, _) = call(
+            &c,
+            http::Method::POST,
+            "/v2.0/agent-rpc/report_state",
+            &t,
+            Some(report),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (s, v) = call(&c, http::Method::GET, "/v2.0/agents", &t, None).await;
+        assert_eq!(s, 200, "{v}");
+        // (the cloud's own agent reports too, for its host)
+        let agents: Vec<&Value> = v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["host"] == "h1" || a["host"] == "h2")
+            .collect();
+        assert_eq!(agents.len(), 4, "{v}");
+        assert!(agents.iter().all(|a| a["alive"] == json!(true)), "{v}");
+        let (_, v) = call(
+            &c,
+            http::Method::GET,
+            "/v2.0/agents?agent_type=Linux%20bridge%20agent&host=h2",
+            &t,
+            None,
+        )
+        .await;
+        assert_eq!(v["agents"].as_array().unwrap().len(), 1, "{v}");
+        let l3 = agents.iter().find(|a| a["agent_type"] == "L3 agent").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // Members neither see agents nor call the agent RPC.
+        let (s, v) = call(&c, http::Method::GET, "/v2.0/agents", &tm, None).await;
+        assert_eq!((s, error_type(&v)), (403, "PolicyNotAuthorized"), "{v}");
+        let (s, _) = call(
+            &c,
+            http::Method::POST,
+            "/v2.0/agent-rpc/sync",
+            &tm,
+            Some(json!({"sync": {"host": "h1"}})),
+        )
+        .await;
+        assert_eq!(s, 403);
+        let (s, v) = call(
+            &c,
+            http::Method::PUT,
+            &format!("/v2.0/agents/{l3}"),
+            &t,
+            Some(json!({"agent": {"description": "the routers", "admin_state_up": true}})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["agent"]["description"], "the routers");
+        let (s, v) = call(
+            &c,
+            http::Method::PUT,
+            &format!("/v2.0/agents/{l3}"),
+            &t,
+            Some(json!({"agent": {"host": "elsewhere"}})),
+        )
+        .await;
+        assert_eq!(s, 400, "{v}");
+
+        // A network with DHCP, a router on it, and a port bound to h2.
+        let (nid, sid) = network_with_subnet(&c, &tm, "agent-net", "10.90.0.0/24").await;
+        let r = post(&c, "/v2.0/routers", &tm, json!({"router": {"name": "agent-r"}})).await;
+        let rid = r["router"]["id"].as_str().unwrap().to_string();
+        let (s, _) = call(
+            &c,
+            http::Method::PUT,
+            &format!("/v2.0/routers/{rid}/add_router_interface"),
+            &tm,
+            Some(json!({"subnet_id": sid})),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let p = post(&c, "/v2.0/ports", &t,
+            json!({"port": {"network_id": nid, "binding:host_id": "h2", "device_owner": "compute:nova", "device_id": "vm-1"}})).await;
+        let pid = p["port"]["id"].as_str().unwrap().to_string();
+        assert_eq!(p["port"]["status"], "DOWN");
+        let sync = |since: Option<u64>, wait: u64| json!({"sync": {"host": "h1", "hosts": ["h1", "h2"], "since": since, "wait": wait, "l2": true, "dhcp": true, "l3": true}});
+        let (s, st) = call(
+            &c,
+            http::Method::POST,
+            "/v2.0/agent-rpc/sync",
+            &t,
+            Some(sync(None, 0)),
+        )
+        .await;
+        assert_eq!(s, 200, "{st}");
+        let ports: Vec<&str> = st["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ports, [pid.as_str()], "{st}");
+        assert_eq!(st["networks"][&nid]["id"], json!(nid));
+        assert_eq!(st["subnets"][&sid]["cidr"], "10.90.0.0/24");
+        // The port's default group allows its own group in: its members' addresses come along.
+        let groups = st["security_groups"].as_object().unwrap();
+        assert_eq!(groups.len(), 1, "{st}");
+        let members = st["remote_groups"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(members.contains(&p["port"]["fixed_ips"][0]["ip_address"]), "{st}");
+        // The DHCP port was made for this host, holding an address in the subnet; the router is this host's.
+        let dhcp = st["dhcp"].as_array().unwrap();
+        assert_eq!(dhcp.len(), 1, "{st}");
+        assert_eq!(dhcp[0]["port"]["device_owner"], "network:dhcp");
+        assert_eq!(dhcp[0]["port"]["binding:host_id"], "h1");
+        assert_eq!(dhcp[0]["port"]["fixed_ips"][0]["subnet_id"], json!(sid));
+        assert!(dhcp[0]["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["id"] == json!(pid)));
+        let routers = st["routers"].as_array().unwrap();
+        assert_eq!(routers.len(), 1);
+        assert_eq!(routers[0]["ports"][0]["device_owner"], "network:router_interface");
+        // A second L3 host gets no router while the first lives.
+        let (_, other) = call(
+            &c,
+            http::Method::POST,
+            "/v2.0/agent-rpc/sync",
+            &t,
+            Some(json!({"sync": {"host": "h9", "l3": true, "dhcp": true}})),
+        )
+        .await;
+        assert_eq!(other["routers"].as_array().unwrap().len(), 0, "{other}");
+        assert_eq!(other["dhcp"].as_array().unwrap().len(), 0, "{other}");
+        // A long poll answers as soon as something changes (after a sync that changed nothing itself: the
+        // first one made the DHCP port).
+        let (_, st) = call(
+            &c,
+            http::Method::POST,
+            "/v2.0/agent-rpc/sync",
+            &t,
+            Some(sync(None, 0)),
+        )
+        .await;
+        let rev = st["revision"].as_u64().unwrap();
+        let waiter = {
+            let (http, url, t) = (c.http.clone(), c.network_url("/v2.0/agent-rpc/sync"), t.clone());
+            let body = sync(Some(rev), 20);
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let v: Value = http
+                    .post(url)
+                    .header("X-Auth-Token", &t)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                (started.elapsed(), v)
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (s, _) = call(
+            &c,
+            http::Method::PUT,
+            &format!("/v2.0/ports/{pid}"),
+            &t,
+            Some(json!({"port": {"name": "renamed"}})),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (elapsed, v) = waiter.await.unwrap();
+        assert!(
+            elapsed < std::time::Duration::from_secs(15),
+            "the long poll waited it out: {elapsed:?}"
+        );
+        assert!(v["revision"].as_u64().unwrap() > rev);
+        assert_eq!(v["ports"][0]["name"], "renamed");
+        // Plugged: ACTIVE; a bad status is refused.
+        let (s, v) = call(
+            &c,
+            http::Method::POST,
+            "/v2.0/agent-rpc/port_status",
+            &t,
+            Some(json!({"status": {"host": "h2", "ports": {&pid: "ACTIVE"}}})),
+        )
+        .await;
+        assert_eq!((s, &v["changed"]), (200, &json!(1)), "{v}");
+        let (_, v) = call(&c, http::Method::GET, &format!("/v2.0/ports/{pid}"), &tm, None).await;
+        assert_eq!(v["port"]["status"], "ACTIVE", "{v}");
+        let (s, _) = call(
+            &c,
+            http::Method::POST,
+            "/v2.0/agent-rpc/port_status",
+            &t,
+            Some(json!({"status": {"host": "h2", "ports": {&pid: "SHINY"}}})),
+        )
+        .await;
+        assert_eq!(s, 400);
+        // Bound elsewhere: DOWN until that host's agent plugs it.
+        let (_, v) = call(
+            &c,
+            http::Method::PUT,
+            &format!("/v2.0/ports/{pid}"),
+            &t,
+            Some(json!({"port": {"binding:host_id": "h3"}})),
+        )
+        .await;
+        assert_eq!(v["port"]["status"], "DOWN", "{v}");
+        let (_, st) = call(
+            &c,
+            http::Method::POST,
+            "/v2.0/agent-rpc/sync",
+            &t,
+            Some(sync(None, 0)),
+        )
+        .await;
+        assert_eq!(st["ports"].as_array().unwrap().len(), 0, "{st}");
+        // Deleting the subnet takes the DHCP port's address with it; the network goes with its DHCP port.
+        let (s, v) = call(&c, http::Method::DELETE, &format!("/v2.0/ports/{pid}"), &t, None).await;
+        assert_eq!(s, 204, "{v}");
+        let (s, _) = call(
+            &c,
+            http::Method::PUT,
+            &format!("/v2.0/routers/{rid}/remove_router_interface"),
+            &tm,
+            Some(json!({"subnet_id": sid})),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (s, v) = call(
+            &c,
+            http::Method::DELETE,
+            &format!("/v2.0/networks/{nid}"),
+            &tm,
+            None,
+        )
+        .await;
+        assert_eq!(s, 204, "{v}");
+        let (_, st) = call(
+            &c,
+            http::Method::POST,
+            "/v2.0/agent-rpc/sync",
+            &t,
+            Some(sync(None, 0)),
+        )
+        .await;
+        assert_eq!(st["dhcp"].as_array().unwrap().len(), 0, "{st}");
+        let (s, _) = call(&c, http::Method::DELETE, &format!("/v2.0/agents/{l3}"), &t, None).await;
+        assert_eq!(s, 204);
+        assert_eq!(count(&c, "/v2.0/agents?host=h1", "agents", &t).await, 2);
+        c.stop().await;
+    });
+}

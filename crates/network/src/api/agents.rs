@@ -166,6 +166,7 @@ pub(crate) async fn report_state(State(svc): S, Caller(ctx): Caller, body: Bytes
         .cloned()
         .unwrap_or_default();
     let mut ids = Vec::new();
+    let mut new_agents = false;
     for a in agents {
         let kind = a["agent_type"].as_str().unwrap_or_default().to_string();
         let Some((_, topic)) = KINDS.iter().find(|(k, _)| *k == kind) else {
@@ -179,18 +180,29 @@ pub(crate) async fn report_state(State(svc): S, Caller(ctx): Caller, body: Bytes
             .filter(|h| !h.is_empty())
             .unwrap_or(&host)
             .to_string();
-        let id = with_retries(|| {
+        let (id, made) = with_retries(|| {
             let (svc, host, kind, a) = (svc.clone(), host.clone(), kind.clone(), a.clone());
             async move { upsert(&svc, &host, &kind, topic, &a).await }
         })
         .await?;
+        new_agents |= made;
         ids.push(json!({"agent_type": kind, "id": id}));
     }
-    svc.changed();
+    // A new agent is a new tunnel peer, or a new home for networks and routers; heartbeats change nothing.
+    if new_agents {
+        svc.changed();
+    }
     Ok(axum::Json(json!({ "agents": ids })).into_response())
 }
 
-async fn upsert(svc: &NetworkService, host: &str, kind: &str, topic: &str, a: &Value) -> Result<String> {
+/// Make or refresh an agent's record; its id, and whether it is new.
+async fn upsert(
+    svc: &NetworkService,
+    host: &str,
+    kind: &str,
+    topic: &str,
+    a: &Value,
+) -> Result<(String, bool)> {
     let now = tessera_types::now_epoch_micros();
     let mut tx = svc.db.begin_write().await?;
     let row = sqlx::query(
@@ -224,7 +236,7 @@ async fn upsert(svc: &NetworkService, host: &str, kind: &str, topic: &str, a: &V
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-            id
+            (id, false)
         }
         None => {
             let id = tessera_types::new_uuid();
@@ -248,7 +260,7 @@ async fn upsert(svc: &NetworkService, host: &str, kind: &str, topic: &str, a: &V
             .execute(&mut *tx)
             .await?;
             tracing::info!(%host, agent_type = %kind, "network agent registered");
-            id
+            (id, true)
         }
     };
     tx.commit().await?;
