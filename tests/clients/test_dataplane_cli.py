@@ -89,6 +89,28 @@ esac
 exit 0
 """
 
+def plug_guest(host_ns, guest_ns, port):
+    """A namespace playing the guest of `port`: one end of a veth, with the port's MAC; the other end, in the
+    host's namespace, is the port's tap."""
+    tap = "tap" + port["id"][:11]
+    sh("ip", "netns", "add", guest_ns)
+    sh("ip", "-n", guest_ns, "link", "set", "lo", "up")
+    sh("ip", "-n", host_ns, "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", guest_ns)
+    sh("ip", "-n", guest_ns, "link", "set", "eth0", "address", port["mac_address"])
+    sh("ip", "-n", guest_ns, "link", "set", "eth0", "up")
+    sh("ip", "-n", host_ns, "link", "set", tap, "up")
+
+
+def lease(state_dir, guest_ns):
+    """Ask for an address by DHCP from inside the guest (busybox udhcpc)."""
+    script = os.path.join(state_dir, "udhcpc.sh")
+    with open(script, "w") as f:
+        f.write(UDHCPC_SCRIPT)
+    os.chmod(script, 0o755)
+    return sh("ip", "netns", "exec", guest_ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "5", "-T", "2",
+              "-s", script, timeout=40, check=False)
+
+
 FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode().strip())"
 
 
@@ -152,21 +174,11 @@ def test_guest_in_a_namespace(dp):
 
     # The guest: a namespace with one end of a veth; the other end is the port's tap on the host.
     g, tap = dp.guest_ns, "tap" + port["id"][:11]
-    sh("ip", "netns", "add", g)
-    sh("ip", "-n", g, "link", "set", "lo", "up")
-    sh("ip", "-n", dp.netns, "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", g)
-    sh("ip", "-n", g, "link", "set", "eth0", "address", port["mac_address"])
-    sh("ip", "-n", g, "link", "set", "eth0", "up")
-    sh("ip", "-n", dp.netns, "link", "set", tap, "up")
+    plug_guest(dp.netns, g, port)
     wait_for("the guest's port ACTIVE", lambda: dp.os("port", "show", port["id"], "-f", "json")["status"] == "ACTIVE")
 
     # DHCP hands the guest the port's address and the router.
-    script = os.path.join(dp.state_dir, "udhcpc.sh")
-    with open(script, "w") as f:
-        f.write(UDHCPC_SCRIPT)
-    os.chmod(script, 0o755)
-    leased = sh("ip", "netns", "exec", g, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "5", "-T", "2",
-                "-s", script, timeout=40, check=False)
+    leased = lease(dp.state_dir, g)
     assert f"leased {fixed}/24 router {sub['gateway_ip']}" in leased.stdout, \
         leased.stdout + leased.stderr + diagnostics(dp, net["id"])
     # The router answers, and SNAT takes the guest to the external network (the host's 172.24.4.1).
@@ -222,3 +234,76 @@ def test_server_boot_waits_for_its_port_to_be_plugged(dp):
     dp.os("server", "delete", "--wait", s["id"])
     # The tap goes with the server.
     assert sh("ip", "-n", dp.netns, "link", "show", tap, check=False).returncode != 0
+
+
+def test_two_hosts_share_a_vxlan_network(tmp_path):
+    """A second host (`serve network-agent` in a namespace of its own, joined to the first by a veth as the
+    underlay): its guest gets DHCP from the first host's DNS server over VXLAN and reaches the first host's guest."""
+    tag = uuid.uuid4().hex[:6]
+    h1, h2, g1, g2 = (f"tsr-{n}-{tag}" for n in ("vh1", "vh2", "vg1", "vg2"))
+    procs = []
+    state_dir = tempfile.mkdtemp(prefix="tessera-vxlan-")
+    made = []
+    try:
+        for ns in (h1, h2):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", h1, "link", "add", "u1", "type", "veth", "peer", "name", "u2", "netns", h2)
+        sh("ip", "-n", h1, "addr", "add", "192.168.254.1/24", "dev", "u1")
+        sh("ip", "-n", h2, "addr", "add", "192.168.254.2/24", "dev", "u2")
+        sh("ip", "-n", h1, "link", "set", "u1", "up")
+        sh("ip", "-n", h2, "link", "set", "u2", "up")
+        proc, line = start_cloud(state_dir, "[DEFAULT]\nhost = vx-h1\nbind_host = 192.168.254.1\n"
+                                 "[network_agent]\nlocal_ip = 192.168.254.1\n", netns=h1, data_plane=True)
+        procs.append(proc)
+        c = Cloud(state_dir, proc, line, netns=h1)
+        env = c.openrc_env()
+        with open(os.path.join(state_dir, "admin-password")) as f:
+            password = f.read().strip()
+        conf2 = tmp_path / "h2.conf"
+        conf2.write_text(
+            f"[DEFAULT]\nhost = vx-h2\nstate_path = {tmp_path}/h2\n"
+            f"[neutron]\nauth_url = {env['OS_AUTH_URL']}\nusername = admin\npassword = {password}\n"
+            f"project_name = admin\nuser_domain_name = Default\nproject_domain_name = Default\n"
+            f"[network_agent]\ndata_plane = true\nlocal_ip = 192.168.254.2\nenable_dhcp = false\nenable_l3 = false\n")
+        from conftest import TESSERA
+        agent = subprocess.Popen(["ip", "netns", "exec", h2, TESSERA, "--config", str(conf2), "serve", "network-agent"],
+                                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / "h2.log", "w"))
+        procs.append(agent)
+        wait_for("the second host's agent", lambda: any(
+            a["Host"] == "vx-h2" and a["Alive"] for a in c.os("network", "agent", "list", "-f", "json")))
+
+        net = c.os("network", "create", "vx-net", "-f", "json")
+        assert net["provider:network_type"] == "vxlan", net
+        made.append(f"qdhcp-{net['id']}")
+        c.os("subnet", "create", "--network", "vx-net", "--subnet-range", "10.88.0.0/24", "vx-sub")
+        ports = {}
+        for host, hns, gns in (("vx-h1", h1, g1), ("vx-h2", h2, g2)):
+            p = c.os("port", "create", "--network", "vx-net", "--host", host, "--device-owner", "compute:nova",
+                     f"vx-{host}", "-f", "json")
+            plug_guest(hns, gns, p)
+            ports[host] = p
+        for p in ports.values():
+            wait_for(f"port {p['name']} ACTIVE", lambda p=p: c.os("port", "show", p["id"], "-f", "json")["status"] == "ACTIVE")
+        for host, gns in (("vx-h1", g1), ("vx-h2", g2)):
+            fixed = ports[host]["fixed_ips"][0]["ip_address"]
+            leased = lease(state_dir, gns)
+            assert f"leased {fixed}/24" in leased.stdout, leased.stdout + leased.stderr + (tmp_path / "h2.log").read_text()[-3000:]
+        # Guests on the two hosts reach each other (their default group lets its members in).
+        sh("ip", "netns", "exec", g2, "busybox", "ping", "-c", "1", "-W", "3", ports["vx-h1"]["fixed_ips"][0]["ip_address"])
+        sh("ip", "netns", "exec", g1, "busybox", "ping", "-c", "1", "-W", "3", ports["vx-h2"]["fixed_ips"][0]["ip_address"])
+        links = sh("ip", "-n", h2, "-o", "-d", "link", "show", "type", "vxlan").stdout
+        assert "local 192.168.254.2" in links, links
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        for root, _, files in os.walk(os.path.join(state_dir, "network-agent")):
+            if "pid" in files:
+                try:
+                    with open(os.path.join(root, "pid")) as f:
+                        os.kill(int(f.read().strip()), 15)
+                except (OSError, ValueError):
+                    pass
+        for ns in made + [g1, g2, h1, h2]:
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(state_dir, ignore_errors=True)

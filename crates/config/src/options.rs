@@ -251,6 +251,8 @@ pub const OPTIONS: &[OptDef] = &[
         "Host routers (a namespace per router, NAT with nftables)."),
     opt("network_agent", "physical_interface_mappings", OptType::Str, "",
         "physnet:interface pairs (comma separated): the host interface that carries a flat or VLAN network's physical network (Neutron's [linux_bridge] physical_interface_mappings)."),
+    opt("network_agent", "local_ip", OptType::Str, "",
+        "This host's tunnel endpoint address: VXLAN networks reach the other hosts' agents from it (Neutron's [vxlan] local_ip). Empty: VXLAN networks stay on this host."),
     opt("network_agent", "external_gateway_on_bridge", OptType::Bool, "true",
         "On an external network with no interface mapped, give the host the subnet's gateway address on the network's bridge (devstack's br-ex), so routers reach the host and the host reaches floating IPs."),
     opt("network_agent", "state_dir", OptType::Str, "$state_path/network-agent",

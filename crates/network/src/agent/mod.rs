@@ -44,6 +44,9 @@ pub struct AgentSettings {
     /// Physical network → host interface.
     pub physical_interface_mappings: Vec<(String, String)>,
     pub external_gateway_on_bridge: bool,
+    /// This host's tunnel endpoint: VXLAN networks reach the other hosts' bridges from it (empty: VXLAN
+    /// networks stay on this host).
+    pub local_ip: String,
     pub state_dir: PathBuf,
     pub report_interval: Duration,
     pub dhcp_lease_duration: i64,
@@ -66,6 +69,7 @@ impl AgentSettings {
             enable_l3: cfg.get_bool("network_agent", "enable_l3"),
             physical_interface_mappings: mappings,
             external_gateway_on_bridge: cfg.get_bool("network_agent", "external_gateway_on_bridge"),
+            local_ip: cfg.get_str("network_agent", "local_ip"),
             state_dir: PathBuf::from(cfg.get_str("network_agent", "state_dir")),
             report_interval: Duration::from_secs(
                 cfg.get_int("network_agent", "report_interval").max(1) as u64
@@ -181,6 +185,9 @@ pub struct Agent {
     nat: HashMap<String, String>,
     /// Namespaces checked (or made) by this process.
     namespaces_ok: HashSet<String>,
+    /// The other hosts' tunnel endpoints, and the bridges already set up in this pass.
+    peers: Vec<String>,
+    bridges_done: HashSet<String>,
 }
 
 /// What one pass found (errors are logged; the pass after a failed one comes sooner).
@@ -223,6 +230,8 @@ impl Agent {
             firewall: [None, None],
             nat: HashMap::new(),
             namespaces_ok: HashSet::new(),
+            peers: Vec::new(),
+            bridges_done: HashSet::new(),
         }
     }
 
@@ -233,10 +242,14 @@ impl Agent {
             .iter()
             .map(|(p, i)| (p.clone(), json!(i)))
             .collect();
-        let conf = json!({
+        let mut conf = json!({
             "data_plane": self.caps.data_plane, "notes": self.caps.notes,
             "interface_mappings": mappings, "security_groups": self.caps.filtering,
+            "tunnel_types": if self.settings.local_ip.is_empty() { json!([]) } else { json!(["vxlan"]) },
         });
+        if self.caps.data_plane && !self.settings.local_ip.is_empty() {
+            conf["tunnel_ip"] = json!(self.settings.local_ip);
+        }
         let mut agents = Vec::new();
         let report = |host: &str, a: Value| {
             let mut a = a;
@@ -364,6 +377,17 @@ impl Agent {
             errors: Vec::new(),
         };
         let empty = Map::new();
+        let mut peers: Vec<String> = state["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["tunnel_ip"].as_str().map(str::to_string))
+            .filter(|ip| *ip != self.settings.local_ip)
+            .collect();
+        peers.sort();
+        peers.dedup();
+        self.peers = peers;
+        self.bridges_done.clear();
         let networks = state["networks"].as_object().unwrap_or(&empty);
         let subnets = state["subnets"].as_object().unwrap_or(&empty);
         let mut links = match linux::links(None).await {
@@ -512,10 +536,17 @@ impl Agent {
             }
         }
 
-        // What is no longer wanted goes.
+        // What is no longer wanted goes — only what this agent made (the names are the machine's: another
+        // agent on the same machine, say for a second all-in-one, keeps its own).
+        for ns in &wanted_ns {
+            self.mark_namespace(ns, true);
+        }
         for ns in &namespaces {
             let (dhcp_ns, router_ns) = (ns.strip_prefix("qdhcp-"), ns.strip_prefix("qrouter-"));
-            if wanted_ns.contains(ns) || (dhcp_ns.is_none() && router_ns.is_none()) {
+            if wanted_ns.contains(ns)
+                || (dhcp_ns.is_none() && router_ns.is_none())
+                || !self.made_namespace(ns)
+            {
                 continue;
             }
             if let Some(net) = dhcp_ns {
@@ -526,7 +557,10 @@ impl Agent {
             }
             self.namespaces_ok.remove(ns);
             match linux::run(&["ip", "netns", "del", ns]).await {
-                Ok(_) => tracing::info!(namespace = %ns, "namespace removed"),
+                Ok(_) => {
+                    self.mark_namespace(ns, false);
+                    tracing::info!(namespace = %ns, "namespace removed");
+                }
                 Err(e) => pass.errors.push(e),
             }
         }
@@ -540,6 +574,17 @@ impl Agent {
                     .filter(|l| l.master.as_deref() == Some(name.as_str()));
                 let in_use = members.into_iter().any(|l| l.name.starts_with("tap"));
                 if !bridges.contains(name) && !in_use {
+                    // Its tunnel goes with it.
+                    let tunnels: Vec<String> = now
+                        .values()
+                        .filter(|l| l.master.as_deref() == Some(name.as_str()) && l.kind == "vxlan")
+                        .map(|l| l.name.clone())
+                        .collect();
+                    for t in tunnels {
+                        if let Err(e) = linux::ip(None, &["link", "del", &t]).await {
+                            pass.errors.push(e);
+                        }
+                    }
                     match linux::ip(None, &["link", "del", name]).await {
                         Ok(_) => tracing::info!(bridge = %name, "bridge removed"),
                         Err(e) => pass.errors.push(e),
@@ -548,6 +593,27 @@ impl Agent {
             }
         }
         pass
+    }
+
+    /// Record (or forget) that this agent made namespace `ns`, in its state directory.
+    fn mark_namespace(&self, ns: &str, made: bool) {
+        let dir = self.settings.state_dir.join("namespaces");
+        let path = dir.join(ns);
+        let r = if made {
+            if path.exists() {
+                return;
+            }
+            std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, b""))
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = r {
+            tracing::warn!(namespace = %ns, error = %e, "cannot record the namespace in the state directory");
+        }
+    }
+
+    fn made_namespace(&self, ns: &str) -> bool {
+        self.settings.state_dir.join("namespaces").join(ns).exists()
     }
 
     /// The filter of one port: its addresses (and allowed pairs) and its groups' rules.
@@ -586,13 +652,16 @@ impl Agent {
 
     /// The network's bridge, made when missing, with its physical interface or the host's gateway address.
     async fn ensure_bridge(
-        &self,
+        &mut self,
         net: &Value,
         subnets: &Map<String, Value>,
         links: &mut HashMap<String, linux::Link>,
     ) -> Result<String, String> {
         let id = text(net, "id");
         let br = dev_name("brq", id);
+        if self.bridges_done.contains(&br) {
+            return Ok(br);
+        }
         if !links.contains_key(&br) {
             linux::ip(None, &["link", "add", &br, "type", "bridge"]).await?;
             linux::ip(None, &["link", "set", &br, "up"]).await?;
@@ -638,6 +707,11 @@ impl Agent {
                     linux::ip(None, &["link", "set", &sub, "master", &br, "up"]).await?;
                 }
             }
+            ("vxlan", _) if !self.settings.local_ip.is_empty() => {
+                let vni = net["provider:segmentation_id"].as_i64().unwrap_or(0).to_string();
+                self.ensure_vxlan(&br, &vni, net["mtu"].as_i64().unwrap_or(1450), links)
+                    .await?;
+            }
             (_, None)
                 if net["router:external"] == json!(true) && self.settings.external_gateway_on_bridge =>
             {
@@ -659,7 +733,83 @@ impl Agent {
             }
             _ => {}
         }
+        self.bridges_done.insert(br.clone());
         Ok(br)
+    }
+
+    /// The network's VXLAN device in its bridge, flooding to every other host's tunnel endpoint (remote MACs
+    /// are learnt from what arrives, as Neutron's Linux bridge agent does without l2population).
+    async fn ensure_vxlan(
+        &self,
+        br: &str,
+        vni: &str,
+        mtu: i64,
+        links: &HashMap<String, linux::Link>,
+    ) -> Result<(), String> {
+        let dev = format!("vxlan-{vni}");
+        let mtu = mtu.to_string();
+        if !links.contains_key(&dev) {
+            linux::ip(
+                None,
+                &[
+                    "link",
+                    "add",
+                    &dev,
+                    "mtu",
+                    &mtu,
+                    "type",
+                    "vxlan",
+                    "id",
+                    vni,
+                    "local",
+                    &self.settings.local_ip,
+                    "dstport",
+                    "4789",
+                ],
+            )
+            .await?;
+            tracing::info!(device = %dev, "VXLAN made");
+        }
+        if links.get(&dev).and_then(|l| l.master.as_deref()) != Some(br) {
+            linux::ip(None, &["link", "set", &dev, "master", br]).await?;
+        }
+        linux::ip(None, &["link", "set", &dev, "up"]).await?;
+        let listed = linux::run(&["bridge", "-j", "fdb", "show", "dev", &dev]).await?;
+        let listed: Value = serde_json::from_str(&listed).unwrap_or(json!([]));
+        let flood: Vec<String> = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["mac"] == "00:00:00:00:00:00")
+            .filter_map(|e| e["dst"].as_str().map(str::to_string))
+            .collect();
+        for p in self.peers.iter().filter(|p| !flood.contains(p)) {
+            linux::run(&[
+                "bridge",
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                &dev,
+                "dst",
+                p,
+            ])
+            .await?;
+        }
+        for old in flood.iter().filter(|d| !self.peers.contains(d)) {
+            linux::run(&[
+                "bridge",
+                "fdb",
+                "del",
+                "00:00:00:00:00:00",
+                "dev",
+                &dev,
+                "dst",
+                old,
+            ])
+            .await?;
+        }
+        Ok(())
     }
 
     /// A veth pair: `host_dev` in `bridge`, `ns_dev` in namespace `ns` with the port's MAC and addresses.
