@@ -33,6 +33,10 @@ bind_port = $pn
 quota_port = -1
 [all_in_one]
 hosts_per_cell = 0
+[network_agent]
+# The API alone by default (its agent would wire this machine and serve DHCP for the bench's 10,000 ports);
+# BENCH_DATA_PLANE=auto measures with the agent following along.
+data_plane = ${BENCH_DATA_PLANE:-false}
 CONF
 "$bin" --config "$dir/bench.conf" all-in-one --state-dir "$dir/state" > "$dir/out" 2> "$dir/log" &
 pid=$!

@@ -248,6 +248,7 @@ mod tests {
                 json!({"direction": "ingress", "ethertype": "IPv4", "protocol": "icmp", "port_range_min": 8,
                        "port_range_max": null}),
                 json!({"direction": "ingress", "ethertype": "IPv4", "protocol": null, "remote_group_id": "g1"}),
+                json!({"direction": "ingress", "ethertype": "IPv6", "protocol": null, "remote_group_id": "g1"}),
                 json!({"direction": "ingress", "ethertype": "IPv6", "protocol": "udp", "port_range_min": 1000,
                        "port_range_max": 2000}),
             ],

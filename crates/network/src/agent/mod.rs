@@ -344,12 +344,15 @@ impl Agent {
                     }
                     Err(_) => true,
                 };
+                // A burst of changes (a thousand ports made one after another) is taken in a few passes, not
+                // one each; after a failure, the next try comes a little later.
+                let pause = if retry { Duration::from_secs(2) } else { Duration::from_millis(200) };
                 if retry {
                     since = None;
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                        _ = shutdown.changed() => return,
-                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => return,
                 }
             }
         })
