@@ -346,7 +346,11 @@ impl Agent {
                 };
                 // A burst of changes (a thousand ports made one after another) is taken in a few passes, not
                 // one each; after a failure, the next try comes a little later.
-                let pause = if retry { Duration::from_secs(2) } else { Duration::from_millis(200) };
+                let pause = if retry {
+                    Duration::from_secs(2)
+                } else {
+                    Duration::from_millis(200)
+                };
                 if retry {
                     since = None;
                 }

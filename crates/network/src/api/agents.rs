@@ -348,9 +348,25 @@ pub(crate) async fn sync(State(svc): S, Caller(ctx): Caller, body: Bytes) -> Res
     Ok(axum::Json(Value::Object(out)).into_response())
 }
 
+/// The hosts with a live, enabled agent of a kind.
+async fn live_hosts(svc: &NetworkService, agent_type: &str) -> Result<BTreeSet<String>> {
+    Ok(load(svc, "agent_type = ?", &[agent_type])
+        .await?
+        .into_iter()
+        .filter(|a| a["alive"] == json!(true) && a["admin_state_up"] != json!(false))
+        .filter_map(|a| a["host"].as_str().map(str::to_string))
+        .collect())
+}
+
 /// The host a network's DHCP server or a router lives on: the first live agent that asked, kept while it
 /// lives; a dead agent's networks and routers move to the next one that asks.
-async fn bind_to(svc: &NetworkService, kind: &str, agent_type: &str, id: &str, host: &str) -> Result<bool> {
+async fn bind_to(
+    svc: &NetworkService,
+    kind: &str,
+    live: &BTreeSet<String>,
+    id: &str,
+    host: &str,
+) -> Result<bool> {
     let current: Option<String> = sqlx::query(
         &svc.db
             .sql("SELECT host FROM agent_bindings WHERE resource_type = ? AND resource_id = ?"),
@@ -364,11 +380,7 @@ async fn bind_to(svc: &NetworkService, kind: &str, agent_type: &str, id: &str, h
     match current {
         Some(h) if h == host => Ok(true),
         Some(h) => {
-            let alive = load(svc, "agent_type = ? AND host = ?", &[agent_type, &h])
-                .await?
-                .iter()
-                .any(|a| a["alive"] == json!(true) && a["admin_state_up"] != json!(false));
-            if alive {
+            if live.contains(&h) {
                 return Ok(false);
             }
             let mut tx = svc.db.begin_write().await?;
@@ -459,8 +471,9 @@ async fn host_state(
                     .push(store::text(s, "id").to_string());
             }
         }
+        let live = live_hosts(svc, DHCP_AGENT).await?;
         for (net, sids) in by_net {
-            if !bind_to(svc, "network", DHCP_AGENT, &net, host).await? {
+            if !bind_to(svc, "network", &live, &net, host).await? {
                 continue;
             }
             let dhcp_port = with_retries(|| {
@@ -492,9 +505,10 @@ async fn host_state(
         ))
         .execute(db.pool())
         .await?;
+        let live = live_hosts(svc, L3_AGENT).await?;
         for r in store::select(db, db.pool(), "routers", "1 = 1", &[]).await? {
             let id = store::text(&r, "id").to_string();
-            if !bind_to(svc, "router", L3_AGENT, &id, host).await? {
+            if !bind_to(svc, "router", &live, &id, host).await? {
                 continue;
             }
             let rports = ports_where(svc, "device_id = ?", std::slice::from_ref(&id)).await?;
