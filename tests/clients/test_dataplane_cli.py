@@ -130,7 +130,11 @@ def dp():
     for p in c.extra:
         p.kill()
     stop(proc)
-    # dnsmasq daemons outlive the agent (as Neutron's do); this test's go with its namespaces.
+    clean_up(state_dir, [*getattr(c, "made_ns", []), guest_ns, host_ns])
+
+
+def clean_up(state_dir, namespaces):
+    """Stop the test's dnsmasq daemons (they outlive the agent, as Neutron's do) and remove its namespaces."""
     for root, _, files in os.walk(os.path.join(state_dir, "network-agent")):
         if "pid" in files:
             try:
@@ -138,12 +142,8 @@ def dp():
                     os.kill(int(f.read().strip()), 15)
             except (OSError, ValueError):
                 pass
-    listed = sh("ip", "netns", "list", check=False).stdout.split()
-    for ns in listed:
-        if ns.startswith(("qdhcp-", "qrouter-")) and ns in getattr(c, "made_ns", set()):
-            sh("ip", "netns", "del", ns, check=False)
-    sh("ip", "netns", "del", guest_ns, check=False)
-    sh("ip", "netns", "del", host_ns, check=False)
+    for ns in namespaces:
+        sh("ip", "netns", "del", ns, check=False)
     shutil.rmtree(state_dir, ignore_errors=True)
 
 
@@ -297,13 +297,4 @@ def test_two_hosts_share_a_vxlan_network(tmp_path):
     finally:
         for p in reversed(procs):
             stop(p)
-        for root, _, files in os.walk(os.path.join(state_dir, "network-agent")):
-            if "pid" in files:
-                try:
-                    with open(os.path.join(root, "pid")) as f:
-                        os.kill(int(f.read().strip()), 15)
-                except (OSError, ValueError):
-                    pass
-        for ns in made + [g1, g2, h1, h2]:
-            sh("ip", "netns", "del", ns, check=False)
-        shutil.rmtree(state_dir, ignore_errors=True)
+        clean_up(state_dir, made + [g1, g2, h1, h2])
