@@ -184,6 +184,13 @@ def test_guest_in_a_namespace(dp):
     # The router answers, and SNAT takes the guest to the external network (the host's 172.24.4.1).
     sh("ip", "netns", "exec", g, "busybox", "ping", "-c", "1", "-W", "3", sub["gateway_ip"])
     sh("ip", "netns", "exec", g, "busybox", "ping", "-c", "1", "-W", "3", "172.24.4.1")
+    # ARP speaks only for the port's own address: the router answers the guest, not a guest claiming another.
+    arping = ("ip", "netns", "exec", g, "busybox", "arping", "-c", "1", "-w", "2", "-I", "eth0")
+    assert sh(*arping, sub["gateway_ip"], check=False).returncode == 0
+    sh("ip", "-n", g, "addr", "add", "10.77.0.250/32", "dev", "eth0")
+    spoofed = sh(*arping, "-s", "10.77.0.250", sub["gateway_ip"], check=False)
+    assert spoofed.returncode != 0, spoofed.stdout
+    sh("ip", "-n", g, "addr", "del", "10.77.0.250/32", "dev", "eth0")
 
     # A floating IP reaches the guest from the host once a rule lets the traffic in.
     fip = dp.os("floating", "ip", "create", "public", "--port", port["id"], "-f", "json")["floating_ip_address"]

@@ -201,6 +201,51 @@ pub fn ruleset(ports: &[PortFilter], remote: &Map<String, Value>, v6: bool) -> (
     (text, chains)
 }
 
+/// ARP spoofing protection (Neutron's `prevent_arp_spoofing`), as an nftables bridge table replaced in one
+/// transaction: a filtered port's ARP must speak for its own addresses (fixed IPs and allowed address pairs)
+/// from its own MACs, whether the frame is bridged on or goes to the host.
+pub fn arp_script(ports: &[PortFilter]) -> String {
+    let mut rules = Vec::new();
+    for p in ports {
+        let ips: Vec<&str> = p
+            .sources
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .filter(|a| !is_v6(a))
+            .collect();
+        let mut macs: Vec<&str> = p.sources.iter().map(|(_, m)| m.as_str()).collect();
+        macs.push(&p.mac);
+        macs.sort();
+        macs.dedup();
+        let tap = &p.tap;
+        if ips.is_empty() {
+            rules.push(format!("iifname \"{tap}\" ether type arp drop"));
+        } else {
+            rules.push(format!(
+                "iifname \"{tap}\" ether type arp arp saddr ip != {{ {} }} drop",
+                ips.join(", ")
+            ));
+        }
+        rules.push(format!(
+            "iifname \"{tap}\" ether type arp arp saddr ether != {{ {} }} drop",
+            macs.join(", ")
+        ));
+    }
+    let chain = |name: &str| {
+        let mut c = format!("  chain {name} {{\n    type filter hook {name} priority 0; policy accept;\n");
+        for r in &rules {
+            c.push_str(&format!("    {r}\n"));
+        }
+        c.push_str("  }\n");
+        c
+    };
+    format!(
+        "table bridge tessera_arp\ndelete table bridge tessera_arp\ntable bridge tessera_arp {{\n{}{}}}\n",
+        chain("forward"),
+        chain("input")
+    )
+}
+
 /// Load a family's rules, hook `tsr-fwd` into `FORWARD`, and drop chains of ports that went.
 pub async fn apply(text: &str, chains: &[String], v6: bool) -> Result<()> {
     let (restore, tool) = if v6 {
@@ -302,6 +347,30 @@ mod tests {
         );
         assert!(text.contains("--icmpv6-type 135 -j RETURN"), "{text}");
         assert!(!text.contains("10.0.0."), "{text}");
+    }
+
+    #[test]
+    fn arp_speaks_only_for_the_ports_own_addresses() {
+        let mut p = port();
+        p.sources.push(("10.0.0.0/28".into(), "fa:16:3e:00:00:99".into()));
+        let t = arp_script(&[p]);
+        assert!(
+            t.starts_with("table bridge tessera_arp\ndelete table bridge tessera_arp\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "iifname \"tap0123456789a\" ether type arp arp saddr ip != { 10.0.0.5, 10.0.0.0/28 } drop"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("arp saddr ether != { fa:16:3e:00:00:01, fa:16:3e:00:00:99 } drop"),
+            "{t}"
+        );
+        assert_eq!(t.matches("type filter hook").count(), 2, "{t}");
+        let empty = arp_script(&[]);
+        assert!(!empty.contains("drop"), "{empty}");
     }
 
     #[test]

@@ -158,7 +158,11 @@ pub async fn probe(s: &AgentSettings) -> Capabilities {
             .push("routers off: [network_agent] enable_l3 = false".into());
     }
     let brnf = std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    let nft = linux::run(&["nft", "--version"]).await.is_ok();
     match linux::run(&["iptables-restore", "--version"]).await {
+        Ok(_) if !nft => c
+            .notes
+            .push("security groups off: no nft (ARP protection)".into()),
         Ok(_) if brnf.exists() => {
             for f in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
                 let _ = std::fs::write(format!("/proc/sys/net/bridge/{f}"), "1");
@@ -180,8 +184,8 @@ pub struct Agent {
     pub settings: AgentSettings,
     pub caps: Capabilities,
     rpc: Arc<dyn AgentRpc>,
-    /// Last applied iptables text per family, NAT script per router.
-    firewall: [Option<String>; 2],
+    /// Last applied iptables text per family and ARP table, NAT script per router.
+    firewall: [Option<String>; 3],
     nat: HashMap<String, String>,
     /// Namespaces checked (or made) by this process.
     namespaces_ok: HashSet<String>,
@@ -227,7 +231,7 @@ impl Agent {
             settings,
             caps,
             rpc,
-            firewall: [None, None],
+            firewall: [None, None, None],
             nat: HashMap::new(),
             namespaces_ok: HashSet::new(),
             peers: Vec::new(),
@@ -459,6 +463,13 @@ impl Agent {
                 match firewall::apply(&rules, &chains, v6).await {
                     Ok(()) => self.firewall[i] = Some(rules),
                     Err(e) => pass.errors.push(e),
+                }
+            }
+            let arp = firewall::arp_script(&filters);
+            if self.firewall[2].as_deref() != Some(arp.as_str()) {
+                match linux::run_input(&["nft", "-f", "-"], Some(&arp)).await {
+                    Ok(_) => self.firewall[2] = Some(arp),
+                    Err(e) => pass.errors.push(format!("ARP protection: {e}")),
                 }
             }
         }
