@@ -7,6 +7,7 @@ rule lets it, and not after the rule goes. A server booted with `--wait` goes AC
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -39,6 +40,7 @@ WHY = _why_not()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=f"data plane test skipped: {WHY}")
 
 HOST = "dp-host"
+CONF = f"[DEFAULT]\nhost = {HOST}\nvif_plugging_timeout = 60\n"
 
 
 def sh(*args, check=True, timeout=30):
@@ -121,15 +123,14 @@ def dp():
     sh("ip", "netns", "add", host_ns)
     sh("ip", "-n", host_ns, "link", "set", "lo", "up")
     state_dir = tempfile.mkdtemp(prefix="tessera-dataplane-")
-    proc, line = start_cloud(state_dir, f"[DEFAULT]\nhost = {HOST}\nvif_plugging_timeout = 60\n",
-                             netns=host_ns, data_plane=True)
+    proc, line = start_cloud(state_dir, CONF, netns=host_ns, data_plane=True)
     c = Cloud(state_dir, proc, line, netns=host_ns)
     c.guest_ns = guest_ns
     c.extra = []
     yield c
     for p in c.extra:
         p.kill()
-    stop(proc)
+    stop(c.proc)
     clean_up(state_dir, [*getattr(c, "made_ns", []), guest_ns, host_ns])
 
 
@@ -215,6 +216,21 @@ def test_guest_in_a_namespace(dp):
     assert "hello from the guest" in got
     dp.os("security", "group", "rule", "delete", rule["id"])
     wait_for("the rule's removal to close port 8080", lambda: fetch().returncode != 0)
+
+    # Killed and started again, the cloud's agent wires the same again: DHCP, the router, the floating IP.
+    dp.proc.send_signal(signal.SIGKILL)
+    dp.proc.wait(timeout=10)
+    dp.proc, _ = start_cloud(dp.state_dir, CONF, netns=dp.netns, data_plane=True)
+    wait_for("a lease after the restart", lambda: f"leased {fixed}/24" in lease(dp.state_dir, g).stdout, timeout=60)
+    ping = ("ip", "netns", "exec", g, "busybox", "ping", "-c", "1", "-W", "2", sub["gateway_ip"])
+    try:
+        wait_for("the router after the restart", lambda: sh(*ping, check=False).returncode == 0)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{diagnostics(dp, net['id'])}") from None
+    rule = dp.os("security", "group", "rule", "create", "--protocol", "tcp", "--dst-port", "8080", sg, "-f", "json")
+    got = wait_for("the floating IP after the restart", lambda: (lambda p: p.returncode == 0 and p.stdout)(fetch()))
+    assert "hello from the guest" in got
+    dp.os("security", "group", "rule", "delete", rule["id"])
 
     # Gone ports go down: the guest's end removed, the port is DOWN again.
     sh("ip", "-n", dp.netns, "link", "del", tap)
