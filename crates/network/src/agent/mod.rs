@@ -309,12 +309,18 @@ impl Agent {
             let mut since: Option<u64> = None;
             let mut last: Option<Value> = None;
             let mut taps = tap_devices();
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // Taps are looked for four times a second (a directory read).
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut not_before = tokio::time::Instant::now();
             loop {
                 let body = json!({"sync": {"host": host, "hosts": self.settings.hosts, "since": since, "wait": 20, "l2": true,
                                            "dhcp": self.caps.dhcp, "l3": self.caps.l3}});
                 let rpc = self.rpc.clone();
-                let call = tokio::time::timeout(Duration::from_secs(60), rpc.call("sync", body));
+                let start_at = not_before;
+                let call = async move {
+                    tokio::time::sleep_until(start_at).await;
+                    tokio::time::timeout(Duration::from_secs(60), rpc.call("sync", body)).await
+                };
                 tokio::pin!(call);
                 // While the service has nothing new, taps appearing or going on the host (a guest plugged or
                 // unplugged) are wired from the last state.
@@ -349,7 +355,7 @@ impl Agent {
                     Err(_) => true,
                 };
                 // A burst of changes (a thousand ports made one after another) is taken in a few passes, not
-                // one each; after a failure, the next try comes a little later.
+                // one each; after a failure, the next try comes a little later. Taps are still watched meanwhile.
                 let pause = if retry {
                     Duration::from_secs(2)
                 } else {
@@ -358,10 +364,7 @@ impl Agent {
                 if retry {
                     since = None;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.changed() => return,
-                }
+                not_before = tokio::time::Instant::now() + pause;
             }
         })
     }
@@ -863,8 +866,12 @@ impl Agent {
         if links.get(host_dev).and_then(|l| l.master.as_deref()) != Some(bridge) {
             linux::ip(None, &["link", "set", host_dev, "master", bridge]).await?;
         }
-        linux::ip(None, &["link", "set", host_dev, "up"]).await?;
-        linux::ip(Some(ns), &["link", "set", ns_dev, "up"]).await?;
+        if !links.get(host_dev).is_some_and(|l| l.up) {
+            linux::ip(None, &["link", "set", host_dev, "up"]).await?;
+        }
+        if !inside.get(ns_dev).is_some_and(|l| l.up) {
+            linux::ip(Some(ns), &["link", "set", ns_dev, "up"]).await?;
+        }
         linux::set_addrs(Some(ns), ns_dev, addrs).await
     }
 
