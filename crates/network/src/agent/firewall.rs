@@ -246,28 +246,37 @@ pub fn arp_script(ports: &[PortFilter]) -> String {
     )
 }
 
-/// Load a family's rules, hook `tsr-fwd` into `FORWARD`, and drop chains of ports that went.
-pub async fn apply(text: &str, chains: &[String], v6: bool) -> Result<()> {
+/// Load a family's rules. `before` is what the previous load of this process made: its chains that are gone
+/// now are dropped. Without it (the first load), `tsr-fwd` is hooked into `FORWARD` and every stale `tsr-`
+/// chain on the host is swept.
+pub async fn apply(text: &str, chains: &[String], before: Option<&[String]>, v6: bool) -> Result<()> {
     let (restore, tool) = if v6 {
         ("ip6tables-restore", "ip6tables")
     } else {
         ("iptables-restore", "iptables")
     };
     linux::run_input(&[restore, "-w", "--noflush"], Some(text)).await?;
-    if linux::run(&[tool, "-w", "-C", "FORWARD", "-j", "tsr-fwd"])
-        .await
-        .is_err()
-    {
-        linux::run(&[tool, "-w", "-I", "FORWARD", "1", "-j", "tsr-fwd"]).await?;
-    }
-    let listed = linux::run(&[tool, "-w", "-S"]).await?;
-    for l in listed.lines() {
-        if let Some(c) = l.strip_prefix("-N ") {
-            if c.starts_with("tsr-") && !chains.iter().any(|k| k == c) {
-                linux::run(&[tool, "-w", "-F", c]).await?;
-                linux::run(&[tool, "-w", "-X", c]).await?;
+    let stale: Vec<String> = match before {
+        Some(b) => b.iter().filter(|c| !chains.contains(c)).cloned().collect(),
+        None => {
+            if linux::run(&[tool, "-w", "-C", "FORWARD", "-j", "tsr-fwd"])
+                .await
+                .is_err()
+            {
+                linux::run(&[tool, "-w", "-I", "FORWARD", "1", "-j", "tsr-fwd"]).await?;
             }
+            linux::run(&[tool, "-w", "-S"])
+                .await?
+                .lines()
+                .filter_map(|l| l.strip_prefix("-N "))
+                .filter(|c| c.starts_with("tsr-") && !chains.iter().any(|k| k == c))
+                .map(str::to_string)
+                .collect()
         }
+    };
+    for c in &stale {
+        linux::run(&[tool, "-w", "-F", c]).await?;
+        linux::run(&[tool, "-w", "-X", c]).await?;
     }
     Ok(())
 }

@@ -186,6 +186,8 @@ pub struct Agent {
     rpc: Arc<dyn AgentRpc>,
     /// Last applied iptables text per family and ARP table, NAT script per router.
     firewall: [Option<String>; 3],
+    /// The chains each family's last load made (None: the next load hooks FORWARD and sweeps).
+    chains: [Option<Vec<String>>; 2],
     nat: HashMap<String, String>,
     /// Namespaces checked (or made) by this process.
     namespaces_ok: HashSet<String>,
@@ -232,6 +234,7 @@ impl Agent {
             caps,
             rpc,
             firewall: [None, None, None],
+            chains: [None, None],
             nat: HashMap::new(),
             namespaces_ok: HashSet::new(),
             peers: Vec::new(),
@@ -463,9 +466,16 @@ impl Agent {
                 if self.firewall[i].as_deref() == Some(rules.as_str()) {
                     continue;
                 }
-                match firewall::apply(&rules, &chains, v6).await {
-                    Ok(()) => self.firewall[i] = Some(rules),
-                    Err(e) => pass.errors.push(e),
+                match firewall::apply(&rules, &chains, self.chains[i].as_deref(), v6).await {
+                    Ok(()) => {
+                        self.firewall[i] = Some(rules);
+                        self.chains[i] = Some(chains);
+                    }
+                    Err(e) => {
+                        // The next load sweeps again.
+                        self.chains[i] = None;
+                        pass.errors.push(e);
+                    }
                 }
             }
             let arp = firewall::arp_script(&filters);

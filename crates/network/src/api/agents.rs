@@ -423,6 +423,21 @@ async fn bind_to(
     }
 }
 
+/// The documents of `table` whose `column` is one of `values`, in one query.
+async fn select_in(
+    svc: &NetworkService,
+    table: &str,
+    column: &str,
+    values: &BTreeSet<String>,
+) -> Result<Vec<Doc>> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let w = format!("{column} IN ({})", vec!["?"; values.len()].join(", "));
+    let binds: Vec<String> = values.iter().cloned().collect();
+    store::select(&svc.db, svc.db.pool(), table, &w, &binds).await
+}
+
 async fn ports_where(svc: &NetworkService, where_sql: &str, binds: &[String]) -> Result<Vec<Doc>> {
     store::select(&svc.db, svc.db.pool(), "ports", where_sql, binds).await
 }
@@ -530,46 +545,33 @@ async fn host_state(
         }
     }
     // The networks and subnets all of that sits on.
-    let mut networks = Map::new();
-    for id in &net_ids {
-        if let Some(n) = store::get(db, db.pool(), "networks", id).await? {
-            networks.insert(id.clone(), Value::Object(n));
-        }
-    }
-    let mut subnets = Map::new();
-    for id in &subnet_ids {
-        if let Some(s) = store::get(db, db.pool(), "subnets", id).await? {
-            subnets.insert(id.clone(), Value::Object(s));
-        }
-    }
-    // Security groups of the bound ports, and the addresses of the groups their rules name as remotes.
-    let mut groups: BTreeSet<String> = BTreeSet::new();
-    for p in &ports {
-        for g in p["security_groups"].as_array().into_iter().flatten() {
-            groups.insert(g.as_str().unwrap_or("").to_string());
-        }
-    }
+    let keyed = |docs: Vec<Doc>, key: &str| -> Map<String, Value> {
+        docs.into_iter()
+            .map(|d| (store::text(&d, key).to_string(), Value::Object(d)))
+            .collect()
+    };
+    let networks = keyed(select_in(svc, "networks", "id", &net_ids).await?, "id");
+    let subnets = keyed(select_in(svc, "subnets", "id", &subnet_ids).await?, "id");
+    // Security groups of the bound ports (their rules), and the addresses of the groups the rules name as
+    // remotes.
+    let groups: BTreeSet<String> = ports
+        .iter()
+        .flat_map(|p| p["security_groups"].as_array().cloned().unwrap_or_default())
+        .filter_map(|g| g.as_str().map(str::to_string))
+        .collect();
     let mut security_groups = Map::new();
-    let mut remotes: BTreeSet<String> = BTreeSet::new();
     for g in &groups {
-        let rules = store::select(
-            db,
-            db.pool(),
-            "security_group_rules",
-            "security_group_id = ?",
-            std::slice::from_ref(g),
-        )
-        .await?;
-        for r in &rules {
-            if let Some(rg) = r["remote_group_id"].as_str() {
-                remotes.insert(rg.to_string());
-            }
+        security_groups.insert(g.clone(), json!({"rules": []}));
+    }
+    let mut remotes: BTreeSet<String> = BTreeSet::new();
+    for r in select_in(svc, "security_group_rules", "security_group_id", &groups).await? {
+        if let Some(rg) = r["remote_group_id"].as_str() {
+            remotes.insert(rg.to_string());
         }
-        let stateful = store::get(db, db.pool(), "security_groups", g)
-            .await?
-            .map(|d| d.get("stateful") != Some(&Value::Bool(false)))
-            .unwrap_or(true);
-        security_groups.insert(g.clone(), json!({"rules": rules, "stateful": stateful}));
+        let g = store::text(&r, "security_group_id").to_string();
+        if let Some(Value::Array(rules)) = security_groups.get_mut(&g).map(|v| &mut v["rules"]) {
+            rules.push(Value::Object(r));
+        }
     }
     let mut members = Map::new();
     for g in &remotes {
