@@ -2,18 +2,24 @@
 //! `BEGIN`/`COMMIT` (one WAL flush on PostgreSQL and MySQL) for several writers. A job runs inside the shared
 //! transaction and says whether it succeeded; a batch in which any job fails is rolled back whole and its
 //! jobs run again one by one in their own transactions, so no job's outcome depends on another's. Jobs must
-//! therefore be re-runnable (they read what they need inside the transaction every time).
+//! therefore be re-runnable (what they read before the transaction they check inside it, as placement's
+//! writes do with the provider generation).
 //!
 //! Jobs leave marks (strings: for placement, the providers they touched) that a tail step, given with the
-//! job, writes once per transaction just before `COMMIT` (placement's revision bump: one per transaction, not
-//! one per job). Batches run one at a time: placement's tail locks one shared row until `COMMIT`, so
-//! concurrent batches would only wait for each other (measured: no gain on PostgreSQL) and stay smaller.
+//! job, writes once per transaction just before `COMMIT` (placement's change records: one write per
+//! transaction, not one per job).
+//!
+//! A batch runs its jobs and its tail holding a slot, and gives the slot back before its `COMMIT`: the next
+//! batch runs its statements while this one waits for its WAL flush, and the engine flushes concurrent
+//! commits together (placement's change records on PostgreSQL take no shared lock; on MySQL the next batch
+//! waits at the revision row, on SQLite for the single writer connection). How many slots there are is the
+//! first caller's choice ([`Db::write_batched`]'s `parallel`).
 
 use crate::{Any, Db, DbError, Transaction};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 /// Most jobs one shared transaction takes.
 const MAX_BATCH: usize = 32;
@@ -37,8 +43,14 @@ pub(crate) type Queued = (Arc<dyn BatchJob>, oneshot::Sender<Result<bool, String
 impl Db {
     /// Run `job` in a write transaction, shared with the other jobs queued meanwhile, which `tail` ends.
     /// Ok(true): committed; Ok(false): the job failed and its writes were discarded; Err: the commit itself
-    /// failed. One database has one queue: the first caller's `tail` is the one every transaction ends with.
-    pub async fn write_batched(&self, job: Arc<dyn BatchJob>, tail: Tail) -> Result<bool, DbError> {
+    /// failed. One database has one queue: the first caller's `tail` is the one every transaction ends with,
+    /// and its `parallel` the most batches in flight at once.
+    pub async fn write_batched(
+        &self,
+        job: Arc<dyn BatchJob>,
+        tail: Tail,
+        parallel: usize,
+    ) -> Result<bool, DbError> {
         let queue = self
             .batch
             .get_or_init(|| {
@@ -48,7 +60,7 @@ impl Db {
                     batch: Arc::new(std::sync::OnceLock::new()),
                     ..self.clone()
                 };
-                tokio::spawn(committer(db, rx, tail));
+                tokio::spawn(committer(db, rx, tail, parallel.max(1)));
                 tx
             })
             .clone();
@@ -63,8 +75,16 @@ impl Db {
     }
 }
 
-async fn committer(db: Db, mut rx: mpsc::Receiver<Queued>, tail: Tail) {
-    while let Some(first) = rx.recv().await {
+async fn committer(db: Db, mut rx: mpsc::Receiver<Queued>, tail: Tail, parallel: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
+    loop {
+        // A free slot first, then whatever queued meanwhile: a batch takes every job waiting when it starts.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -75,15 +95,22 @@ async fn committer(db: Db, mut rx: mpsc::Receiver<Queued>, tail: Tail) {
         // In a task of its own: a job that panics fails its batch's writers (their answers are dropped),
         // not the queue.
         let db = db.clone();
-        if let Err(e) = tokio::spawn(async move { run(&db, batch, tail).await }).await {
-            tracing::error!(error = %e, "a batched write transaction panicked");
-        }
+        let mut slot = Some(slot);
+        // A panicking batch drops its slot with its task.
+        let batch_task = tokio::spawn(async move { run(&db, batch, tail, &mut slot).await });
+        tokio::spawn(async move {
+            if let Err(e) = batch_task.await {
+                tracing::error!(error = %e, "a batched write transaction panicked");
+            }
+        });
     }
 }
 
-async fn run(db: &Db, batch: Vec<Queued>, tail: Tail) {
+/// Run one batch. Its slot is given back as soon as its statements have run, before `COMMIT`: the next batch
+/// starts while this one waits for its WAL flush (on SQLite, for the writer connection this one holds).
+async fn run(db: &Db, batch: Vec<Queued>, tail: Tail, slot: &mut Option<OwnedSemaphorePermit>) {
     if batch.len() > 1 {
-        if let Ok(true) = together(db, &batch, tail).await {
+        if let Ok(true) = together(db, &batch, tail, slot).await {
             for (_, done) in batch {
                 let _ = done.send(Ok(true));
             }
@@ -93,11 +120,17 @@ async fn run(db: &Db, batch: Vec<Queued>, tail: Tail) {
     for (job, done) in batch {
         let _ = done.send(alone(db, job.as_ref(), tail).await.map_err(|e| format!("{e:#}")));
     }
+    slot.take();
 }
 
 /// All jobs in one transaction; Ok(false) (rolled back) as soon as one fails. An error (of the tail, of the
 /// commit) sends the jobs to run alone too.
-async fn together(db: &Db, batch: &[Queued], tail: Tail) -> Result<bool, DbError> {
+async fn together(
+    db: &Db,
+    batch: &[Queued],
+    tail: Tail,
+    slot: &mut Option<OwnedSemaphorePermit>,
+) -> Result<bool, DbError> {
     let mut tx = db.begin_write().await?;
     let mut marks = Vec::new();
     for (job, _) in batch {
@@ -107,6 +140,7 @@ async fn together(db: &Db, batch: &[Queued], tail: Tail) -> Result<bool, DbError
         }
     }
     tail(db, &mut tx, &marks).await?;
+    slot.take();
     tx.commit().await?;
     Ok(true)
 }
@@ -191,18 +225,29 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_job_fails_alone_and_the_queue_goes_on() {
         let (_dir, db) = table_t().await;
-        assert!(db.write_batched(Arc::new(Panics), tail).await.is_err());
-        assert!(db.write_batched(Arc::new(Insert(2)), tail).await.unwrap());
+        assert!(db.write_batched(Arc::new(Panics), tail, 1).await.is_err());
+        assert!(db.write_batched(Arc::new(Insert(2)), tail, 1).await.unwrap());
     }
 
     #[tokio::test]
     async fn concurrent_jobs_share_commits_and_failures_stay_apart() {
+        for parallel in [1, 3] {
+            concurrent_jobs(parallel).await;
+        }
+    }
+
+    async fn concurrent_jobs(parallel: usize) {
         let (_dir, db) = table_t().await;
         let mut tasks = Vec::new();
         for i in 0..200i64 {
             let db = db.clone();
             tasks.push(tokio::spawn(async move {
-                (i, db.write_batched(Arc::new(Insert(i)), tail).await.unwrap())
+                (
+                    i,
+                    db.write_batched(Arc::new(Insert(i)), tail, parallel)
+                        .await
+                        .unwrap(),
+                )
             }));
         }
         for t in tasks {

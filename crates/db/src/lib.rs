@@ -8,7 +8,9 @@
 //! placeholders are written `?`.
 
 mod batch;
+mod lease;
 pub use batch::{BatchJob, JobFuture, Tail, TailFuture};
+pub use lease::Lease;
 pub mod compute;
 pub mod identity;
 pub mod image;
@@ -23,7 +25,7 @@ pub use sqlx::{Any, Row, Transaction};
 pub use url::{normalize_url, Dialect};
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -95,6 +97,8 @@ pub struct Db {
     url_masked: String,
     /// The group-commit queue ([`Db::write_batched`]), started on first use.
     batch: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<batch::Queued>>>,
+    /// Idle connections for [`Db::lease`].
+    leases: lease::FreeList,
 }
 
 impl Db {
@@ -116,8 +120,21 @@ impl Db {
             let mut opts = AnyPoolOptions::new()
                 .max_connections(n.max(1))
                 .acquire_timeout(Duration::from_secs(30))
-                // A SQLite connection is a file handle that cannot drop like a socket: no ping before each use.
-                .test_before_acquire(dialect != Dialect::Sqlite);
+                // Pinged before use only after a second idle (a server restart or a dropped socket shows there),
+                // not before every use: a ping is a round trip, and a busy service acquires a connection for
+                // every statement outside a transaction. A SQLite connection is a file handle: never pinged.
+                .test_before_acquire(false);
+            if dialect != Dialect::Sqlite {
+                opts = opts.before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for < Duration::from_secs(1) {
+                            return Ok(true);
+                        }
+                        // A dead connection is dropped and another one tried.
+                        Ok(conn.ping().await.is_ok())
+                    })
+                });
+            }
             if dialect == Dialect::Sqlite {
                 opts = opts.after_connect(|conn, _meta| {
                     Box::pin(async move {
@@ -154,6 +171,7 @@ impl Db {
             dialect,
             url_masked: masked,
             batch: Default::default(),
+            leases: Default::default(),
         })
     }
 
@@ -209,6 +227,9 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        if let Ok(mut free) = self.leases.lock() {
+            free.clear();
+        }
         if let Some(w) = &self.writer {
             w.close().await;
         }

@@ -45,5 +45,16 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
             "CREATE TABLE placement_changes (revision BIGINT NOT NULL, rp_uuid VARCHAR(36) NOT NULL, \
              PRIMARY KEY (revision, rp_uuid)){engine}",
         ],
+    }, Migration {
+        version: 2,
+        name: "change log by transaction id",
+        statements: &[
+            // PostgreSQL only (the table stays empty elsewhere): which providers each transaction touched,
+            // under its transaction id; readers match the ids against their snapshots, so writers need not
+            // serialize on the revision row. Pruned from below; `pruned_xid` says where it was cut.
+            "CREATE TABLE placement_change_log (xid BIGINT NOT NULL, rp_uuid VARCHAR(36) NOT NULL){engine}",
+            "CREATE INDEX ix_change_log_xid ON placement_change_log (xid)",
+            "ALTER TABLE placement_revision ADD COLUMN pruned_xid BIGINT NOT NULL DEFAULT 0",
+        ],
     }],
 };

@@ -1,12 +1,15 @@
 //! The in-memory capacity index that allocation candidates are computed from: every provider with its tree
 //! position, inventories with current usage, traits and aggregates, by integer ids.
 //!
-//! Consistency with the database: every write transaction bumps `placement_revision` and records the
-//! providers it touched in `placement_changes` (see [`crate::store::bump_revision`]). Before answering, a
-//! reader compares the stored revision with its copy's (one single-row read); when they differ it reloads
-//! only the providers changed since (or everything, when the change records no longer reach back), on a
-//! private copy that then replaces the shared one. So every process — several API workers, or several hosts
-//! on one PostgreSQL — answers from data at least as new as the revision it read.
+//! Consistency with the database: every write transaction records the providers it touched (see
+//! [`crate::store::bump_revision`]). On SQLite and MySQL it bumps `placement_revision` and writes
+//! `placement_changes` under that revision; before answering, a reader compares the stored revision with its
+//! copy's (one single-row read). On PostgreSQL it writes `placement_change_log` under its transaction id
+//! (writers share no lock); a reader keeps the snapshot its copy reflects and asks, in one statement, for the
+//! records that snapshot did not see. Either way it reloads only the providers changed since (or everything,
+//! when the change records no longer reach back), on a private copy that then replaces the shared one. So
+//! every process — several API workers, or several hosts on one database — answers from data at least as
+//! new as every write committed before its request.
 
 use crate::error::Result;
 use crate::store;
@@ -318,54 +321,187 @@ impl Index {
 /// The shared index and its refresher.
 #[derive(Default)]
 pub struct IndexHandle {
-    current: RwLock<Arc<Index>>,
+    current: RwLock<Current>,
     refresh: tokio::sync::Mutex<()>,
 }
 
+/// The index, and on PostgreSQL the snapshot it reflects: every change visible in that snapshot is in it.
+#[derive(Default, Clone)]
+struct Current {
+    index: Arc<Index>,
+    snapshot: Option<Snapshot>,
+}
+
+/// A PostgreSQL snapshot as text (`xmin:xmax:xip,…`), with its `xmin`: transactions below it had ended.
+#[derive(Clone, Debug)]
+struct Snapshot {
+    text: Arc<str>,
+    xmin: i64,
+}
+
+impl Snapshot {
+    fn parse(text: &str) -> Result<Self> {
+        let xmin = text
+            .split(':')
+            .next()
+            .and_then(|x| x.parse().ok())
+            .ok_or_else(|| {
+                crate::error::PlacementError::Db(tessera_db::DbError::Batch(format!(
+                    "unexpected snapshot {text:?}"
+                )))
+            })?;
+        Ok(Self {
+            text: text.into(),
+            xmin,
+        })
+    }
+}
+
+/// What a PostgreSQL reader learns in one statement (so from one snapshot): that snapshot, below which
+/// transaction id change records may have been pruned, and the providers changed since its last snapshot.
+async fn pg_changes(db: &Db, since: &Snapshot) -> Result<(Snapshot, i64, BTreeSet<String>)> {
+    let r = sqlx::query(
+        "SELECT CAST(pg_current_snapshot() AS TEXT) AS snap, \
+         (SELECT pruned_xid FROM placement_revision WHERE id = 1) AS pruned, \
+         (SELECT string_agg(DISTINCT rp_uuid, ' ') FROM placement_change_log WHERE xid >= $1 \
+          AND NOT pg_visible_in_snapshot(CAST(CAST(xid AS TEXT) AS xid8), CAST($2 AS pg_snapshot))) AS changed",
+    )
+    .bind(since.xmin)
+    .bind(&*since.text)
+    .fetch_one(db.pool())
+    .await?;
+    let changed: Option<String> = r.try_get("changed")?;
+    Ok((
+        Snapshot::parse(&get_text(&r, "snap")?)?,
+        r.try_get("pruned")?,
+        changed
+            .map(|c| c.split(' ').map(str::to_string).collect())
+            .unwrap_or_default(),
+    ))
+}
+
 impl IndexHandle {
-    fn get(&self) -> Arc<Index> {
+    fn get(&self) -> Current {
         self.current
             .read()
             .map(|g| g.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// An index at least as new as the database's revision at the time of the call.
+    fn set(&self, c: Current) {
+        match self.current.write() {
+            Ok(mut g) => *g = c,
+            Err(p) => *p.into_inner() = c,
+        }
+    }
+
+    /// An index holding every write committed before the call.
     pub async fn fresh(&self, db: &Db) -> Result<Arc<Index>> {
+        if db.dialect() == tessera_db::Dialect::Postgres {
+            return self.fresh_pg(db).await;
+        }
         let rev = store::revision(db).await?;
-        let cur = self.get();
+        let cur = self.get().index;
         if cur.loaded && cur.revision >= rev {
             return Ok(cur);
         }
         let _single = self.refresh.lock().await;
-        let cur = self.get();
+        let cur = self.get().index;
         if cur.loaded && cur.revision >= rev {
             return Ok(cur);
         }
-        let mut next = (*cur).clone();
         let changed = if cur.loaded {
             store::changes_since(db, cur.revision).await?
         } else {
             None
         };
-        match &changed {
-            Some(set) => next.load(db, Some(set)).await?,
-            None => {
-                next = Index::default();
-                next.load(db, None).await?
+        let next = Self::reload(db, &cur, changed.as_ref(), rev).await?;
+        self.set(Current {
+            index: next.clone(),
+            snapshot: None,
+        });
+        Ok(next)
+    }
+
+    /// PostgreSQL: writers do not serialize, so instead of a revision the reader keeps the snapshot its
+    /// index reflects and asks (in one statement, from a newer snapshot) which providers' change records
+    /// that snapshot did not see.
+    async fn fresh_pg(&self, db: &Db) -> Result<Arc<Index>> {
+        let cur = self.get();
+        if let Some(since) = cur.snapshot.as_ref().filter(|_| cur.index.loaded) {
+            let (now, pruned, changed) = pg_changes(db, since).await?;
+            if changed.is_empty() && pruned <= since.xmin {
+                // Nothing new: the index reflects the newer snapshot too (kept so the next look starts there).
+                if let Ok(_single) = self.refresh.try_lock() {
+                    let latest = self.get();
+                    if Arc::ptr_eq(&latest.index, &cur.index) {
+                        self.set(Current {
+                            index: cur.index.clone(),
+                            snapshot: Some(now),
+                        });
+                    }
+                }
+                return Ok(cur.index);
             }
         }
-        next.revision = rev;
+        let _single = self.refresh.lock().await;
+        // Again under the lock: another reader may have refreshed meanwhile.
+        let cur = self.get();
+        let (next, snapshot) = match cur.snapshot.as_ref().filter(|_| cur.index.loaded) {
+            Some(since) => {
+                let (now, pruned, changed) = pg_changes(db, since).await?;
+                if changed.is_empty() && pruned <= since.xmin {
+                    (cur.index.clone(), now)
+                } else {
+                    let changed = (pruned <= since.xmin).then_some(changed);
+                    (
+                        Self::reload(db, &cur.index, changed.as_ref(), now.xmin).await?,
+                        now,
+                    )
+                }
+            }
+            None => {
+                // The snapshot before the load: the load itself may see more, which later looks reload again.
+                let r = sqlx::query("SELECT CAST(pg_current_snapshot() AS TEXT) AS snap")
+                    .fetch_one(db.pool())
+                    .await?;
+                let now = Snapshot::parse(&get_text(&r, "snap")?)?;
+                (Self::reload(db, &cur.index, None, now.xmin).await?, now)
+            }
+        };
+        self.set(Current {
+            index: next.clone(),
+            snapshot: Some(snapshot),
+        });
+        Ok(next)
+    }
+
+    /// A new index from `cur`: the `changed` providers reloaded, or everything when None (or not loaded).
+    async fn reload(
+        db: &Db,
+        cur: &Arc<Index>,
+        changed: Option<&BTreeSet<String>>,
+        revision: i64,
+    ) -> Result<Arc<Index>> {
+        let mut next = match changed {
+            Some(set) if cur.loaded => {
+                let mut next = (**cur).clone();
+                next.load(db, Some(set)).await?;
+                next
+            }
+            _ => {
+                let mut next = Index::default();
+                next.load(db, None).await?;
+                next
+            }
+        };
+        next.revision = revision;
         next.loaded = true;
         tracing::debug!(
-            revision = rev,
-            reloaded = changed.as_ref().map(|c| c.len()),
+            revision,
+            reloaded = changed.filter(|_| cur.loaded).map(|c| c.len()),
             "capacity index refreshed"
         );
-        let next = Arc::new(next);
-        if let Ok(mut g) = self.current.write() {
-            *g = next.clone();
-        }
-        Ok(next)
+        Ok(Arc::new(next))
     }
 }

@@ -61,10 +61,15 @@ pub fn provider_from(r: &AnyRow) -> Result<Provider> {
     })
 }
 
-/// Count a write: bump the revision and record which providers it touched (see `crate::index`). Called last
-/// in every write transaction, so the revision row's lock is taken after the providers' and commits happen in
-/// revision order.
+/// Count a write: record which providers it touched (see `crate::index`). Called last in every write
+/// transaction. On PostgreSQL a row per provider in `placement_change_log` tagged with the transaction's id,
+/// which readers match against their snapshots, so writers share no lock and their commits (and WAL
+/// flushes) overlap. Elsewhere the revision row is bumped: its lock, taken after the providers', is held
+/// until `COMMIT`, so commits happen in revision order (SQLite has one writer anyway).
 pub async fn bump_revision(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()> {
+    if db.dialect() == tessera_db::Dialect::Postgres {
+        return log_change(db, tx, touched).await;
+    }
     let bump = "UPDATE placement_revision SET revision = revision + 1 WHERE id = 1";
     let rev: i64 = if db.dialect() == tessera_db::Dialect::MySql {
         // MySQL has no UPDATE … RETURNING.
@@ -104,6 +109,68 @@ pub async fn bump_revision(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()>
             .execute(&mut **tx)
             .await?;
     }
+    Ok(())
+}
+
+/// The writing transaction's id as a BIGINT (PostgreSQL).
+const PG_XID: &str = "CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT)";
+/// The start of an insert into PostgreSQL's change log (xid, then provider).
+const PG_LOG_CHANGE: &str = "INSERT INTO placement_change_log (xid, rp_uuid)";
+
+/// PostgreSQL's change record: the touched providers under the writing transaction's id (assigned already:
+/// the transaction has written). Every [`PRUNE_EVERY`] records a process writes, it prunes the log once.
+async fn log_change(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()> {
+    static WRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let touched: BTreeSet<&str> = touched.iter().copied().collect();
+    let touched: Vec<&str> = touched.into_iter().collect();
+    for chunk in touched.chunks(200) {
+        let q = format!(
+            "{PG_LOG_CHANGE} VALUES {}",
+            vec![format!("({PG_XID}, ?)"); chunk.len()].join(", ")
+        );
+        let sql = db.sql(&q);
+        let query = chunk.iter().fold(sqlx::query(&sql), |q, rp| q.bind(*rp));
+        query.execute(&mut **tx).await?;
+    }
+    let n = touched.len() as u64;
+    let before = WRITTEN.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    if n > 0 && (before + n) / PRUNE_EVERY != before / PRUNE_EVERY {
+        let db = db.clone();
+        tokio::spawn(async move {
+            if let Err(e) = prune_change_log(&db, CHANGES_KEPT).await {
+                tracing::warn!(error = %e, "pruning placement_change_log failed");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Records a process writes between two prunings of PostgreSQL's change log.
+const PRUNE_EVERY: u64 = 1000;
+
+/// Drop all but the newest `keep` change records of PostgreSQL's log, and note below which transaction id
+/// records may be missing: a reader whose snapshot is older than that reloads everything (see `crate::index`).
+pub async fn prune_change_log(db: &Db, keep: i64) -> Result<()> {
+    let mut tx = db.pool().begin().await?;
+    let cut: Option<i64> =
+        sqlx::query(&db.sql("SELECT xid FROM placement_change_log ORDER BY xid DESC LIMIT 1 OFFSET ?"))
+            .bind(keep)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get("xid"))
+            .transpose()?;
+    if let Some(cut) = cut {
+        sqlx::query(&db.sql("DELETE FROM placement_change_log WHERE xid < ?"))
+            .bind(cut)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&db.sql("UPDATE placement_revision SET pruned_xid = ? WHERE id = 1 AND pruned_xid < ?"))
+            .bind(cut)
+            .bind(cut)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -159,7 +226,10 @@ where
         keep,
         out: std::sync::Mutex::new(None),
     });
-    let committed = db.write_batched(job.clone(), revision_tail).await?;
+    // One batch at a time runs its statements; its COMMIT overlaps the next batch's (see tessera_db::batch).
+    // Measured on PostgreSQL, where change records take no shared lock: two at a time gained nothing, their
+    // batches being smaller.
+    let committed = db.write_batched(job.clone(), revision_tail, 1).await?;
     let out = job.out.lock().unwrap_or_else(|p| p.into_inner()).take();
     match out {
         Some(r) if committed || !keep(&r) => r,
@@ -398,7 +468,12 @@ pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
 }
 
 async fn provider_create_in(db: &Db, tx: &mut Tx, p: &Provider, touched: &mut Vec<String>) -> Result<()> {
-    let q = format!("INSERT INTO resource_providers ({RP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
+    let pg = db.dialect() == tessera_db::Dialect::Postgres;
+    let mut q = format!("INSERT INTO resource_providers ({RP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
+    if pg {
+        // The change record in the same statement.
+        q = format!("WITH p AS ({q} RETURNING uuid) {PG_LOG_CHANGE} SELECT {PG_XID}, uuid FROM p");
+    }
     let inserted = sqlx::query(&db.sql(&q))
         .bind(&p.uuid)
         .bind(&p.name)
@@ -420,7 +495,9 @@ async fn provider_create_in(db: &Db, tx: &mut Tx, p: &Provider, touched: &mut Ve
         }
         r => r?,
     };
-    touched.push(p.uuid.clone());
+    if !pg {
+        touched.push(p.uuid.clone());
+    }
     Ok(())
 }
 
@@ -543,16 +620,131 @@ pub async fn bump_generation(db: &Db, tx: &mut Tx, uuid: &str, expected: i64) ->
     .rows_affected();
     if n != 1 {
         // Handlers do not look the provider up before writing; a missing one is a 404, not a conflict.
-        if provider_get_on(db, tx, uuid).await?.is_none() {
-            return Err(PlacementError::NotFound(format!(
-                "No resource provider with uuid {uuid} found"
-            )));
-        }
-        return Err(concurrent(format!(
-            "resource provider generation conflict: another request updated {uuid}; get it again and retry"
-        )));
+        return Err(missing_or_moved(db, tx, uuid).await);
     }
     Ok(expected + 1)
+}
+
+/// A bind value of a [`Stmt`].
+#[derive(Clone)]
+enum Val {
+    I(i64),
+    F(f64),
+    S(String),
+}
+
+/// One write statement (`?` placeholders) with its binds.
+#[derive(Clone)]
+struct Stmt {
+    sql: String,
+    binds: Vec<Val>,
+}
+
+fn bind_vals<'q>(
+    q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    vals: &'q [Val],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    vals.iter().fold(q, |q, v| match v {
+        Val::I(i) => q.bind(*i),
+        Val::F(f) => q.bind(*f),
+        Val::S(s) => q.bind(s.as_str()),
+    })
+}
+
+/// A provider's generation, checked against `expected` (a missing provider is a 404, another generation a
+/// 409), with its current rows of `links` (columns `cols` of the table linked by `rp_uuid`), in one read
+/// outside any transaction: writes computed from it are applied by [`bump_and_write`], whose generation
+/// check makes sure nothing changed in between (every change to these rows bumps the generation).
+async fn provider_rows(
+    db: &Db,
+    uuid: &str,
+    expected: i64,
+    links: &str,
+    cols: &[&str],
+) -> Result<Vec<AnyRow>> {
+    let q = format!(
+        "SELECT rp.generation AS generation, {} FROM resource_providers rp LEFT JOIN {links} l \
+         ON l.rp_uuid = rp.uuid WHERE rp.uuid = ?",
+        cols.iter()
+            .map(|c| format!("l.{c} AS {c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let mut lease = db.lease().await?;
+    let rows = sqlx::query(&db.sql(&q))
+        .bind(uuid)
+        .fetch_all(lease.conn())
+        .await?;
+    lease.done();
+    match rows.first() {
+        None => Err(PlacementError::NotFound(format!(
+            "No resource provider with uuid {uuid} found"
+        ))),
+        Some(r) if r.try_get::<i64, _>("generation")? != expected => Err(concurrent(format!(
+            "resource provider generation conflict: another request updated {uuid}; get it again and retry"
+        ))),
+        Some(_) => Ok(rows),
+    }
+}
+
+/// Bump a provider's generation from `expected`, run `writes` and record the change, returning the new
+/// generation. On PostgreSQL one statement, change record included (data-modifying `WITH` clauses: one round
+/// trip in the shared write transaction instead of one per write); elsewhere the bump, then the writes one by
+/// one, and the provider left in `touched` for the transaction's revision bump.
+async fn bump_and_write(
+    db: &Db,
+    tx: &mut Tx,
+    uuid: &str,
+    expected: i64,
+    writes: &[Stmt],
+    touched: &mut Vec<String>,
+) -> Result<i64> {
+    if db.dialect() != tessera_db::Dialect::Postgres {
+        let gen = bump_generation(db, tx, uuid, expected).await?;
+        for w in writes {
+            let sql = db.sql(&w.sql);
+            bind_vals(sqlx::query(&sql), &w.binds).execute(&mut **tx).await?;
+        }
+        touched.push(uuid.to_string());
+        return Ok(gen);
+    }
+    let mut sql = String::from(
+        "WITH g AS (UPDATE resource_providers SET generation = generation + 1, updated_at = ? \
+         WHERE uuid = ? AND generation = ? RETURNING generation)",
+    );
+    let mut binds = vec![
+        Val::I(tessera_types::now_epoch_micros()),
+        Val::S(uuid.to_string()),
+        Val::I(expected),
+    ];
+    for (i, w) in writes.iter().enumerate() {
+        // The writes run even when the generation did not move: the job then fails and is rolled back.
+        sql.push_str(&format!(", w{i} AS ({})", w.sql));
+        binds.extend(w.binds.iter().cloned());
+    }
+    sql.push_str(&format!(
+        ", logged AS ({PG_LOG_CHANGE} SELECT {PG_XID}, ? FROM g) SELECT generation FROM g"
+    ));
+    binds.push(Val::S(uuid.to_string()));
+    let sql = db.sql(&sql);
+    let row = bind_vals(sqlx::query(&sql), &binds)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match row {
+        Some(r) => Ok(r.try_get("generation")?),
+        None => Err(missing_or_moved(db, tx, uuid).await),
+    }
+}
+
+/// Why a generation check failed: the provider is gone (404) or another request moved it (409).
+async fn missing_or_moved(db: &Db, tx: &mut Tx, uuid: &str) -> PlacementError {
+    match provider_get_on(db, tx, uuid).await {
+        Ok(None) => PlacementError::NotFound(format!("No resource provider with uuid {uuid} found")),
+        Ok(Some(_)) => concurrent(format!(
+            "resource provider generation conflict: another request updated {uuid}; get it again and retry"
+        )),
+        Err(e) => e,
+    }
 }
 
 // ---------------------------------------------------------------- inventories, usages
@@ -613,6 +805,9 @@ async fn usages_on(db: &Db, c: &mut AnyConnection, uuid: &str) -> Result<BTreeMa
 
 /// Replace a provider's inventories (all of them, or only `only` classes), checking its generation. Classes
 /// removed while they have allocations are refused; a total below current usage is accepted with a warning.
+/// The current inventories and usages are read first, outside the write transaction (in parallel with other
+/// writers); the write then needs the generation unchanged, so they cannot have changed meanwhile (claims
+/// bump the generation too; a release only lowers the usage).
 pub async fn inventories_write(
     db: &Db,
     uuid: &str,
@@ -621,53 +816,65 @@ pub async fn inventories_write(
     remove: &BTreeSet<String>,
     replace_all: bool,
 ) -> Result<i64> {
-    let (uuid, set, remove) = (uuid.to_string(), set.clone(), remove.clone());
-    batched(db, Result::is_ok, move |db, tx, touched| {
-        let (uuid, set, remove) = (uuid.clone(), set.clone(), remove.clone());
-        Box::pin(async move {
-            let gen =
-                inventories_write_in(db, tx, &uuid, expected_generation, &set, &remove, replace_all).await?;
-            touched.push(uuid);
-            Ok(gen)
-        })
-    })
-    .await
-}
-
-async fn inventories_write_in(
-    db: &Db,
-    tx: &mut Tx,
-    uuid: &str,
-    expected_generation: i64,
-    set: &BTreeMap<String, Inventory>,
-    remove: &BTreeSet<String>,
-    replace_all: bool,
-) -> Result<i64> {
-    let gen = bump_generation(db, tx, uuid, expected_generation).await?;
-    let current = inventories_tx(db, tx, uuid).await?;
+    const COLS: [&str; 7] = [
+        "resource_class",
+        "total",
+        "reserved",
+        "min_unit",
+        "max_unit",
+        "step_size",
+        "allocation_ratio",
+    ];
+    let rows = provider_rows(db, uuid, expected_generation, "inventories", &COLS).await?;
+    let mut current = BTreeMap::new();
+    for r in &rows {
+        if let Some(rc) = get_opt_text(r, "resource_class")? {
+            current.insert(rc, inventory_from(r)?);
+        }
+    }
     // Allocations need inventory: a provider without any has no usage to look up.
     let used = if current.is_empty() {
         BTreeMap::new()
     } else {
-        usages_tx(db, tx, uuid).await?
+        let mut lease = db.lease().await?;
+        let used = usages_on(db, lease.conn(), uuid).await?;
+        lease.done();
+        used
     };
     let removed: Vec<&String> = current
         .keys()
         .filter(|rc| remove.contains(*rc) || (replace_all && !set.contains_key(*rc)))
         .collect();
-    for rc in &removed {
-        if used.get(*rc).copied().unwrap_or(0) > 0 {
-            return Err(PlacementError::Conflict(
-                format!("Inventory for '{rc}' on resource provider '{uuid}' in use."),
-                Some(crate::error::INVENTORY_INUSE),
-            ));
-        }
-        sqlx::query(&db.sql("DELETE FROM inventories WHERE rp_uuid = ? AND resource_class = ?"))
-            .bind(uuid)
-            .bind(rc.as_str())
-            .execute(&mut **tx)
-            .await?;
+    if let Some(rc) = removed.iter().find(|rc| used.get(**rc).copied().unwrap_or(0) > 0) {
+        return Err(PlacementError::Conflict(
+            format!("Inventory for '{rc}' on resource provider '{uuid}' in use."),
+            Some(crate::error::INVENTORY_INUSE),
+        ));
     }
+    let mut writes = Vec::new();
+    if !removed.is_empty() {
+        let mut binds = vec![Val::S(uuid.to_string())];
+        binds.extend(removed.iter().map(|rc| Val::S(rc.to_string())));
+        writes.push(Stmt {
+            sql: format!(
+                "DELETE FROM inventories WHERE rp_uuid = ? AND resource_class IN {}",
+                tessera_db::in_list(removed.len())
+            ),
+            binds,
+        });
+    }
+    let fields = |inv: &Inventory, rc: &str| -> [Val; 8] {
+        [
+            Val::I(inv.total),
+            Val::I(inv.reserved),
+            Val::I(inv.min_unit),
+            Val::I(inv.max_unit),
+            Val::I(inv.step_size),
+            Val::F(inv.allocation_ratio),
+            Val::S(uuid.to_string()),
+            Val::S(rc.to_string()),
+        ]
+    };
     let mut added = Vec::new();
     for (rc, inv) in set {
         if let Some(u) = used.get(rc).filter(|u| **u > inv.capacity()) {
@@ -676,48 +883,32 @@ async fn inventories_write_in(
         }
         match current.get(rc) {
             Some(old) if old == inv => {}
-            Some(_) => {
-                sqlx::query(&db.sql(
-                    "UPDATE inventories SET total = ?, reserved = ?, min_unit = ?, max_unit = ?, step_size = ?, \
-                     allocation_ratio = ? WHERE rp_uuid = ? AND resource_class = ?",
-                ))
-                .bind(inv.total)
-                .bind(inv.reserved)
-                .bind(inv.min_unit)
-                .bind(inv.max_unit)
-                .bind(inv.step_size)
-                .bind(inv.allocation_ratio)
-                .bind(uuid)
-                .bind(rc.as_str())
-                .execute(&mut **tx)
-                .await?;
-            }
+            Some(_) => writes.push(Stmt {
+                sql: "UPDATE inventories SET total = ?, reserved = ?, min_unit = ?, max_unit = ?, step_size = ?, \
+                      allocation_ratio = ? WHERE rp_uuid = ? AND resource_class = ?"
+                    .into(),
+                binds: fields(inv, rc).into(),
+            }),
             None => added.push((rc, inv)),
         }
     }
     if !added.is_empty() {
         // New classes in one multi-row INSERT.
-        let q = format!(
-            "INSERT INTO inventories (total, reserved, min_unit, max_unit, step_size, allocation_ratio, rp_uuid, \
-             resource_class) VALUES {}",
-            vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; added.len()].join(", ")
-        );
-        let sql = db.sql(&q);
-        let mut query = sqlx::query(&sql);
-        for (rc, inv) in added {
-            query = query
-                .bind(inv.total)
-                .bind(inv.reserved)
-                .bind(inv.min_unit)
-                .bind(inv.max_unit)
-                .bind(inv.step_size)
-                .bind(inv.allocation_ratio)
-                .bind(uuid)
-                .bind(rc.as_str());
-        }
-        query.execute(&mut **tx).await?;
+        writes.push(Stmt {
+            sql: format!(
+                "INSERT INTO inventories (total, reserved, min_unit, max_unit, step_size, allocation_ratio, \
+                 rp_uuid, resource_class) VALUES {}",
+                vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; added.len()].join(", ")
+            ),
+            binds: added.iter().flat_map(|(rc, inv)| fields(inv, rc)).collect(),
+        });
     }
-    Ok(gen)
+    let uuid = uuid.to_string();
+    batched(db, Result::is_ok, move |db, tx, touched| {
+        let (uuid, writes) = (uuid.clone(), writes.clone());
+        Box::pin(async move { bump_and_write(db, tx, &uuid, expected_generation, &writes, touched).await })
+    })
+    .await
 }
 
 // ---------------------------------------------------------------- traits and aggregates of providers
@@ -734,8 +925,11 @@ pub async fn provider_links(db: &Db, table: &str, col: &str, uuid: &str) -> Resu
     .collect()
 }
 
-/// Replace a provider's traits or aggregates. With `expected`, its generation is checked and bumped;
-/// without (aggregates before 1.19), neither.
+/// Replace a provider's traits or aggregates. With `expected`, its generation is checked and bumped (a
+/// missing provider is a 404) — unless `keep_unchanged` and the set is the same, which writes nothing and
+/// keeps the generation (traits, as upstream); without (aggregates before 1.19), neither. Returns the
+/// provider's generation after the write when it was checked. The current set is read first, outside the
+/// write transaction; the write needs the generation unchanged.
 pub async fn provider_links_set(
     db: &Db,
     table: &'static str,
@@ -743,50 +937,76 @@ pub async fn provider_links_set(
     uuid: &str,
     expected: Option<i64>,
     values: &BTreeSet<String>,
+    keep_unchanged: bool,
 ) -> Result<Option<i64>> {
-    let (uuid, values) = (uuid.to_string(), values.clone());
+    let insert = |vals: &[&String]| -> Vec<Stmt> {
+        vals.chunks(200)
+            .map(|chunk| Stmt {
+                sql: format!(
+                    "INSERT INTO {table} (rp_uuid, {col}) VALUES {}",
+                    vec!["(?, ?)"; chunk.len()].join(", ")
+                ),
+                binds: chunk
+                    .iter()
+                    .flat_map(|v| [Val::S(uuid.to_string()), Val::S(v.to_string())])
+                    .collect(),
+            })
+            .collect()
+    };
+    let Some(expected) = expected else {
+        // No generation: replace the set whole.
+        let mut writes = vec![Stmt {
+            sql: format!("DELETE FROM {table} WHERE rp_uuid = ?"),
+            binds: vec![Val::S(uuid.to_string())],
+        }];
+        writes.extend(insert(&values.iter().collect::<Vec<_>>()));
+        let uuid = uuid.to_string();
+        return batched(db, Result::is_ok, move |db, tx, touched| {
+            let (uuid, writes) = (uuid.clone(), writes.clone());
+            Box::pin(async move {
+                for w in &writes {
+                    let sql = db.sql(&w.sql);
+                    bind_vals(sqlx::query(&sql), &w.binds).execute(&mut **tx).await?;
+                }
+                touched.push(uuid);
+                Ok(None)
+            })
+        })
+        .await;
+    };
+    let rows = provider_rows(db, uuid, expected, table, &[col]).await?;
+    let current: BTreeSet<String> = rows
+        .iter()
+        .map(|r| get_opt_text(r, col))
+        .filter_map(|v| v.transpose())
+        .collect::<Result<_, _>>()?;
+    if keep_unchanged && &current == values {
+        return Ok(Some(expected));
+    }
+    let removed: Vec<&String> = current.difference(values).collect();
+    let mut writes = Vec::new();
+    for chunk in removed.chunks(200) {
+        let mut binds = vec![Val::S(uuid.to_string())];
+        binds.extend(chunk.iter().map(|v| Val::S(v.to_string())));
+        writes.push(Stmt {
+            sql: format!(
+                "DELETE FROM {table} WHERE rp_uuid = ? AND {col} IN {}",
+                tessera_db::in_list(chunk.len())
+            ),
+            binds,
+        });
+    }
+    writes.extend(insert(&values.difference(&current).collect::<Vec<_>>()));
+    let uuid = uuid.to_string();
     batched(db, Result::is_ok, move |db, tx, touched| {
-        let (uuid, values) = (uuid.clone(), values.clone());
+        let (uuid, writes) = (uuid.clone(), writes.clone());
         Box::pin(async move {
-            let gen = provider_links_set_in(db, tx, table, col, &uuid, expected, &values).await?;
-            touched.push(uuid);
-            Ok(gen)
+            Ok(Some(
+                bump_and_write(db, tx, &uuid, expected, &writes, touched).await?,
+            ))
         })
     })
     .await
-}
-
-async fn provider_links_set_in(
-    db: &Db,
-    tx: &mut Tx,
-    table: &str,
-    col: &str,
-    uuid: &str,
-    expected: Option<i64>,
-    values: &BTreeSet<String>,
-) -> Result<Option<i64>> {
-    let gen = match expected {
-        Some(g) => Some(bump_generation(db, tx, uuid, g).await?),
-        None => None,
-    };
-    sqlx::query(&db.sql(&format!("DELETE FROM {table} WHERE rp_uuid = ?")))
-        .bind(uuid)
-        .execute(&mut **tx)
-        .await?;
-    let values: Vec<&String> = values.iter().collect();
-    for chunk in values.chunks(200) {
-        let q = format!(
-            "INSERT INTO {table} (rp_uuid, {col}) VALUES {}",
-            vec!["(?, ?)"; chunk.len()].join(", ")
-        );
-        let sql = db.sql(&q);
-        let mut query = sqlx::query(&sql);
-        for v in chunk {
-            query = query.bind(uuid).bind(v.as_str());
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(gen)
 }
 
 // ---------------------------------------------------------------- consumers and allocations

@@ -1,7 +1,7 @@
 //! Resource providers and what hangs off them: inventories, usages, traits, aggregates, allocations.
 
 use super::{admin, int_in, need, object_body, only_keys, require, uuid_value, Params, S, V};
-use crate::error::{bad, concurrent, conflict, PlacementError, Result};
+use crate::error::{bad, conflict, PlacementError, Result};
 use crate::microversion::Mv;
 use crate::store::{self, Inventory, Provider};
 use axum::body::Bytes;
@@ -779,26 +779,16 @@ pub(crate) async fn usages(State(svc): S, Caller(ctx): Caller, Path(uuid): Path<
 
 /// Replace a provider's traits as upstream does: the generation must match, and an unchanged set is a no-op
 /// (the generation stays).
-async fn set_links(
+async fn set_traits(
     svc: &crate::PlacementService,
     uuid: &str,
     gen: i64,
-    current: &BTreeSet<String>,
     wanted: &BTreeSet<String>,
 ) -> Result<i64> {
-    if current == wanted {
-        let p = get_provider(svc, uuid).await?;
-        if p.generation != gen {
-            return Err(concurrent(format!(
-                "resource provider generation conflict: another request updated {uuid}; get it again and retry"
-            )));
-        }
-        return Ok(gen);
-    }
     Ok(
-        store::provider_links_set(&svc.db, "rp_traits", "trait", uuid, Some(gen), wanted)
+        store::provider_links_set(&svc.db, "rp_traits", "trait", uuid, Some(gen), wanted, true)
             .await?
-            .unwrap_or(gen + 1),
+            .unwrap_or(gen),
     )
 }
 
@@ -847,11 +837,7 @@ pub(crate) async fn traits_put(
     .await;
     // A missing provider shows up as a 404 from the write (or from set_links when nothing changes).
     let (gen, traits) = provider_first(&svc, &uuid, checked).await?;
-    let current: BTreeSet<String> = store::provider_links(&svc.db, "rp_traits", "trait", &uuid)
-        .await?
-        .into_iter()
-        .collect();
-    let new_gen = set_links(&svc, &uuid, gen, &current, &traits).await?;
+    let new_gen = set_traits(&svc, &uuid, gen, &traits).await?;
     Ok(axum::Json(json!({"traits": traits, "resource_provider_generation": new_gen})).into_response())
 }
 
@@ -864,11 +850,7 @@ pub(crate) async fn traits_delete(
     need(mv, 6)?;
     admin(&ctx, "resource_providers:traits:delete")?;
     let p = get_provider(&svc, &uuid).await?;
-    let current: BTreeSet<String> = store::provider_links(&svc.db, "rp_traits", "trait", &uuid)
-        .await?
-        .into_iter()
-        .collect();
-    set_links(&svc, &uuid, p.generation, &current, &BTreeSet::new()).await?;
+    set_traits(&svc, &uuid, p.generation, &BTreeSet::new()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -930,9 +912,17 @@ pub(crate) async fn aggregates_put(
         Some(g) => g,
         None => get_provider(&svc, &uuid).await?.generation,
     };
-    let new_gen = store::provider_links_set(&svc.db, "rp_aggregates", "aggregate_uuid", &uuid, gen, &aggs)
-        .await?
-        .unwrap_or(old_gen);
+    let new_gen = store::provider_links_set(
+        &svc.db,
+        "rp_aggregates",
+        "aggregate_uuid",
+        &uuid,
+        gen,
+        &aggs,
+        false,
+    )
+    .await?
+    .unwrap_or(old_gen);
     let mut body = json!({"aggregates": aggs});
     if mv.at_least(19) {
         body["resource_provider_generation"] = json!(new_gen);
