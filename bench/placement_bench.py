@@ -207,7 +207,9 @@ class Tessera:
         with open(conf, "w") as f:
             f.write(f"[DEFAULT]\nosapi_compute_listen_port = {ports[3]}\n"
                     f"[identity]\nbind_port = {ports[0]}\n[image]\nbind_port = {ports[1]}\n"
-                    f"[placement]\nbind_port = {ports[2]}\n[network]\nbind_port = {free_port()}\n{extra}")
+                    f"[placement]\nbind_port = {ports[2]}\n[network]\nbind_port = {free_port()}\n"
+                    # The control plane only: no compute host registering a provider of its own.
+                    f"[all_in_one]\ncells = 0\n{extra}")
         # First start bootstraps identity (admin user, keys) and creates the databases; take a token.
         aio = subprocess.Popen([self.binary, "--config", conf, "all-in-one", "--state-dir", state],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
