@@ -18,6 +18,9 @@ pub(crate) type FreeList = Arc<Mutex<Vec<(AnyConnection, Instant)>>>;
 /// A connection lent by [`Db::lease`]; call [`Lease::done`] after the reads succeeded.
 pub struct Lease {
     conn: Option<AnyConnection>,
+    /// SQLite: a pooled connection (its ping is a call to its worker thread, not a round trip over the
+    /// network, and every detached connection would keep a thread and a page cache of its own).
+    pooled: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
     clean: bool,
     home: FreeList,
 }
@@ -26,9 +29,11 @@ impl Lease {
     /// The connection, for one read or more; the lease counts as in use until [`Lease::done`].
     pub fn conn(&mut self) -> &mut AnyConnection {
         self.clean = false;
-        self.conn
-            .as_mut()
-            .expect("a lease holds its connection until dropped")
+        match (&mut self.pooled, &mut self.conn) {
+            (Some(p), _) => p,
+            (None, Some(c)) => c,
+            (None, None) => unreachable!("a lease holds its connection until dropped"),
+        }
     }
 
     /// The reads went through: the connection may be lent again.
@@ -54,6 +59,14 @@ impl Drop for Lease {
 impl Db {
     /// A connection for reads outside any transaction, without the pool's on-release ping (see the module).
     pub async fn lease(&self) -> Result<Lease, DbError> {
+        if self.dialect() == crate::Dialect::Sqlite {
+            return Ok(Lease {
+                conn: None,
+                pooled: Some(self.pool().acquire().await?),
+                clean: true,
+                home: self.leases.clone(),
+            });
+        }
         loop {
             let idle = self.leases.lock().ok().and_then(|mut f| f.pop());
             let Some((mut conn, since)) = idle else { break };
@@ -68,6 +81,7 @@ impl Db {
     fn lend(&self, conn: AnyConnection) -> Lease {
         Lease {
             conn: Some(conn),
+            pooled: None,
             clean: true,
             home: self.leases.clone(),
         }
@@ -86,20 +100,31 @@ mod tests {
             .await
             .unwrap();
         let free = || db.leases.lock().unwrap().len();
+        // SQLite lends pooled connections; the free list is for the network engines.
         let mut l = db.lease().await.unwrap();
+        assert!(l.pooled.is_some());
+        sqlx::query("SELECT 1").execute(l.conn()).await.unwrap();
+        l.done();
+        drop(l);
+        assert_eq!(free(), 0);
+        // The free list's rules, on detached connections.
+        let conn = db.pool().acquire().await.unwrap().detach();
+        let mut l = db.lend(conn);
         let r = sqlx::query("SELECT 1 AS one").fetch_one(l.conn()).await.unwrap();
         assert_eq!(r.try_get::<i64, _>("one").unwrap(), 1);
         l.done();
         drop(l);
         assert_eq!(free(), 1);
         // Taken again, then dropped while "in use" (a cancelled read): closed, not kept.
-        let mut l = db.lease().await.unwrap();
+        let conn = db.leases.lock().unwrap().pop().unwrap().0;
+        let mut l = db.lend(conn);
         assert_eq!(free(), 0);
         let _ = l.conn();
         drop(l);
         assert_eq!(free(), 0);
         // A failed read leaves it unclean too.
-        let mut l = db.lease().await.unwrap();
+        let conn = db.pool().acquire().await.unwrap().detach();
+        let mut l = db.lend(conn);
         assert!(sqlx::query("SELECT nope FROM nowhere")
             .fetch_one(l.conn())
             .await

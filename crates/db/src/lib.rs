@@ -116,6 +116,14 @@ impl Db {
             }
         }
         let masked = tessera_types::mask_url(url);
+        // A SQLite connection is a thread of its own running queries in-process: more of them than twice the
+        // CPUs add threads and page caches, not throughput.
+        let max_connections = if dialect == Dialect::Sqlite {
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
+            max_connections.min(2 * cpus.max(2))
+        } else {
+            max_connections
+        };
         let options = |n: u32| {
             let mut opts = AnyPoolOptions::new()
                 .max_connections(n.max(1))
