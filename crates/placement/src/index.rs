@@ -19,13 +19,21 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use tessera_db::{get_text, Db};
 
-/// A query with its string binds.
+/// A query with its string binds. With binds (an `IN` list of changed providers, of any length) it is not
+/// kept in the connection's statement cache: each length is another statement, and one with thousands of
+/// values holds megabytes there.
 fn bound<'q>(
     sql: &'q str,
     binds: &'q [String],
 ) -> sqlx::query::Query<'q, tessera_db::Any, sqlx::any::AnyArguments<'q>> {
-    binds.iter().fold(sqlx::query(sql), |q, b| q.bind(b.as_str()))
+    binds
+        .iter()
+        .fold(sqlx::query(sql), |q, b| q.bind(b.as_str()))
+        .persistent(binds.is_empty())
 }
+
+/// Changed providers above which a reload reads everything rather than listing them in `IN (…)`.
+const PARTIAL_RELOAD_MAX: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Inv {
@@ -360,6 +368,7 @@ impl Snapshot {
 /// What a PostgreSQL reader learns in one statement (so from one snapshot): that snapshot, below which
 /// transaction id change records may have been pruned, and the providers changed since its last snapshot.
 async fn pg_changes(db: &Db, since: &Snapshot) -> Result<(Snapshot, i64, BTreeSet<String>)> {
+    let mut lease = db.lease().await?;
     let r = sqlx::query(
         "SELECT CAST(pg_current_snapshot() AS TEXT) AS snap, \
          (SELECT pruned_xid FROM placement_revision WHERE id = 1) AS pruned, \
@@ -368,8 +377,9 @@ async fn pg_changes(db: &Db, since: &Snapshot) -> Result<(Snapshot, i64, BTreeSe
     )
     .bind(since.xmin)
     .bind(&*since.text)
-    .fetch_one(db.pool())
+    .fetch_one(lease.conn())
     .await?;
+    lease.done();
     let changed: Option<String> = r.try_get("changed")?;
     Ok((
         Snapshot::parse(&get_text(&r, "snap")?)?,
@@ -484,7 +494,7 @@ impl IndexHandle {
         revision: i64,
     ) -> Result<Arc<Index>> {
         let mut next = match changed {
-            Some(set) if cur.loaded => {
+            Some(set) if cur.loaded && set.len() <= PARTIAL_RELOAD_MAX => {
                 let mut next = (**cur).clone();
                 next.load(db, Some(set)).await?;
                 next
@@ -499,7 +509,9 @@ impl IndexHandle {
         next.loaded = true;
         tracing::debug!(
             revision,
-            reloaded = changed.filter(|_| cur.loaded).map(|c| c.len()),
+            reloaded = changed
+                .filter(|c| cur.loaded && c.len() <= PARTIAL_RELOAD_MAX)
+                .map(|c| c.len()),
             "capacity index refreshed"
         );
         Ok(Arc::new(next))

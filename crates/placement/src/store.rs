@@ -120,7 +120,6 @@ const PG_LOG_CHANGE: &str = "INSERT INTO placement_change_log (xid, rp_uuid)";
 /// PostgreSQL's change record: the touched providers under the writing transaction's id (assigned already:
 /// the transaction has written). Every [`PRUNE_EVERY`] records a process writes, it prunes the log once.
 async fn log_change(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()> {
-    static WRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let touched: BTreeSet<&str> = touched.iter().copied().collect();
     let touched: Vec<&str> = touched.into_iter().collect();
     for chunk in touched.chunks(200) {
@@ -132,7 +131,13 @@ async fn log_change(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()> {
         let query = chunk.iter().fold(sqlx::query(&sql), |q, rp| q.bind(*rp));
         query.execute(&mut **tx).await?;
     }
-    let n = touched.len() as u64;
+    logged(db, touched.len() as u64);
+    Ok(())
+}
+
+/// Count change records this process wrote to PostgreSQL's log, pruning it every [`PRUNE_EVERY`].
+fn logged(db: &Db, n: u64) {
+    static WRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let before = WRITTEN.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     if n > 0 && (before + n) / PRUNE_EVERY != before / PRUNE_EVERY {
         let db = db.clone();
@@ -142,7 +147,6 @@ async fn log_change(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()> {
             }
         });
     }
-    Ok(())
 }
 
 /// Records a process writes between two prunings of PostgreSQL's change log.
@@ -495,7 +499,9 @@ async fn provider_create_in(db: &Db, tx: &mut Tx, p: &Provider, touched: &mut Ve
         }
         r => r?,
     };
-    if !pg {
+    if pg {
+        logged(db, 1);
+    } else {
         touched.push(p.uuid.clone());
     }
     Ok(())
@@ -731,7 +737,10 @@ async fn bump_and_write(
         .fetch_optional(&mut **tx)
         .await?;
     match row {
-        Some(r) => Ok(r.try_get("generation")?),
+        Some(r) => {
+            logged(db, 1);
+            Ok(r.try_get("generation")?)
+        }
         None => Err(missing_or_moved(db, tx, uuid).await),
     }
 }

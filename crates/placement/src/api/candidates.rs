@@ -305,9 +305,8 @@ struct Out {
 /// Size of one body frame of a large candidates answer (see [`Renderer`]).
 const CHUNK: usize = 32 * 1024;
 
-/// Answers with at most this many candidates (about 120 KB) are rendered into one buffer; larger ones stream
-/// (a buffer of a megabyte, grown by doubling, left that much more memory with the allocator after it).
-const SMALL_ANSWER: usize = 250;
+/// Answers with at most this many candidates (about 1 MB) are rendered into one buffer; larger ones stream.
+const SMALL_ANSWER: usize = 2000;
 
 impl Out {
     fn raw(&mut self, s: &str) {
