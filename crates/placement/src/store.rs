@@ -693,6 +693,23 @@ async fn provider_rows(
     }
 }
 
+/// Statements deleting a provider's rows of `table` whose `col` is one of `values` (200 to a statement).
+fn delete_rows(table: &str, col: &str, uuid: &str, values: &[&String]) -> Vec<Stmt> {
+    values
+        .chunks(200)
+        .map(|chunk| Stmt {
+            sql: format!(
+                "DELETE FROM {table} WHERE rp_uuid = ? AND {col} IN {}",
+                tessera_db::in_list(chunk.len())
+            ),
+            binds: std::iter::once(uuid)
+                .chain(chunk.iter().map(|v| v.as_str()))
+                .map(|v| Val::S(v.to_string()))
+                .collect(),
+        })
+        .collect()
+}
+
 /// Bump a provider's generation from `expected`, run `writes` and record the change, returning the new
 /// generation. On PostgreSQL one statement, change record included (data-modifying `WITH` clauses: one round
 /// trip in the shared write transaction instead of one per write); elsewhere the bump, then the writes one by
@@ -860,18 +877,7 @@ pub async fn inventories_write(
             Some(crate::error::INVENTORY_INUSE),
         ));
     }
-    let mut writes = Vec::new();
-    if !removed.is_empty() {
-        let mut binds = vec![Val::S(uuid.to_string())];
-        binds.extend(removed.iter().map(|rc| Val::S(rc.to_string())));
-        writes.push(Stmt {
-            sql: format!(
-                "DELETE FROM inventories WHERE rp_uuid = ? AND resource_class IN {}",
-                tessera_db::in_list(removed.len())
-            ),
-            binds,
-        });
-    }
+    let mut writes = delete_rows("inventories", "resource_class", uuid, &removed);
     let fields = |inv: &Inventory, rc: &str| -> [Val; 8] {
         [
             Val::I(inv.total),
@@ -993,18 +999,7 @@ pub async fn provider_links_set(
         return Ok(Some(expected));
     }
     let removed: Vec<&String> = current.difference(values).collect();
-    let mut writes = Vec::new();
-    for chunk in removed.chunks(200) {
-        let mut binds = vec![Val::S(uuid.to_string())];
-        binds.extend(chunk.iter().map(|v| Val::S(v.to_string())));
-        writes.push(Stmt {
-            sql: format!(
-                "DELETE FROM {table} WHERE rp_uuid = ? AND {col} IN {}",
-                tessera_db::in_list(chunk.len())
-            ),
-            binds,
-        });
-    }
+    let mut writes = delete_rows(table, col, uuid, &removed);
     writes.extend(insert(&values.difference(&current).collect::<Vec<_>>()));
     let uuid = uuid.to_string();
     batched(db, Result::is_ok, move |db, tx, touched| {
