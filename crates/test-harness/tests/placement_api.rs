@@ -908,7 +908,7 @@ async fn another_process_index_follows_every_write() {
         let db = &c.aio.placement.service.db;
         let other = tessera_placement::index::IndexHandle::default();
         let vcpu_total = |ix: &tessera_placement::index::Index, rp: &str| {
-            let n = ix.node(ix.by_uuid[rp]);
+            let n = ix.node(ix.by_uuid_str(rp).unwrap());
             n.inv(ix.classes.id("VCPU").unwrap()).map(|i| i.total)
         };
         assert!(other.fresh(db).await.unwrap().loaded);
@@ -963,7 +963,7 @@ async fn another_process_index_follows_every_write() {
         )
         .await;
         let ix = other.fresh(db).await.unwrap();
-        assert!(!ix.by_uuid.get(&rp).is_some_and(|i| ix.node(*i).alive));
+        assert!(!ix.by_uuid_str(&rp).is_some_and(|i| ix.node(i).alive));
         c.stop().await;
     });
 }

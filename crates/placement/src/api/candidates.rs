@@ -230,11 +230,10 @@ pub(crate) async fn list(
         let in_tree = match in_tree {
             Some(u) => {
                 let i = ix
-                    .by_uuid
-                    .get(u)
-                    .filter(|i| ix.node(**i).alive)
+                    .by_uuid_str(u)
+                    .filter(|i| ix.node(*i).alive)
                     .ok_or_else(|| bad(format!("No such resource provider {u} for in_tree{s}")))?;
-                Some(ix.node(*i).root)
+                Some(ix.node(i).root)
             }
             None => None,
         };
@@ -262,7 +261,7 @@ pub(crate) async fn list(
     }
     let t0 = std::time::Instant::now();
     let found = if empty {
-        Vec::new()
+        candidates::Found::default()
     } else {
         candidates::compute(&ix, &req)
     };
@@ -330,6 +329,19 @@ impl Out {
         // Infallible into a Vec.
         let _ = write!(self.buf, "{n}");
     }
+    /// A provider uuid as a JSON string (hyphenated, lower case).
+    fn uuid(&mut self, u: &uuid::Uuid) {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        self.buf.push(b'"');
+        self.buf
+            .extend_from_slice(u.hyphenated().encode_lower(&mut text).as_bytes());
+        self.buf.push(b'"');
+    }
+    /// A provider uuid as a key: `"uuid":`
+    fn uuid_key(&mut self, u: &uuid::Uuid) {
+        self.uuid(u);
+        self.buf.push(b':');
+    }
     /// `"key":`
     fn key(&mut self, k: &str) {
         self.string(k);
@@ -348,7 +360,7 @@ impl Out {
 struct Renderer {
     ix: Arc<Index>,
     req: Request,
-    found: Vec<candidates::Candidate>,
+    found: candidates::Found,
     mv: Mv,
     /// Next allocation request to write.
     next: usize,
@@ -362,7 +374,7 @@ struct Renderer {
 }
 
 impl Renderer {
-    fn new(ix: Arc<Index>, req: Request, found: Vec<candidates::Candidate>, mv: Mv) -> Self {
+    fn new(ix: Arc<Index>, req: Request, found: candidates::Found, mv: Mv) -> Self {
         let requested = req
             .groups
             .iter()
@@ -383,10 +395,10 @@ impl Renderer {
     }
 
     fn write_request(&mut self, o: &mut Out, c: usize) {
-        let (ix, mv, c) = (&*self.ix, self.mv, &self.found[c]);
+        let (ix, mv, c) = (&*self.ix, self.mv, self.found.get(c));
         // Allocations grouped by provider (the map is ordered by provider, then class).
         let mut per_rp: Vec<(u32, Vec<(u32, i64)>)> = Vec::new();
-        for (p, rc, n) in &c.allocations {
+        for (p, rc, n) in c.allocations {
             match per_rp.last_mut() {
                 Some((q, v)) if q == p => v.push((*rc, *n)),
                 _ => per_rp.push((*p, vec![(*rc, *n)])),
@@ -408,7 +420,7 @@ impl Renderer {
             let mut first = true;
             for (p, v) in &per_rp {
                 o.sep(&mut first);
-                o.key(&ix.node(*p).uuid);
+                o.uuid_key(&ix.node(*p).uuid);
                 o.raw("{\"resources\":");
                 resources(o, v);
                 o.raw("}");
@@ -417,14 +429,14 @@ impl Renderer {
             if mv.at_least(34) {
                 o.raw(",\"mappings\":{");
                 let mut first = true;
-                for (g, provs) in &c.mappings {
+                for provs in c.mappings.chunk_by(|a, b| a.0 == b.0) {
                     o.sep(&mut first);
-                    o.key(&self.req.groups[*g].suffix);
+                    o.key(&self.req.groups[provs[0].0 as usize].suffix);
                     o.raw("[");
                     let mut f2 = true;
-                    for p in provs {
+                    for (_, p) in provs {
                         o.sep(&mut f2);
-                        o.string(&ix.node(*p).uuid);
+                        o.uuid(&ix.node(*p).uuid);
                     }
                     o.raw("]");
                 }
@@ -437,7 +449,7 @@ impl Renderer {
             for (p, v) in &per_rp {
                 o.sep(&mut first);
                 o.raw("{\"resource_provider\":{\"uuid\":");
-                o.string(&ix.node(*p).uuid);
+                o.uuid(&ix.node(*p).uuid);
                 o.raw("},\"resources\":");
                 resources(o, v);
                 o.raw("}");
@@ -449,10 +461,11 @@ impl Renderer {
     fn write_summary(&self, o: &mut Out, p: u32) {
         let (ix, mv) = (&*self.ix, self.mv);
         let node = ix.node(p);
-        o.key(&node.uuid);
+        o.uuid_key(&node.uuid);
         o.raw("{\"resources\":{");
         let mut first = true;
-        for (c, i) in &node.inv {
+        for i in &node.inv {
+            let c = &i.class;
             if mv.at_least(27) || self.requested.contains(c) {
                 o.sep(&mut first);
                 o.key(ix.classes.name(*c));
@@ -476,11 +489,11 @@ impl Renderer {
         if mv.at_least(29) {
             o.raw(",\"parent_provider_uuid\":");
             match node.parent {
-                Some(pp) => o.string(&ix.node(pp).uuid),
+                Some(pp) => o.uuid(&ix.node(pp).uuid),
                 None => o.raw("null"),
             }
             o.raw(",\"root_provider_uuid\":");
-            o.string(&ix.node(node.root).uuid);
+            o.uuid(&ix.node(node.root).uuid);
         }
         o.raw("}");
     }
@@ -515,13 +528,13 @@ impl Iterator for Renderer {
                 return Some(o.buf.into());
             }
             o.raw("],\"provider_summaries\":{");
-            self.found = Vec::new();
+            self.found = candidates::Found::default();
             let mut in_summary = std::mem::take(&mut self.in_summary);
             if self.mv.at_least(29) {
                 // Every provider of the trees involved.
                 let roots: BTreeSet<u32> = in_summary.iter().map(|p| self.ix.node(*p).root).collect();
                 for r in roots {
-                    in_summary.extend(self.ix.trees.get(&r).into_iter().flatten());
+                    in_summary.extend(self.ix.tree(r));
                 }
             }
             self.summary = Some((in_summary.into_iter().collect(), 0));
