@@ -171,6 +171,81 @@ async fn microversions_errors_and_generations() {
             )
             .await;
         assert_eq!((s, code(&v)), (409, "placement.concurrent_update"));
+        // A new set replaces the old one whole (one removed, two added), then an empty set clears it.
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::PUT,
+                &tpath,
+                Some(json!({"resource_provider_generation": 2, "traits": ["HW_CPU_X86_SSE", "HW_CPU_X86_SSE2"]})),
+            )
+            .await;
+        assert_eq!(v["resource_provider_generation"], 3);
+        let v = p.ok("1.39", http::Method::GET, &tpath, None).await;
+        assert_eq!(v["traits"], json!(["HW_CPU_X86_SSE", "HW_CPU_X86_SSE2"]));
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::PUT,
+                &tpath,
+                Some(json!({"resource_provider_generation": 3, "traits": []})),
+            )
+            .await;
+        assert_eq!(
+            (v["resource_provider_generation"].clone(), v["traits"].clone()),
+            (json!(4), json!([]))
+        );
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::PUT,
+                &tpath,
+                Some(json!({"resource_provider_generation": 4, "traits": []})),
+            )
+            .await;
+        assert_eq!(v["resource_provider_generation"], 4);
+        let (s, _, _) = p
+            .call(
+                "1.39",
+                http::Method::PUT,
+                &format!("/resource_providers/{}/traits", uuid()),
+                Some(json!({"resource_provider_generation": 0, "traits": []})),
+            )
+            .await;
+        assert_eq!(s, 404);
+        // Aggregates with a generation (1.19+): always a bump, a stale generation a 409.
+        let apath = format!("/resource_providers/{rp}/aggregates");
+        let (a1, a2) = (uuid(), uuid());
+        let v = p
+            .ok(
+                "1.19",
+                http::Method::PUT,
+                &apath,
+                Some(json!({"resource_provider_generation": 4, "aggregates": [a1, a2]})),
+            )
+            .await;
+        assert_eq!(v["resource_provider_generation"], 5);
+        let v = p
+            .ok(
+                "1.19",
+                http::Method::PUT,
+                &apath,
+                Some(json!({"resource_provider_generation": 5, "aggregates": [a2]})),
+            )
+            .await;
+        assert_eq!(
+            (v["resource_provider_generation"].clone(), v["aggregates"].clone()),
+            (json!(6), json!([a2]))
+        );
+        let (s, v, _) = p
+            .call(
+                "1.19",
+                http::Method::PUT,
+                &apath,
+                Some(json!({"resource_provider_generation": 5, "aggregates": []})),
+            )
+            .await;
+        assert_eq!((s, code(&v)), (409, "placement.concurrent_update"));
         let v = p
             .ok(
                 "1.18",
@@ -188,7 +263,7 @@ async fn microversions_errors_and_generations() {
                 None,
             )
             .await;
-        assert_eq!(v["resource_provider_generation"], 2);
+        assert_eq!(v["resource_provider_generation"], 6);
         assert_eq!(v["aggregates"].as_array().unwrap().len(), 1);
         let (s, _, _) = p
             .call(
