@@ -471,7 +471,7 @@ fn map_dup(e: sqlx::Error, what: &str) -> PlacementError {
 /// Insert a provider; a uuid or name already taken is a 409 naming which (looked up only then).
 pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
     if db.dialect() == tessera_db::Dialect::Postgres {
-        // One statement, its change record included: atomic alone (see `pg_alone`).
+        // One statement, its change record included: atomic alone (see `pg_write_alone`).
         let mut c = db.pool().acquire().await?;
         return provider_create_in(db, &mut c, p, &mut Vec::new()).await;
     }
@@ -727,10 +727,9 @@ fn delete_rows(table: &str, col: &str, uuid: &str, values: &[&String]) -> Vec<St
         .collect()
 }
 
-/// Bump a provider's generation from `expected`, run `writes` and record the change, returning the new
-/// generation. On PostgreSQL one statement, change record included (data-modifying `WITH` clauses: one round
-/// trip in the shared write transaction instead of one per write); elsewhere the bump, then the writes one by
-/// one, and the provider left in `touched` for the transaction's revision bump.
+/// Bump a provider's generation from `expected` and run `writes` in the shared write transaction, returning
+/// the new generation, the provider left in `touched` for the transaction's revision bump (SQLite, MySQL; on
+/// PostgreSQL see [`pg_write_alone`]).
 async fn bump_and_write(
     db: &Db,
     tx: &mut Tx,
@@ -739,26 +738,32 @@ async fn bump_and_write(
     writes: &[Stmt],
     touched: &mut Vec<String>,
 ) -> Result<i64> {
-    if db.dialect() != tessera_db::Dialect::Postgres {
-        let gen = bump_generation(db, tx, uuid, expected).await?;
-        for w in writes {
-            let sql = db.sql(&w.sql);
-            bind_vals(sqlx::query(&sql), &w.binds).execute(&mut **tx).await?;
-        }
-        touched.push(uuid.to_string());
-        return Ok(gen);
+    let gen = bump_generation(db, tx, uuid, expected).await?;
+    for w in writes {
+        let sql = db.sql(&w.sql);
+        bind_vals(sqlx::query(&sql), &w.binds).execute(&mut **tx).await?;
     }
-    pg_bump_and_write(db, tx, uuid, expected, writes).await
+    touched.push(uuid.to_string());
+    Ok(gen)
 }
 
-/// [`bump_and_write`] on PostgreSQL: one statement.
-async fn pg_bump_and_write(
-    db: &Db,
-    c: &mut AnyConnection,
-    uuid: &str,
-    expected: i64,
-    writes: &[Stmt],
-) -> Result<i64> {
+/// One of [`pg_write_alone`]'s writes, made to do nothing unless the generation moved (`g` returned its
+/// row): nothing would roll it back otherwise. An `INSERT … VALUES` selects its rows from the `VALUES`
+/// list on that condition; a `DELETE` or `UPDATE` (always with a `WHERE`) gets it added.
+fn only_if_bumped(sql: &str) -> String {
+    match sql.split_once(" VALUES ") {
+        Some((head, rows)) if sql.starts_with("INSERT ") => {
+            format!("{head} SELECT * FROM (VALUES {rows}) AS v WHERE EXISTS (SELECT 1 FROM g)")
+        }
+        _ => format!("{sql} AND EXISTS (SELECT 1 FROM g)"),
+    }
+}
+
+/// [`bump_and_write`] on PostgreSQL: the bump, the writes and the change record in one statement
+/// (data-modifying `WITH` clauses), run on its own in autocommit rather than through the group commit:
+/// atomic as it is, one round trip instead of a queue and a shared `BEGIN`…`COMMIT`, and PostgreSQL flushes
+/// concurrent commits' WAL together anyway. A stale generation or a missing provider writes nothing.
+async fn pg_write_alone(db: &Db, uuid: &str, expected: i64, writes: &[Stmt]) -> Result<i64> {
     let mut sql = String::from(
         "WITH g AS (UPDATE resource_providers SET generation = generation + 1, updated_at = ? \
          WHERE uuid = ? AND generation = ? RETURNING generation)",
@@ -769,8 +774,7 @@ async fn pg_bump_and_write(
         Val::I(expected),
     ];
     for (i, w) in writes.iter().enumerate() {
-        // The writes run even when the generation did not move: the job then fails and is rolled back.
-        sql.push_str(&format!(", w{i} AS ({})", w.sql));
+        sql.push_str(&format!(", w{i} AS ({})", only_if_bumped(&w.sql)));
         binds.extend(w.binds.iter().cloned());
     }
     sql.push_str(&format!(
@@ -778,6 +782,7 @@ async fn pg_bump_and_write(
     ));
     binds.push(Val::S(uuid.to_string()));
     let sql = db.sql(&sql);
+    let mut c = db.pool().acquire().await?;
     let row = bind_vals(sqlx::query(&sql), &binds)
         .fetch_optional(&mut *c)
         .await?;
@@ -786,25 +791,8 @@ async fn pg_bump_and_write(
             logged(db, 1);
             Ok(r.try_get("generation")?)
         }
-        None => Err(missing_or_moved(db, c, uuid).await),
+        None => Err(missing_or_moved(db, &mut c, uuid).await),
     }
-}
-
-/// A provider write that is one statement on PostgreSQL (generation bump, rows and change record), run on
-/// its own in autocommit rather than through the group commit: atomic as it is, one round trip instead of
-/// a queue and a shared `BEGIN`…`COMMIT`, and PostgreSQL flushes concurrent commits' WAL together anyway.
-/// None on other engines.
-async fn pg_alone(db: &Db, uuid: &str, expected: i64, writes: &[Stmt]) -> Option<Result<i64>> {
-    if db.dialect() != tessera_db::Dialect::Postgres {
-        return None;
-    }
-    Some(
-        async {
-            let mut c = db.pool().acquire().await?;
-            pg_bump_and_write(db, &mut c, uuid, expected, writes).await
-        }
-        .await,
-    )
 }
 
 /// Why a generation check failed: the provider is gone (404) or another request moved it (409).
@@ -963,8 +951,8 @@ pub async fn inventories_write(
             binds: added.iter().flat_map(|(rc, inv)| fields(inv, rc)).collect(),
         });
     }
-    if let Some(r) = pg_alone(db, uuid, expected_generation, &writes).await {
-        return r;
+    if db.dialect() == tessera_db::Dialect::Postgres {
+        return pg_write_alone(db, uuid, expected_generation, &writes).await;
     }
     let uuid = uuid.to_string();
     batched(db, Result::is_ok, move |db, tx, touched| {
@@ -1065,7 +1053,7 @@ pub async fn provider_links_set(
 }
 
 /// [`provider_links_set`] with a generation, on PostgreSQL: one statement, run alone in autocommit (see
-/// [`pg_alone`]), without the read before it. It compares the current set with the new one (when
+/// [`pg_write_alone`]), without the read before it. It compares the current set with the new one (when
 /// `keep_unchanged`), bumps the generation from `expected` only when they differ, deletes what is no longer in
 /// the set, inserts what is new, records the change, and returns the new generation, whether the set
 /// differed, and the provider's generation as the statement found it (none: no such provider) — so a failed

@@ -541,6 +541,65 @@ async fn concurrent_claims_never_oversubscribe() {
             )
             .await;
         assert_eq!(v["allocations"].as_object().unwrap().len(), 10);
+        // Replacing inventories or traits from one generation, many at once: one wins, every other one is a
+        // 409 that wrote nothing, and what is left is the winner's.
+        let rp = p
+            .ok(
+                "1.39",
+                http::Method::POST,
+                "/resource_providers",
+                Some(json!({"name": "raced"})),
+            )
+            .await["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ipath = format!("/resource_providers/{rp}/inventories");
+        let bodies: Vec<Value> = (1..=12)
+            .map(|n| {
+                let mut inv = json!({"VCPU": {"total": n}});
+                if n % 2 == 0 {
+                    inv["MEMORY_MB"] = json!({"total": n * 1024});
+                }
+                json!({"resource_provider_generation": 0, "inventories": inv})
+            })
+            .collect();
+        let puts = bodies.iter().map(|b| {
+            let (p, ipath, b) = (p.clone(), ipath.clone(), b.clone());
+            async move { p.call("1.39", http::Method::PUT, &ipath, Some(b)).await }
+        });
+        let results = futures_util::future::join_all(puts).await;
+        let won: Vec<&Value> = results.iter().filter(|r| r.0 == 200).map(|r| &r.1).collect();
+        assert_eq!(won.len(), 1, "{results:?}");
+        assert!(results
+            .iter()
+            .all(|r| r.0 == 200 || (r.0 == 409 && code(&r.1) == "placement.concurrent_update")));
+        let v = p.ok("1.39", http::Method::GET, &ipath, None).await;
+        assert_eq!(
+            (&v["inventories"], &v["resource_provider_generation"]),
+            (&won[0]["inventories"], &json!(1))
+        );
+        let tpath = format!("/resource_providers/{rp}/traits");
+        let sets = [
+            vec!["HW_CPU_X86_AVX"],
+            vec!["HW_CPU_X86_AVX2", "HW_CPU_X86_SSE"],
+            vec!["HW_CPU_X86_SSE2"],
+            vec!["HW_CPU_X86_AVX", "HW_CPU_X86_SSE2", "HW_CPU_X86_SSE"],
+        ];
+        let puts = sets.iter().map(|t| {
+            let (p, tpath) = (p.clone(), tpath.clone());
+            let body = json!({"resource_provider_generation": 1, "traits": t});
+            async move { p.call("1.39", http::Method::PUT, &tpath, Some(body)).await }
+        });
+        let results = futures_util::future::join_all(puts).await;
+        let won: Vec<&Value> = results.iter().filter(|r| r.0 == 200).map(|r| &r.1).collect();
+        assert_eq!(won.len(), 1, "{results:?}");
+        assert!(results.iter().all(|r| r.0 == 200 || r.0 == 409), "{results:?}");
+        let v = p.ok("1.39", http::Method::GET, &tpath, None).await;
+        assert_eq!(
+            (&v["traits"], &v["resource_provider_generation"]),
+            (&won[0]["traits"], &json!(2))
+        );
         c.stop().await;
     });
 }
