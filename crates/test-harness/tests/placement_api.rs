@@ -33,6 +33,15 @@ impl P<'_> {
         let h = r.headers().clone();
         (s, r.json::<Value>().await.unwrap_or(Value::Null), h)
     }
+    /// Create a provider (microversion 1.39) and return its uuid.
+    async fn provider(&self, body: Value) -> String {
+        self.ok("1.39", http::Method::POST, "/resource_providers", Some(body))
+            .await["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     async fn ok(&self, mv: &str, method: http::Method, path: &str, body: Option<Value>) -> Value {
         let (s, v, _) = self.call(mv, method.clone(), path, body).await;
         assert!((200..300).contains(&s), "{method} {path} -> {s}: {v}");
@@ -485,17 +494,7 @@ async fn concurrent_claims_never_oversubscribe() {
             c: &c,
             token: c.admin_token().await,
         });
-        let rp = p
-            .ok(
-                "1.39",
-                http::Method::POST,
-                "/resource_providers",
-                Some(json!({"name": "small"})),
-            )
-            .await["uuid"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let rp = p.provider(json!({"name": "small"})).await;
         p.ok(
             "1.39",
             http::Method::PUT,
@@ -543,17 +542,7 @@ async fn concurrent_claims_never_oversubscribe() {
         assert_eq!(v["allocations"].as_object().unwrap().len(), 10);
         // Replacing inventories or traits from one generation, many at once: one wins, every other one is a
         // 409 that wrote nothing, and what is left is the winner's.
-        let rp = p
-            .ok(
-                "1.39",
-                http::Method::POST,
-                "/resource_providers",
-                Some(json!({"name": "raced"})),
-            )
-            .await["uuid"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let rp = p.provider(json!({"name": "raced"})).await;
         let ipath = format!("/resource_providers/{rp}/inventories");
         let bodies: Vec<Value> = (1..=12)
             .map(|n| {
@@ -824,28 +813,10 @@ async fn reshaper_moves_inventory_and_allocations_atomically() {
             c: &c,
             token: c.admin_token().await,
         };
-        let cn = p
-            .ok(
-                "1.39",
-                http::Method::POST,
-                "/resource_providers",
-                Some(json!({"name": "cn"})),
-            )
-            .await["uuid"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let cn = p.provider(json!({"name": "cn"})).await;
         let numa = p
-            .ok(
-                "1.39",
-                http::Method::POST,
-                "/resource_providers",
-                Some(json!({"name": "numa0", "parent_provider_uuid": cn})),
-            )
-            .await["uuid"]
-            .as_str()
-            .unwrap()
-            .to_string();
+            .provider(json!({"name": "numa0", "parent_provider_uuid": cn}))
+            .await;
         p.ok("1.39", http::Method::PUT, &format!("/resource_providers/{cn}/inventories"),
             Some(json!({"resource_provider_generation": 0, "inventories": {"VCPU": {"total": 8}, "MEMORY_MB": {"total": 1024}}}))).await;
         let (consumer, pr, us) = (uuid(), uuid(), uuid());
@@ -976,17 +947,7 @@ async fn custom_classes_and_traits_delete_only_when_unused() {
         .call("1.39", http::Method::PUT, "/resource_classes/CUSTOM_Y", None)
         .await;
     assert_eq!(s, 204, "exists");
-    let rp = p
-        .ok(
-            "1.39",
-            http::Method::POST,
-            "/resource_providers",
-            Some(json!({"name": "r"})),
-        )
-        .await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rp = p.provider(json!({"name": "r"})).await;
     p.ok(
         "1.39",
         http::Method::PUT,
@@ -1046,17 +1007,7 @@ async fn another_process_index_follows_every_write() {
             n.inv(ix.classes.id("VCPU").unwrap()).map(|i| i.total)
         };
         assert!(other.fresh(db).await.unwrap().loaded);
-        let rp = p
-            .ok(
-                "1.39",
-                http::Method::POST,
-                "/resource_providers",
-                Some(json!({"name": "elsewhere"})),
-            )
-            .await["uuid"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let rp = p.provider(json!({"name": "elsewhere"})).await;
         let put = |total: i64, gen: i64| json!({"resource_provider_generation": gen, "inventories": {"VCPU": {"total": total}}});
         let v = p
             .ok(
