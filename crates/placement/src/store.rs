@@ -471,7 +471,7 @@ fn map_dup(e: sqlx::Error, what: &str) -> PlacementError {
 /// Insert a provider; a uuid or name already taken is a 409 naming which (looked up only then).
 pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
     if db.dialect() == tessera_db::Dialect::Postgres {
-        // One statement, its change record included: atomic alone (see `pg_write_alone`).
+        // One statement, its change record included: atomic alone (see `inventories_write_pg`).
         let mut c = db.pool().acquire().await?;
         return provider_create_in(db, &mut c, p, &mut Vec::new()).await;
     }
@@ -729,7 +729,7 @@ fn delete_rows(table: &str, col: &str, uuid: &str, values: &[&String]) -> Vec<St
 
 /// Bump a provider's generation from `expected` and run `writes` in the shared write transaction, returning
 /// the new generation, the provider left in `touched` for the transaction's revision bump (SQLite, MySQL; on
-/// PostgreSQL see [`pg_write_alone`]).
+/// PostgreSQL see [`inventories_write_pg`] and [`links_set_pg`]).
 async fn bump_and_write(
     db: &Db,
     tx: &mut Tx,
@@ -745,54 +745,6 @@ async fn bump_and_write(
     }
     touched.push(uuid.to_string());
     Ok(gen)
-}
-
-/// One of [`pg_write_alone`]'s writes, made to do nothing unless the generation moved (`g` returned its
-/// row): nothing would roll it back otherwise. An `INSERT … VALUES` selects its rows from the `VALUES`
-/// list on that condition; a `DELETE` or `UPDATE` (always with a `WHERE`) gets it added.
-fn only_if_bumped(sql: &str) -> String {
-    match sql.split_once(" VALUES ") {
-        Some((head, rows)) if sql.starts_with("INSERT ") => {
-            format!("{head} SELECT * FROM (VALUES {rows}) AS v WHERE EXISTS (SELECT 1 FROM g)")
-        }
-        _ => format!("{sql} AND EXISTS (SELECT 1 FROM g)"),
-    }
-}
-
-/// [`bump_and_write`] on PostgreSQL: the bump, the writes and the change record in one statement
-/// (data-modifying `WITH` clauses), run on its own in autocommit rather than through the group commit:
-/// atomic as it is, one round trip instead of a queue and a shared `BEGIN`…`COMMIT`, and PostgreSQL flushes
-/// concurrent commits' WAL together anyway. A stale generation or a missing provider writes nothing.
-async fn pg_write_alone(db: &Db, uuid: &str, expected: i64, writes: &[Stmt]) -> Result<i64> {
-    let mut sql = String::from(
-        "WITH g AS (UPDATE resource_providers SET generation = generation + 1, updated_at = ? \
-         WHERE uuid = ? AND generation = ? RETURNING generation)",
-    );
-    let mut binds = vec![
-        Val::I(tessera_types::now_epoch_micros()),
-        Val::S(uuid.to_string()),
-        Val::I(expected),
-    ];
-    for (i, w) in writes.iter().enumerate() {
-        sql.push_str(&format!(", w{i} AS ({})", only_if_bumped(&w.sql)));
-        binds.extend(w.binds.iter().cloned());
-    }
-    sql.push_str(&format!(
-        ", logged AS ({PG_LOG_CHANGE} SELECT {PG_XID}, ? FROM g) SELECT generation FROM g"
-    ));
-    binds.push(Val::S(uuid.to_string()));
-    let sql = db.sql(&sql);
-    let mut c = db.pool().acquire().await?;
-    let row = bind_vals(sqlx::query(&sql), &binds)
-        .fetch_optional(&mut *c)
-        .await?;
-    match row {
-        Some(r) => {
-            logged(db, 1);
-            Ok(r.try_get("generation")?)
-        }
-        None => Err(missing_or_moved(db, &mut c, uuid).await),
-    }
 }
 
 /// Why a generation check failed: the provider is gone (404) or another request moved it (409).
@@ -884,6 +836,9 @@ pub async fn inventories_write(
         "step_size",
         "allocation_ratio",
     ];
+    if db.dialect() == tessera_db::Dialect::Postgres {
+        return inventories_write_pg(db, uuid, expected_generation, set, remove, replace_all).await;
+    }
     let rows = provider_rows(db, uuid, expected_generation, "inventories", &COLS).await?;
     let mut current = BTreeMap::new();
     for r in &rows {
@@ -951,15 +906,165 @@ pub async fn inventories_write(
             binds: added.iter().flat_map(|(rc, inv)| fields(inv, rc)).collect(),
         });
     }
-    if db.dialect() == tessera_db::Dialect::Postgres {
-        return pg_write_alone(db, uuid, expected_generation, &writes).await;
-    }
     let uuid = uuid.to_string();
     batched(db, Result::is_ok, move |db, tx, touched| {
         let (uuid, writes) = (uuid.clone(), writes.clone());
         Box::pin(async move { bump_and_write(db, tx, &uuid, expected_generation, &writes, touched).await })
     })
     .await
+}
+
+/// [`inventories_write`] on PostgreSQL: one statement (data-modifying `WITH` clauses), run on its own in
+/// autocommit rather than through the group commit — atomic as it is, one round trip instead of a queue, a
+/// shared `BEGIN`…`COMMIT` and the reads before it (PostgreSQL flushes concurrent commits' WAL together
+/// anyway). It finds the classes to remove, refuses (writes nothing) when one of them has
+/// allocations, bumps the generation from `expected`, deletes the removed classes, inserts or updates the set
+/// (an unchanged row is not rewritten), records the change, and returns the new generation, the first class
+/// found in use, the generation as the statement found it (none: no such provider) and the usage of the set's
+/// classes (for the over-capacity warning) — so every answer comes from that one round trip.
+async fn inventories_write_pg(
+    db: &Db,
+    uuid: &str,
+    expected: i64,
+    set: &BTreeMap<String, Inventory>,
+    remove: &BTreeSet<String>,
+    replace_all: bool,
+) -> Result<i64> {
+    const FIELDS: &str = "total, reserved, min_unit, max_unit, step_size, allocation_ratio";
+    let u = || Val::S(uuid.to_string());
+    let mut sql = String::from("WITH ");
+    let mut binds = Vec::new();
+    if !set.is_empty() {
+        sql.push_str(&format!(
+            "n(rc, {FIELDS}) AS (VALUES {}), ",
+            vec!["(?, ?, ?, ?, ?, ?, ?)"; set.len()].join(", ")
+        ));
+        for (rc, inv) in set {
+            binds.extend([
+                Val::S(rc.clone()),
+                Val::I(inv.total),
+                Val::I(inv.reserved),
+                Val::I(inv.min_unit),
+                Val::I(inv.max_unit),
+                Val::I(inv.step_size),
+                Val::F(inv.allocation_ratio),
+            ]);
+        }
+    }
+    // The classes removed: named in `remove`, or (replacing all) left out of the set.
+    let mut removed = Vec::new();
+    if !remove.is_empty() {
+        removed.push(format!("resource_class IN {}", tessera_db::in_list(remove.len())));
+    }
+    if replace_all {
+        removed.push(
+            if set.is_empty() {
+                "TRUE"
+            } else {
+                "resource_class NOT IN (SELECT rc FROM n)"
+            }
+            .to_string(),
+        );
+    }
+    let removed = if removed.is_empty() {
+        "FALSE".to_string()
+    } else {
+        removed.join(" OR ")
+    };
+    binds.push(u());
+    binds.extend(remove.iter().map(|rc| Val::S(rc.clone())));
+    binds.extend([
+        u(),
+        Val::I(tessera_types::now_epoch_micros()),
+        u(),
+        Val::I(expected),
+        u(),
+    ]);
+    sql.push_str(&format!(
+        "rm AS (SELECT resource_class AS rc FROM inventories WHERE rp_uuid = ? AND ({removed})), \
+         inuse AS (SELECT resource_class AS rc FROM allocations WHERE rp_uuid = ? AND used > 0 \
+         AND resource_class IN (SELECT rc FROM rm) ORDER BY resource_class LIMIT 1), \
+         g AS (UPDATE resource_providers SET generation = generation + 1, updated_at = ? \
+         WHERE uuid = ? AND generation = ? AND NOT EXISTS (SELECT 1 FROM inuse) RETURNING generation), \
+         d AS (DELETE FROM inventories WHERE rp_uuid = ? AND resource_class IN (SELECT rc FROM rm) \
+         AND EXISTS (SELECT 1 FROM g))"
+    ));
+    let mut used = "NULL".to_string();
+    if !set.is_empty() {
+        let excluded = FIELDS
+            .split(", ")
+            .map(|f| format!("EXCLUDED.{f}"))
+            .collect::<Vec<_>>();
+        let current = FIELDS
+            .split(", ")
+            .map(|f| format!("inventories.{f}"))
+            .collect::<Vec<_>>();
+        let assign = FIELDS
+            .split(", ")
+            .map(|f| format!("{f} = EXCLUDED.{f}"))
+            .collect::<Vec<_>>();
+        binds.push(u());
+        sql.push_str(&format!(
+            ", w AS (INSERT INTO inventories (rp_uuid, resource_class, {FIELDS}) SELECT ?, rc, {FIELDS} FROM n \
+             WHERE EXISTS (SELECT 1 FROM g) ON CONFLICT (rp_uuid, resource_class) DO UPDATE SET {} \
+             WHERE ({}) IS DISTINCT FROM ({}))",
+            assign.join(", "),
+            current.join(", "),
+            excluded.join(", "),
+        ));
+        used = String::from(
+            "(SELECT string_agg(resource_class || '=' || CAST(s AS TEXT), ',') FROM (SELECT resource_class, \
+             SUM(used) AS s FROM allocations WHERE rp_uuid = ? AND resource_class IN (SELECT rc FROM n) \
+             GROUP BY resource_class) x)",
+        );
+    }
+    binds.extend([u(), u()]);
+    if !set.is_empty() {
+        binds.push(u());
+    }
+    sql.push_str(&format!(
+        ", logged AS ({PG_LOG_CHANGE} SELECT {PG_XID}, ? FROM g) SELECT (SELECT generation FROM g) AS generation, \
+         (SELECT rc FROM inuse) AS inuse, (SELECT generation FROM resource_providers WHERE uuid = ?) AS current, \
+         {used} AS used"
+    ));
+    let sql = db.sql(&sql);
+    let r = bind_vals(sqlx::query(&sql), &binds).fetch_one(db.pool()).await?;
+    let (generation, inuse, current, used): (Option<i64>, Option<String>, Option<i64>, Option<String>) = (
+        r.try_get("generation")?,
+        r.try_get("inuse")?,
+        r.try_get("current")?,
+        r.try_get("used")?,
+    );
+    match (generation, current, inuse) {
+        (Some(g), _, _) => {
+            logged(db, 1);
+            for (rc, u) in used
+                .iter()
+                .flat_map(|u| u.split(','))
+                .filter_map(|p| p.split_once('='))
+            {
+                let (Some(inv), Ok(u)) = (set.get(rc), u.parse::<i64>()) else {
+                    continue;
+                };
+                if u > inv.capacity() {
+                    tracing::warn!(provider = %uuid, resource_class = %rc, used = u, capacity = inv.capacity(),
+                        "inventory set below current usage: the provider is over capacity");
+                }
+            }
+            Ok(g)
+        }
+        (None, None, _) => Err(PlacementError::NotFound(format!(
+            "No resource provider with uuid {uuid} found"
+        ))),
+        (None, Some(c), Some(rc)) if c == expected => Err(PlacementError::Conflict(
+            format!("Inventory for '{rc}' on resource provider '{uuid}' in use."),
+            Some(crate::error::INVENTORY_INUSE),
+        )),
+        // Another generation, or another request moved it while this one waited for the row.
+        (None, Some(_), _) => Err(concurrent(format!(
+            "resource provider generation conflict: another request updated {uuid}; get it again and retry"
+        ))),
+    }
 }
 
 // ---------------------------------------------------------------- traits and aggregates of providers
@@ -1053,7 +1158,7 @@ pub async fn provider_links_set(
 }
 
 /// [`provider_links_set`] with a generation, on PostgreSQL: one statement, run alone in autocommit (see
-/// [`pg_write_alone`]), without the read before it. It compares the current set with the new one (when
+/// [`inventories_write_pg`]), without the read before it. It compares the current set with the new one (when
 /// `keep_unchanged`), bumps the generation from `expected` only when they differ, deletes what is no longer in
 /// the set, inserts what is new, records the change, and returns the new generation, whether the set
 /// differed, and the provider's generation as the statement found it (none: no such provider) — so a failed

@@ -403,6 +403,17 @@ async fn microversions_errors_and_generations() {
             .call("1.39", http::Method::PUT, &path, Some(json!({"resource_provider_generation": gen, "inventories": {"MEMORY_MB": {"total": 2048}}})))
             .await;
         assert_eq!((s, code(&v)), (409, "placement.inventory.inuse"));
+        // Deleting the class in use, alone or with all the others, is refused too, and changes nothing.
+        for del in [format!("{path}/VCPU"), path.clone()] {
+            let (s, v, _) = p.call("1.39", http::Method::DELETE, &del, None).await;
+            assert_eq!((s, code(&v)), (409, "placement.inventory.inuse"), "{del}");
+        }
+        let v = p.ok("1.39", http::Method::GET, &path, None).await;
+        assert_eq!(v["resource_provider_generation"], gen);
+        assert!(
+            v["inventories"]["VCPU"].is_object() && v["inventories"]["MEMORY_MB"].is_object(),
+            "{v}"
+        );
         // A total below usage is accepted (the provider is over capacity).
         p.ok("1.39", http::Method::PUT, &path, Some(inv(gen, 1))).await;
         let v = p
