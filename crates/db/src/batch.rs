@@ -14,12 +14,26 @@
 //! commits together (placement's change records on PostgreSQL take no shared lock; on MySQL the next batch
 //! waits at the revision row, on SQLite for the single writer connection). How many slots there are is the
 //! first caller's choice ([`Db::write_batched`]'s `parallel`).
+//!
+//! On an SQLite file the queue keeps the one writer connection between batches while writes keep coming, and
+//! gives it back to its pool when the queue runs empty (or after [`WRITER_HELD`], so that other writers get
+//! their turn): sqlx pings every connection its pool takes back — a call to the connection's thread, two
+//! context switches — and on the single writer that call would sit between every two batches.
 
 use crate::{Any, Db, DbError, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{AnyConnection, Connection};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+/// Longest the queue keeps SQLite's writer connection from its pool while writes keep coming.
+const WRITER_HELD: Duration = Duration::from_millis(50);
+
+/// SQLite's writer connection as the queue keeps it between batches, with when it was taken from its pool.
+type Held = Arc<tokio::sync::Mutex<Option<(PoolConnection<Any>, Instant)>>>;
 
 /// Most jobs one shared transaction takes.
 const MAX_BATCH: usize = 32;
@@ -30,13 +44,13 @@ pub type JobFuture<'t> = Pin<Box<dyn Future<Output = bool> + Send + 't>>;
 pub trait BatchJob: Send + Sync {
     /// Do the writes in `tx`, adding marks for the tail to `marks`; false when the job failed and nothing of
     /// it may be kept.
-    fn run<'t>(&'t self, tx: &'t mut Transaction<'static, Any>, marks: &'t mut Vec<String>) -> JobFuture<'t>;
+    fn run<'t>(&'t self, conn: &'t mut AnyConnection, marks: &'t mut Vec<String>) -> JobFuture<'t>;
 }
 
 pub type TailFuture<'t> = Pin<Box<dyn Future<Output = Result<(), DbError>> + Send + 't>>;
 
 /// The last step of every batched write transaction, given the marks its jobs left.
-pub type Tail = for<'t> fn(&'t Db, &'t mut Transaction<'static, Any>, &'t [String]) -> TailFuture<'t>;
+pub type Tail = for<'t> fn(&'t Db, &'t mut AnyConnection, &'t [String]) -> TailFuture<'t>;
 
 pub(crate) type Queued = (Arc<dyn BatchJob>, oneshot::Sender<Result<bool, String>>);
 
@@ -77,13 +91,24 @@ impl Db {
 
 async fn committer(db: Db, mut rx: mpsc::Receiver<Queued>, tail: Tail, parallel: usize) {
     let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let held: Option<Held> = db.sqlite_writer().map(|_| Default::default());
     loop {
         // A free slot first, then whatever queued meanwhile: a batch takes every job waiting when it starts.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = match rx.try_recv() {
+            Ok(j) => j,
+            Err(_) => {
+                // Nothing queued: SQLite's writer goes back to its pool while the queue waits.
+                if let Some(h) = &held {
+                    h.lock().await.take();
+                }
+                let Some(j) = rx.recv().await else {
+                    return;
+                };
+                j
+            }
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -96,8 +121,9 @@ async fn committer(db: Db, mut rx: mpsc::Receiver<Queued>, tail: Tail, parallel:
         // not the queue.
         let db = db.clone();
         let mut slot = Some(slot);
+        let held = held.clone();
         // A panicking batch drops its slot with its task.
-        let batch_task = tokio::spawn(async move { run(&db, batch, tail, &mut slot).await });
+        let batch_task = tokio::spawn(async move { run(&db, batch, tail, &mut slot, held.as_ref()).await });
         tokio::spawn(async move {
             if let Err(e) = batch_task.await {
                 tracing::error!(error = %e, "a batched write transaction panicked");
@@ -108,9 +134,15 @@ async fn committer(db: Db, mut rx: mpsc::Receiver<Queued>, tail: Tail, parallel:
 
 /// Run one batch. Its slot is given back as soon as its statements have run, before `COMMIT`: the next batch
 /// starts while this one waits for its WAL flush (on SQLite, for the writer connection this one holds).
-async fn run(db: &Db, batch: Vec<Queued>, tail: Tail, slot: &mut Option<OwnedSemaphorePermit>) {
+async fn run(
+    db: &Db,
+    batch: Vec<Queued>,
+    tail: Tail,
+    slot: &mut Option<OwnedSemaphorePermit>,
+    held: Option<&Held>,
+) {
     if batch.len() > 1 {
-        if let Ok(true) = together(db, &batch, tail, slot).await {
+        if let Ok(true) = in_transaction(db, held, tail, Work::Together(&batch, slot)).await {
             for (_, done) in batch {
                 let _ = done.send(Ok(true));
             }
@@ -118,9 +150,53 @@ async fn run(db: &Db, batch: Vec<Queued>, tail: Tail, slot: &mut Option<OwnedSem
         }
     }
     for (job, done) in batch {
-        let _ = done.send(alone(db, job.as_ref(), tail).await.map_err(|e| format!("{e:#}")));
+        let r = in_transaction(db, held, tail, Work::Alone(job.as_ref())).await;
+        let _ = done.send(r.map_err(|e| format!("{e:#}")));
     }
     slot.take();
+}
+
+/// What one write transaction of the queue does.
+enum Work<'a> {
+    Together(&'a [Queued], &'a mut Option<OwnedSemaphorePermit>),
+    Alone(&'a dyn BatchJob),
+}
+
+impl Work<'_> {
+    async fn run(self, db: &Db, tail: Tail, tx: Transaction<'_, Any>) -> Result<bool, DbError> {
+        match self {
+            Work::Together(batch, slot) => together(db, batch, tail, slot, tx).await,
+            Work::Alone(job) => alone(db, job, tail, tx).await,
+        }
+    }
+}
+
+/// Run `work` in a write transaction: on SQLite's writer connection as the queue keeps it (taken from its
+/// pool first when the queue has none, or has held it for [`WRITER_HELD`]), elsewhere from
+/// [`Db::begin_write`].
+async fn in_transaction(db: &Db, held: Option<&Held>, tail: Tail, work: Work<'_>) -> Result<bool, DbError> {
+    let (Some(held), Some(writer)) = (held, db.sqlite_writer()) else {
+        return work.run(db, tail, db.begin_write().await?).await;
+    };
+    let mut held = held.lock().await;
+    if held
+        .as_ref()
+        .is_some_and(|(_, since)| since.elapsed() > WRITER_HELD)
+    {
+        // Back to the pool, behind whoever waits for it there.
+        held.take();
+    }
+    let conn = match &mut *held {
+        Some((conn, _)) => conn,
+        empty => &mut empty.insert((writer.acquire().await?, Instant::now())).0,
+    };
+    let failed = match conn.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => return work.run(db, tail, tx).await,
+        Err(e) => e,
+    };
+    // A connection that cannot begin is not kept.
+    held.take();
+    Err(failed.into())
 }
 
 /// All jobs in one transaction; Ok(false) (rolled back) as soon as one fails. An error (of the tail, of the
@@ -130,8 +206,8 @@ async fn together(
     batch: &[Queued],
     tail: Tail,
     slot: &mut Option<OwnedSemaphorePermit>,
+    mut tx: Transaction<'_, Any>,
 ) -> Result<bool, DbError> {
-    let mut tx = db.begin_write().await?;
     let mut marks = Vec::new();
     for (job, _) in batch {
         if !job.run(&mut tx, &mut marks).await {
@@ -145,8 +221,12 @@ async fn together(
     Ok(true)
 }
 
-async fn alone(db: &Db, job: &dyn BatchJob, tail: Tail) -> Result<bool, DbError> {
-    let mut tx = db.begin_write().await?;
+async fn alone(
+    db: &Db,
+    job: &dyn BatchJob,
+    tail: Tail,
+    mut tx: Transaction<'_, Any>,
+) -> Result<bool, DbError> {
     let mut marks = Vec::new();
     if job.run(&mut tx, &mut marks).await {
         tail(db, &mut tx, &marks).await?;
@@ -166,17 +246,13 @@ mod tests {
     struct Insert(i64);
 
     impl BatchJob for Insert {
-        fn run<'t>(
-            &'t self,
-            tx: &'t mut Transaction<'static, Any>,
-            marks: &'t mut Vec<String>,
-        ) -> JobFuture<'t> {
+        fn run<'t>(&'t self, conn: &'t mut AnyConnection, marks: &'t mut Vec<String>) -> JobFuture<'t> {
             Box::pin(async move {
                 marks.push(self.0.to_string());
                 // Odd values fail after writing: their row must not survive.
                 let ok = sqlx::query("INSERT INTO t (v) VALUES (?)")
                     .bind(self.0)
-                    .execute(&mut **tx)
+                    .execute(&mut *conn)
                     .await
                     .is_ok();
                 ok && self.0 % 2 == 0
@@ -185,11 +261,11 @@ mod tests {
     }
 
     /// The test tail: one row in `m` per transaction, holding its jobs' marks.
-    fn tail<'t>(_db: &'t Db, tx: &'t mut Transaction<'static, Any>, marks: &'t [String]) -> TailFuture<'t> {
+    fn tail<'t>(_db: &'t Db, conn: &'t mut AnyConnection, marks: &'t [String]) -> TailFuture<'t> {
         Box::pin(async move {
             sqlx::query("INSERT INTO m (marks) VALUES (?)")
                 .bind(marks.join(","))
-                .execute(&mut **tx)
+                .execute(&mut *conn)
                 .await?;
             Ok(())
         })
@@ -213,11 +289,7 @@ mod tests {
     struct Panics;
 
     impl BatchJob for Panics {
-        fn run<'t>(
-            &'t self,
-            _tx: &'t mut Transaction<'static, Any>,
-            _marks: &'t mut Vec<String>,
-        ) -> JobFuture<'t> {
+        fn run<'t>(&'t self, _conn: &'t mut AnyConnection, _marks: &'t mut Vec<String>) -> JobFuture<'t> {
             Box::pin(async move { panic!("a job that panics") })
         }
     }

@@ -193,6 +193,11 @@ impl Db {
         &self.pool
     }
 
+    /// The pool of SQLite's one writer connection (a file database only).
+    pub(crate) fn sqlite_writer(&self) -> Option<&AnyPool> {
+        self.writer.as_ref()
+    }
+
     /// The URL with its password masked, for logs.
     pub fn url_masked(&self) -> &str {
         &self.url_masked

@@ -66,47 +66,62 @@ pub fn provider_from(r: &AnyRow) -> Result<Provider> {
 /// which readers match against their snapshots, so writers share no lock and their commits (and WAL
 /// flushes) overlap. Elsewhere the revision row is bumped: its lock, taken after the providers', is held
 /// until `COMMIT`, so commits happen in revision order (SQLite has one writer anyway).
-pub async fn bump_revision(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()> {
+pub async fn bump_revision(db: &Db, tx: &mut AnyConnection, touched: &[&str]) -> Result<()> {
     if db.dialect() == tessera_db::Dialect::Postgres {
         return log_change(db, tx, touched).await;
     }
     let bump = "UPDATE placement_revision SET revision = revision + 1 WHERE id = 1";
-    let rev: i64 = if db.dialect() == tessera_db::Dialect::MySql {
-        // MySQL has no UPDATE … RETURNING.
-        sqlx::query(bump).execute(&mut **tx).await?;
-        sqlx::query("SELECT revision FROM placement_revision WHERE id = 1")
-            .fetch_one(&mut **tx)
-            .await?
-            .try_get("revision")?
-    } else {
-        sqlx::query(&format!("{bump} RETURNING revision"))
-            .fetch_one(&mut **tx)
-            .await?
-            .try_get("revision")?
-    };
     let touched: Vec<&str> = touched
         .iter()
         .copied()
         .collect::<BTreeSet<&str>>()
         .into_iter()
         .collect();
-    // One multi-row INSERT for all touched providers.
-    for chunk in touched.chunks(200) {
-        let q = format!(
+    let insert = |n: usize, rev: &str| {
+        format!(
             "INSERT INTO placement_changes (revision, rp_uuid) VALUES {}",
-            vec!["(?, ?)"; chunk.len()].join(", ")
-        );
-        let sql = db.sql(&q);
-        let mut query = sqlx::query(&sql);
-        for rp in chunk {
-            query = query.bind(rev).bind(*rp);
+            vec![format!("({rev}, ?)"); n].join(", ")
+        )
+    };
+    let (rev, rest): (i64, &[&str]) = if db.dialect() == tessera_db::Dialect::MySql {
+        // MySQL has no UPDATE … RETURNING.
+        sqlx::query(bump).execute(&mut *tx).await?;
+        let rev = sqlx::query("SELECT revision FROM placement_revision WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("revision")?;
+        (rev, &touched)
+    } else {
+        // SQLite: the bump and (up to 200) change records in one call to the writer connection's thread.
+        let first = touched.len().min(200);
+        let mut sql = format!("{bump} RETURNING revision");
+        if first > 0 {
+            sql.push_str("; ");
+            sql.push_str(&insert(
+                first,
+                "(SELECT revision FROM placement_revision WHERE id = 1)",
+            ));
         }
-        query.execute(&mut **tx).await?;
+        let q = touched[..first]
+            .iter()
+            .fold(sqlx::query(&sql), |q, rp| q.bind(*rp));
+        (
+            q.fetch_one(&mut *tx).await?.try_get("revision")?,
+            &touched[first..],
+        )
+    };
+    // The rest in multi-row INSERTs of up to 200.
+    for chunk in rest.chunks(200) {
+        let sql = insert(chunk.len(), "?");
+        let q = chunk
+            .iter()
+            .fold(sqlx::query(&sql), |q, rp| q.bind(rev).bind(*rp));
+        q.execute(&mut *tx).await?;
     }
     if rev % 1000 == 0 {
         sqlx::query(&db.sql("DELETE FROM placement_changes WHERE revision < ?"))
             .bind(rev - CHANGES_KEPT)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     Ok(())
@@ -119,7 +134,7 @@ const PG_LOG_CHANGE: &str = "INSERT INTO placement_change_log (xid, rp_uuid)";
 
 /// PostgreSQL's change record: the touched providers under the writing transaction's id (assigned already:
 /// the transaction has written). Every [`PRUNE_EVERY`] records a process writes, it prunes the log once.
-async fn log_change(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()> {
+async fn log_change(db: &Db, tx: &mut AnyConnection, touched: &[&str]) -> Result<()> {
     let touched: BTreeSet<&str> = touched.iter().copied().collect();
     let touched: Vec<&str> = touched.into_iter().collect();
     for chunk in touched.chunks(200) {
@@ -129,7 +144,7 @@ async fn log_change(db: &Db, tx: &mut Tx, touched: &[&str]) -> Result<()> {
         );
         let sql = db.sql(&q);
         let query = chunk.iter().fold(sqlx::query(&sql), |q, rp| q.bind(*rp));
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *tx).await?;
     }
     logged(db, touched.len() as u64);
     Ok(())
@@ -193,9 +208,13 @@ type StoreFuture<'t, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Res
 impl<T, F> tessera_db::BatchJob for StoreJob<T, F>
 where
     T: Send + 'static,
-    F: for<'t> Fn(&'t Db, &'t mut Tx, &'t mut Vec<String>) -> StoreFuture<'t, T> + Send + Sync,
+    F: for<'t> Fn(&'t Db, &'t mut AnyConnection, &'t mut Vec<String>) -> StoreFuture<'t, T> + Send + Sync,
 {
-    fn run<'t>(&'t self, tx: &'t mut Tx, touched: &'t mut Vec<String>) -> tessera_db::JobFuture<'t> {
+    fn run<'t>(
+        &'t self,
+        tx: &'t mut AnyConnection,
+        touched: &'t mut Vec<String>,
+    ) -> tessera_db::JobFuture<'t> {
         Box::pin(async move {
             let r = (self.f)(&self.db, tx, touched).await;
             let keep = (self.keep)(&r);
@@ -207,7 +226,11 @@ where
 
 /// The end of every group-commit transaction: one revision bump for all its jobs, recording the providers
 /// they touched.
-fn revision_tail<'t>(db: &'t Db, tx: &'t mut Tx, touched: &'t [String]) -> tessera_db::TailFuture<'t> {
+fn revision_tail<'t>(
+    db: &'t Db,
+    tx: &'t mut AnyConnection,
+    touched: &'t [String],
+) -> tessera_db::TailFuture<'t> {
     Box::pin(async move {
         let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
         bump_revision(db, tx, &touched).await.map_err(|e| match e {
@@ -222,7 +245,10 @@ fn revision_tail<'t>(db: &'t Db, tx: &'t mut Tx, touched: &'t [String]) -> tesse
 async fn batched<T, F>(db: &Db, keep: fn(&Result<T>) -> bool, f: F) -> Result<T>
 where
     T: Send + 'static,
-    F: for<'t> Fn(&'t Db, &'t mut Tx, &'t mut Vec<String>) -> StoreFuture<'t, T> + Send + Sync + 'static,
+    F: for<'t> Fn(&'t Db, &'t mut AnyConnection, &'t mut Vec<String>) -> StoreFuture<'t, T>
+        + Send
+        + Sync
+        + 'static,
 {
     let job = std::sync::Arc::new(StoreJob {
         db: db.clone(),
@@ -428,7 +454,7 @@ pub async fn provider_get(db: &Db, uuid: &str) -> Result<Option<Provider>> {
     provider_get_on(db, &mut *db.pool().acquire().await?, uuid).await
 }
 
-pub async fn provider_get_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<Option<Provider>> {
+pub async fn provider_get_tx(db: &Db, tx: &mut AnyConnection, uuid: &str) -> Result<Option<Provider>> {
     provider_get_on(db, tx, uuid).await
 }
 
@@ -631,14 +657,14 @@ pub async fn provider_delete(db: &Db, p: &Provider) -> Result<()> {
 }
 
 /// Bump a provider's generation, checking it still is `expected`; a concurrent-update 409 otherwise.
-pub async fn bump_generation(db: &Db, tx: &mut Tx, uuid: &str, expected: i64) -> Result<i64> {
+pub async fn bump_generation(db: &Db, tx: &mut AnyConnection, uuid: &str, expected: i64) -> Result<i64> {
     let n = sqlx::query(&db.sql(
         "UPDATE resource_providers SET generation = generation + 1, updated_at = ? WHERE uuid = ? AND generation = ?",
     ))
     .bind(tessera_types::now_epoch_micros())
     .bind(uuid)
     .bind(expected)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if n != 1 {
@@ -732,16 +758,50 @@ fn delete_rows(table: &str, col: &str, uuid: &str, values: &[&String]) -> Vec<St
 /// PostgreSQL see [`inventories_write_pg`] and [`links_set_pg`]).
 async fn bump_and_write(
     db: &Db,
-    tx: &mut Tx,
+    tx: &mut AnyConnection,
     uuid: &str,
     expected: i64,
     writes: &[Stmt],
     touched: &mut Vec<String>,
 ) -> Result<i64> {
+    if db.dialect() == tessera_db::Dialect::Sqlite {
+        // One call for all: each call is a round trip to the connection's thread (two context switches), on
+        // the one writer connection every write queues for. The writes go first and the bump last: if the
+        // bump finds another generation, the job fails and the batch is rolled back, writes and all.
+        let mut sql = String::new();
+        let mut binds = Vec::new();
+        for w in writes {
+            sql.push_str(&w.sql);
+            sql.push_str("; ");
+            binds.extend(w.binds.iter().cloned());
+        }
+        sql.push_str(
+            "UPDATE resource_providers SET generation = generation + 1, updated_at = ? \
+             WHERE uuid = ? AND generation = ? RETURNING generation",
+        );
+        binds.extend([
+            Val::I(tessera_types::now_epoch_micros()),
+            Val::S(uuid.to_string()),
+            Val::I(expected),
+        ]);
+        return match bind_vals(sqlx::query(&sql), &binds).fetch_all(&mut *tx).await {
+            Ok(rows) if rows.len() == 1 => {
+                touched.push(uuid.to_string());
+                Ok(expected + 1)
+            }
+            Ok(_) => Err(missing_or_moved(db, tx, uuid).await),
+            // A write failed before the bump: because what it was computed from moved on (the generation
+            // says so), or for a reason of its own.
+            Err(e) => match provider_get_on(db, tx, uuid).await? {
+                Some(p) if p.generation == expected => Err(e.into()),
+                _ => Err(missing_or_moved(db, tx, uuid).await),
+            },
+        };
+    }
     let gen = bump_generation(db, tx, uuid, expected).await?;
     for w in writes {
         let sql = db.sql(&w.sql);
-        bind_vals(sqlx::query(&sql), &w.binds).execute(&mut **tx).await?;
+        bind_vals(sqlx::query(&sql), &w.binds).execute(&mut *tx).await?;
     }
     touched.push(uuid.to_string());
     Ok(gen)
@@ -775,7 +835,11 @@ pub async fn inventories(db: &Db, uuid: &str) -> Result<BTreeMap<String, Invento
     inventories_on(db, &mut *db.pool().acquire().await?, uuid).await
 }
 
-pub async fn inventories_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<BTreeMap<String, Inventory>> {
+pub async fn inventories_tx(
+    db: &Db,
+    tx: &mut AnyConnection,
+    uuid: &str,
+) -> Result<BTreeMap<String, Inventory>> {
     inventories_on(db, tx, uuid).await
 }
 
@@ -795,7 +859,7 @@ pub async fn usages(db: &Db, uuid: &str) -> Result<BTreeMap<String, i64>> {
     usages_on(db, &mut *db.pool().acquire().await?, uuid).await
 }
 
-pub async fn usages_tx(db: &Db, tx: &mut Tx, uuid: &str) -> Result<BTreeMap<String, i64>> {
+pub async fn usages_tx(db: &Db, tx: &mut AnyConnection, uuid: &str) -> Result<BTreeMap<String, i64>> {
     usages_on(db, tx, uuid).await
 }
 
@@ -1122,7 +1186,7 @@ pub async fn provider_links_set(
             Box::pin(async move {
                 for w in &writes {
                     let sql = db.sql(&w.sql);
-                    bind_vals(sqlx::query(&sql), &w.binds).execute(&mut **tx).await?;
+                    bind_vals(sqlx::query(&sql), &w.binds).execute(&mut *tx).await?;
                 }
                 touched.push(uuid);
                 Ok(None)
@@ -1387,7 +1451,7 @@ async fn allocations_attempt(db: &Db, writes: &[ConsumerWrite]) -> Result<Attemp
 /// Providers whose usage changed are added to `touched`.
 async fn apply_allocations(
     db: &Db,
-    tx: &mut Tx,
+    tx: &mut AnyConnection,
     writes: &[ConsumerWrite],
     touched: &mut BTreeSet<String>,
 ) -> Result<Attempt> {
@@ -1417,21 +1481,21 @@ async fn apply_allocations(
         }
         for r in sqlx::query(&db.sql("SELECT DISTINCT rp_uuid FROM allocations WHERE consumer_uuid = ?"))
             .bind(&w.consumer)
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await?
         {
             touched.insert(get_text(&r, "rp_uuid")?);
         }
         sqlx::query(&db.sql("DELETE FROM allocations WHERE consumer_uuid = ?"))
             .bind(&w.consumer)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         match (&existing, w.amounts.is_empty()) {
             (Some(c), true) => {
                 let n = sqlx::query(&db.sql("DELETE FROM consumers WHERE uuid = ? AND generation = ?"))
                     .bind(&w.consumer)
                     .bind(c.generation)
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected();
                 if n != 1 {
@@ -1449,7 +1513,7 @@ async fn apply_allocations(
                 .bind(now)
                 .bind(&w.consumer)
                 .bind(c.generation)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
                 if n != 1 {
@@ -1467,7 +1531,7 @@ async fn apply_allocations(
                 .bind(w.consumer_type.clone())
                 .bind(now)
                 .bind(now)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| {
                     if tessera_db::is_unique_violation(&e) {
@@ -1540,7 +1604,7 @@ async fn apply_allocations(
         .bind(now)
         .bind(*rp)
         .bind(p.generation)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         if n != 1 {
@@ -1557,7 +1621,7 @@ async fn apply_allocations(
             .bind(rc)
             .bind(*n)
             .bind(now)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         }
     }
