@@ -604,6 +604,161 @@ async fn concurrent_claims_never_oversubscribe() {
     });
 }
 
+/// Many writes to different providers at once (on PostgreSQL they share statements): each gets its own
+/// answer — a taken name, a stale generation or an unknown provider fails only its own request — and each
+/// provider ends with exactly what was written to it.
+#[tokio::test]
+async fn concurrent_writes_to_many_providers_each_get_their_own() {
+    each_backend!(|b: Backend| async move {
+        let c = Cloud::start(&b).await;
+        let p = std::sync::Arc::new(P {
+            c: &c,
+            token: c.admin_token().await,
+        });
+        // 24 creations, names 0..20: four names asked for twice.
+        let creates = (0..24).map(|n| {
+            let p = p.clone();
+            let body = json!({"name": format!("many-{}", n % 20)});
+            async move {
+                p.call("1.39", http::Method::POST, "/resource_providers", Some(body))
+                    .await
+            }
+        });
+        let results = futures_util::future::join_all(creates).await;
+        let mut rps: Vec<String> = Vec::new();
+        for (s, v, _) in &results {
+            match s {
+                200 => rps.push(v["uuid"].as_str().unwrap().to_string()),
+                409 => assert_eq!(code(v), "placement.duplicate_name", "{v}"),
+                _ => panic!("{s}: {v}"),
+            }
+        }
+        assert_eq!(rps.len(), 20, "{results:?}");
+        // Inventories: even providers from their generation, odd ones from a stale one, and an unknown one.
+        let inv = |n: usize| json!({"VCPU": {"total": 8 + n}, "MEMORY_MB": {"total": 1024 * (n + 1)}});
+        let mut writes: Vec<(String, Value)> = rps
+            .iter()
+            .enumerate()
+            .map(|(n, rp)| {
+                let gen = if n % 2 == 0 { 0 } else { 5 };
+                (
+                    format!("/resource_providers/{rp}/inventories"),
+                    json!({"resource_provider_generation": gen, "inventories": inv(n)}),
+                )
+            })
+            .collect();
+        writes.push((
+            format!("/resource_providers/{}/inventories", uuid()),
+            json!({"resource_provider_generation": 0, "inventories": inv(0)}),
+        ));
+        let puts = writes.into_iter().map(|(path, body)| {
+            let p = p.clone();
+            async move { p.call("1.39", http::Method::PUT, &path, Some(body)).await }
+        });
+        let results = futures_util::future::join_all(puts).await;
+        for (n, (s, v, _)) in results.iter().enumerate() {
+            let want = if n == rps.len() {
+                (404, "placement.undefined_code".to_string())
+            } else if n % 2 == 0 {
+                (200, String::new())
+            } else {
+                (409, "placement.concurrent_update".to_string())
+            };
+            let got = (
+                *s,
+                if *s == 200 {
+                    String::new()
+                } else {
+                    code(v).to_string()
+                },
+            );
+            assert_eq!(got, want, "write {n}: {v}");
+        }
+        // Traits (a third of them the same empty set they have: generation kept) and aggregates, at once.
+        let traits = |n: usize| match n % 3 {
+            0 => vec![],
+            1 => vec!["HW_CPU_X86_AVX2"],
+            _ => vec!["HW_CPU_X86_AVX2", "STORAGE_DISK_SSD"],
+        };
+        let gen0 = |n: usize| usize::from(n.is_multiple_of(2));
+        let puts = rps.iter().enumerate().map(|(n, rp)| {
+            let p = p.clone();
+            let path = format!("/resource_providers/{rp}/traits");
+            let body = json!({"resource_provider_generation": gen0(n), "traits": traits(n)});
+            async move { p.call("1.39", http::Method::PUT, &path, Some(body)).await }
+        });
+        let results = futures_util::future::join_all(puts).await;
+        for (n, (s, v, _)) in results.iter().enumerate() {
+            assert_eq!(*s, 200, "traits {n}: {v}");
+            let bumped = if traits(n).is_empty() { 0 } else { 1 };
+            assert_eq!(
+                v["resource_provider_generation"],
+                gen0(n) + bumped,
+                "traits {n}: {v}"
+            );
+        }
+        let gen1 = |n: usize| gen0(n) + if traits(n).is_empty() { 0 } else { 1 };
+        let agg = |n: usize| format!("00000000-0000-0000-0000-{:012}", n % 4);
+        let puts = rps.iter().enumerate().map(|(n, rp)| {
+            let p = p.clone();
+            let path = format!("/resource_providers/{rp}/aggregates");
+            let body = json!({"resource_provider_generation": gen1(n), "aggregates": [agg(n)]});
+            async move { p.call("1.39", http::Method::PUT, &path, Some(body)).await }
+        });
+        let results = futures_util::future::join_all(puts).await;
+        for (n, (s, v, _)) in results.iter().enumerate() {
+            assert_eq!(*s, 200, "aggregates {n}: {v}");
+            assert_eq!(
+                v["resource_provider_generation"],
+                gen1(n) + 1,
+                "aggregates {n}: {v}"
+            );
+        }
+        // What each provider holds now.
+        for (n, rp) in rps.iter().enumerate() {
+            let base = format!("/resource_providers/{rp}");
+            let v = p
+                .ok("1.39", http::Method::GET, &format!("{base}/inventories"), None)
+                .await;
+            let want = if n % 2 == 0 { inv(n) } else { json!({}) };
+            for (rc, i) in want.as_object().unwrap() {
+                assert_eq!(v["inventories"][rc]["total"], i["total"], "provider {n}: {v}");
+            }
+            assert_eq!(
+                v["inventories"].as_object().unwrap().len(),
+                want.as_object().unwrap().len()
+            );
+            let v = p
+                .ok("1.39", http::Method::GET, &format!("{base}/traits"), None)
+                .await;
+            let mut got: Vec<&str> = v["traits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap())
+                .collect();
+            got.sort();
+            assert_eq!(got, traits(n), "provider {n}");
+            let v = p
+                .ok("1.39", http::Method::GET, &format!("{base}/aggregates"), None)
+                .await;
+            assert_eq!(v["aggregates"], json!([agg(n)]), "provider {n}");
+            assert_eq!(v["resource_provider_generation"], gen1(n) + 1, "provider {n}");
+        }
+        // The capacity index followed: the even providers (those with inventory) are the candidates.
+        let v = p
+            .ok(
+                "1.39",
+                http::Method::GET,
+                "/allocation_candidates?resources=VCPU:1,MEMORY_MB:512",
+                None,
+            )
+            .await;
+        assert_eq!(v["allocation_requests"].as_array().unwrap().len(), 10, "{v}");
+        c.stop().await;
+    });
+}
+
 #[tokio::test]
 async fn allocation_candidates() {
     each_backend!(|b: Backend| async move {
