@@ -40,6 +40,14 @@ impl Lease {
     pub fn done(&mut self) {
         self.clean = true;
     }
+
+    /// After a statement: the connection may be lent again if it succeeded or the database refused it (a
+    /// constraint, a bad value: the connection is fine); not after an I/O or protocol error.
+    pub fn settle<T>(&mut self, r: &Result<T, sqlx::Error>) {
+        if matches!(r, Ok(_) | Err(sqlx::Error::Database(_))) {
+            self.clean = true;
+        }
+    }
 }
 
 impl Drop for Lease {

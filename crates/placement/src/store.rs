@@ -497,9 +497,14 @@ fn map_dup(e: sqlx::Error, what: &str) -> PlacementError {
 /// Insert a provider; a uuid or name already taken is a 409 naming which (looked up only then).
 pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
     if db.dialect() == tessera_db::Dialect::Postgres {
-        // One statement, its change record included: atomic alone (see `inventories_write_pg`).
-        let mut c = db.pool().acquire().await?;
-        return provider_create_in(db, &mut c, p, &mut Vec::new()).await;
+        // One statement, its change record included: atomic alone (see `inventories_write_pg`). On a leased
+        // connection, as every one-statement write there: no ping when it goes back.
+        let mut lease = db.lease().await?;
+        let r = provider_create_in(db, lease.conn(), p, &mut Vec::new()).await;
+        if !matches!(r, Err(PlacementError::Db(_))) {
+            lease.done();
+        }
+        return r;
     }
     let p = p.clone();
     batched(db, Result::is_ok, move |db, tx, touched| {
@@ -1092,7 +1097,10 @@ async fn inventories_write_pg(
          {used} AS used"
     ));
     let sql = db.sql(&sql);
-    let r = bind_vals(sqlx::query(&sql), &binds).fetch_one(db.pool()).await?;
+    let mut lease = db.lease().await?;
+    let r = bind_vals(sqlx::query(&sql), &binds).fetch_one(lease.conn()).await;
+    lease.settle(&r);
+    let r = r?;
     let (generation, inuse, current, used): (Option<i64>, Option<String>, Option<i64>, Option<String>) = (
         r.try_get("generation")?,
         r.try_get("inuse")?,
@@ -1280,7 +1288,10 @@ async fn links_set_pg(
          (SELECT c FROM ch) AS changed, (SELECT generation FROM resource_providers WHERE uuid = ?) AS current"
     ));
     let sql = db.sql(&sql);
-    let r = bind_vals(sqlx::query(&sql), &binds).fetch_one(db.pool()).await?;
+    let mut lease = db.lease().await?;
+    let r = bind_vals(sqlx::query(&sql), &binds).fetch_one(lease.conn()).await;
+    lease.settle(&r);
+    let r = r?;
     let (generation, changed, current): (Option<i64>, bool, Option<i64>) = (
         r.try_get("generation")?,
         r.try_get("changed")?,
