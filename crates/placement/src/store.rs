@@ -759,8 +759,9 @@ fn delete_rows(table: &str, col: &str, uuid: &str, values: &[&String]) -> Vec<St
 }
 
 /// Bump a provider's generation from `expected` and run `writes` in the shared write transaction, returning
-/// the new generation, the provider left in `touched` for the transaction's revision bump (SQLite, MySQL; on
-/// PostgreSQL see [`inventories_write_pg`] and [`links_set_pg`]).
+/// the new generation, the provider left in `touched` for the transaction's revision bump (MySQL; PostgreSQL
+/// and SQLite write without reading first: see [`inventories_write_pg`], [`links_set_pg`],
+/// [`inventories_write_sqlite`] and [`links_set_sqlite`]).
 async fn bump_and_write(
     db: &Db,
     tx: &mut AnyConnection,
@@ -769,40 +770,6 @@ async fn bump_and_write(
     writes: &[Stmt],
     touched: &mut Vec<String>,
 ) -> Result<i64> {
-    if db.dialect() == tessera_db::Dialect::Sqlite {
-        // One call for all: each call is a round trip to the connection's thread (two context switches), on
-        // the one writer connection every write queues for. The writes go first and the bump last: if the
-        // bump finds another generation, the job fails and the batch is rolled back, writes and all.
-        let mut sql = String::new();
-        let mut binds = Vec::new();
-        for w in writes {
-            sql.push_str(&w.sql);
-            sql.push_str("; ");
-            binds.extend(w.binds.iter().cloned());
-        }
-        sql.push_str(
-            "UPDATE resource_providers SET generation = generation + 1, updated_at = ? \
-             WHERE uuid = ? AND generation = ? RETURNING generation",
-        );
-        binds.extend([
-            Val::I(tessera_types::now_epoch_micros()),
-            Val::S(uuid.to_string()),
-            Val::I(expected),
-        ]);
-        return match bind_vals(sqlx::query(&sql), &binds).fetch_all(&mut *tx).await {
-            Ok(rows) if rows.len() == 1 => {
-                touched.push(uuid.to_string());
-                Ok(expected + 1)
-            }
-            Ok(_) => Err(missing_or_moved(db, tx, uuid).await),
-            // A write failed before the bump: because what it was computed from moved on (the generation
-            // says so), or for a reason of its own.
-            Err(e) => match provider_get_on(db, tx, uuid).await? {
-                Some(p) if p.generation == expected => Err(e.into()),
-                _ => Err(missing_or_moved(db, tx, uuid).await),
-            },
-        };
-    }
     let gen = bump_generation(db, tx, uuid, expected).await?;
     for w in writes {
         let sql = db.sql(&w.sql);
@@ -907,6 +874,9 @@ pub async fn inventories_write(
     ];
     if db.dialect() == tessera_db::Dialect::Postgres {
         return inventories_write_pg(db, uuid, expected_generation, set, remove, replace_all).await;
+    }
+    if db.dialect() == tessera_db::Dialect::Sqlite {
+        return inventories_write_sqlite(db, uuid, expected_generation, set, remove, replace_all).await;
     }
     let rows = provider_rows(db, uuid, expected_generation, "inventories", &COLS).await?;
     let mut current = BTreeMap::new();
@@ -1110,19 +1080,7 @@ async fn inventories_write_pg(
     match (generation, current, inuse) {
         (Some(g), _, _) => {
             logged(db, 1);
-            for (rc, u) in used
-                .iter()
-                .flat_map(|u| u.split(','))
-                .filter_map(|p| p.split_once('='))
-            {
-                let (Some(inv), Ok(u)) = (set.get(rc), u.parse::<i64>()) else {
-                    continue;
-                };
-                if u > inv.capacity() {
-                    tracing::warn!(provider = %uuid, resource_class = %rc, used = u, capacity = inv.capacity(),
-                        "inventory set below current usage: the provider is over capacity");
-                }
-            }
+            warn_over_capacity(uuid, set, used.as_deref());
             Ok(g)
         }
         (None, None, _) => Err(PlacementError::NotFound(format!(
@@ -1205,6 +1163,9 @@ pub async fn provider_links_set(
     if db.dialect() == tessera_db::Dialect::Postgres {
         return links_set_pg(db, table, col, uuid, expected, values, keep_unchanged).await;
     }
+    if db.dialect() == tessera_db::Dialect::Sqlite {
+        return links_set_sqlite(db, table, col, uuid, expected, values, keep_unchanged).await;
+    }
     let rows = provider_rows(db, uuid, expected, table, &[col]).await?;
     let current: BTreeSet<String> = rows
         .iter()
@@ -1225,6 +1186,256 @@ pub async fn provider_links_set(
                 bump_and_write(db, tx, &uuid, expected, &writes, touched).await?,
             ))
         })
+    })
+    .await
+}
+
+/// The row of a multi-statement answer that has column `col`, and its value (see [`sqlite_one_call`]).
+fn row_value<T>(rows: &[AnyRow], col: &str) -> Result<Option<T>>
+where
+    T: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    match rows.iter().find(|r| r.try_column(col).is_ok()) {
+        Some(r) => Ok(r.try_get::<Option<T>, _>(col)?),
+        None => Ok(None),
+    }
+}
+
+/// Run `sql` (several statements, `?` binds in order) as a job of SQLite's group commit: one call to the
+/// writer connection's thread, the read before a write folded into it. What it wrote is kept only if `judge`,
+/// given its rows, says the job succeeded: otherwise the batch is rolled back and its jobs run again alone.
+async fn sqlite_one_call<T, J>(db: &Db, uuid: &str, sql: String, binds: Vec<Val>, judge: J) -> Result<T>
+where
+    T: Send + 'static,
+    J: Fn(&[AnyRow]) -> Result<(T, bool)> + Send + Sync + 'static,
+{
+    let uuid = uuid.to_string();
+    let job = std::sync::Arc::new((sql, binds, judge));
+    batched(db, Result::is_ok, move |_db, tx, touched| {
+        let (uuid, job) = (uuid.clone(), job.clone());
+        Box::pin(async move {
+            let rows = bind_vals(sqlx::query(&job.0), &job.1).fetch_all(&mut *tx).await?;
+            let (out, wrote) = (job.2)(&rows)?;
+            if wrote {
+                touched.push(uuid);
+            }
+            Ok(out)
+        })
+    })
+    .await
+}
+
+/// Log the classes of `set` whose usage (`used`: `CLASS=amount,…`) exceeds their new capacity.
+fn warn_over_capacity(uuid: &str, set: &BTreeMap<String, Inventory>, used: Option<&str>) {
+    for (rc, u) in used
+        .iter()
+        .flat_map(|u| u.split(','))
+        .filter_map(|p| p.split_once('='))
+    {
+        let (Some(inv), Ok(u)) = (set.get(rc), u.parse::<i64>()) else {
+            continue;
+        };
+        if u > inv.capacity() {
+            tracing::warn!(provider = %uuid, resource_class = %rc, used = u, capacity = inv.capacity(),
+                "inventory set below current usage: the provider is over capacity");
+        }
+    }
+}
+
+/// [`inventories_write`] on SQLite, in one call to the writer (see [`sqlite_one_call`]): the first removed
+/// class still allocated and the usage of the set's classes (read before the writes), the removed classes
+/// deleted, the set's rows inserted or updated (an unchanged row is not rewritten), the generation bump from
+/// `expected`, and the generation read back. A missing provider is a 404, a moved one a 409, a removed class
+/// in use a 409 `inventory.inuse` — the job fails, and what it wrote is rolled back.
+async fn inventories_write_sqlite(
+    db: &Db,
+    uuid: &str,
+    expected: i64,
+    set: &BTreeMap<String, Inventory>,
+    remove: &BTreeSet<String>,
+    replace_all: bool,
+) -> Result<i64> {
+    const FIELDS: [&str; 6] = [
+        "total",
+        "reserved",
+        "min_unit",
+        "max_unit",
+        "step_size",
+        "allocation_ratio",
+    ];
+    let u = || Val::S(uuid.to_string());
+    let classes = || set.keys().map(|rc| Val::S(rc.clone()));
+    // The classes removed: named in `remove`, or (replacing all) left out of the set.
+    let mut removed = Vec::new();
+    let mut removed_binds = Vec::new();
+    if !remove.is_empty() {
+        removed.push(format!("resource_class IN {}", tessera_db::in_list(remove.len())));
+        removed_binds.extend(remove.iter().map(|rc| Val::S(rc.clone())));
+    }
+    if replace_all {
+        if set.is_empty() {
+            removed.push("1".to_string());
+        } else {
+            removed.push(format!(
+                "resource_class NOT IN {}",
+                tessera_db::in_list(set.len())
+            ));
+            removed_binds.extend(classes());
+        }
+    }
+    let removed = if removed.is_empty() {
+        "0".to_string()
+    } else {
+        removed.join(" OR ")
+    };
+    let mut binds = vec![u(), u()];
+    binds.extend(removed_binds.iter().cloned());
+    let used = if set.is_empty() {
+        "NULL".to_string()
+    } else {
+        binds.push(u());
+        binds.extend(classes());
+        format!(
+            "(SELECT group_concat(resource_class || '=' || s, ',') FROM (SELECT resource_class, SUM(used) AS s \
+             FROM allocations WHERE rp_uuid = ? AND resource_class IN {} GROUP BY resource_class))",
+            tessera_db::in_list(set.len())
+        )
+    };
+    let mut sql = format!(
+        "SELECT (SELECT resource_class FROM allocations WHERE rp_uuid = ? AND used > 0 AND resource_class IN \
+         (SELECT resource_class FROM inventories WHERE rp_uuid = ? AND ({removed})) ORDER BY resource_class LIMIT 1) \
+         AS inuse, {used} AS used; DELETE FROM inventories WHERE rp_uuid = ? AND ({removed})"
+    );
+    binds.push(u());
+    binds.extend(removed_binds);
+    if !set.is_empty() {
+        let of = |prefix: &str| FIELDS.map(|f| format!("{prefix}{f}")).join(", ");
+        sql.push_str(&format!(
+            "; INSERT INTO inventories (rp_uuid, resource_class, {}) VALUES {} ON CONFLICT (rp_uuid, resource_class) \
+             DO UPDATE SET {} WHERE ({}) IS NOT ({})",
+            FIELDS.join(", "),
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; set.len()].join(", "),
+            FIELDS.map(|f| format!("{f} = excluded.{f}")).join(", "),
+            of("inventories."),
+            of("excluded."),
+        ));
+        for (rc, inv) in set {
+            binds.extend([
+                u(),
+                Val::S(rc.clone()),
+                Val::I(inv.total),
+                Val::I(inv.reserved),
+                Val::I(inv.min_unit),
+                Val::I(inv.max_unit),
+                Val::I(inv.step_size),
+                Val::F(inv.allocation_ratio),
+            ]);
+        }
+    }
+    sql.push_str(
+        "; UPDATE resource_providers SET generation = generation + 1, updated_at = ? WHERE uuid = ? \
+         AND generation = ? RETURNING generation AS bumped; SELECT generation AS current FROM resource_providers \
+         WHERE uuid = ?",
+    );
+    binds.extend([
+        Val::I(tessera_types::now_epoch_micros()),
+        u(),
+        Val::I(expected),
+        u(),
+    ]);
+    let (id, set) = (uuid.to_string(), set.clone());
+    sqlite_one_call(db, uuid, sql, binds, move |rows| {
+        let bumped = row_value::<i64>(rows, "bumped")?;
+        match (
+            bumped,
+            row_value::<i64>(rows, "current")?,
+            row_value::<String>(rows, "inuse")?,
+        ) {
+            (None, None, _) => Err(PlacementError::NotFound(format!(
+                "No resource provider with uuid {id} found"
+            ))),
+            (None, Some(_), _) => Err(concurrent(format!(
+                "resource provider generation conflict: another request updated {id}; get it again and retry"
+            ))),
+            (Some(_), _, Some(rc)) => Err(PlacementError::Conflict(
+                format!("Inventory for '{rc}' on resource provider '{id}' in use."),
+                Some(crate::error::INVENTORY_INUSE),
+            )),
+            (Some(g), _, None) => {
+                warn_over_capacity(&id, &set, row_value::<String>(rows, "used")?.as_deref());
+                Ok((g, true))
+            }
+        }
+    })
+    .await
+}
+
+/// [`provider_links_set`] with a generation, on SQLite, in one call to the writer (see [`sqlite_one_call`]):
+/// the generation bump from `expected` (when `keep_unchanged`, only if the set differs), the rows no longer
+/// in the set deleted, the new ones inserted, and the generation read back. Unbumped, the provider is missing
+/// (404), or moved on (409: the job fails, and what it wrote is rolled back), or — same generation — its set
+/// was already this one (the deletes and inserts found nothing to do).
+async fn links_set_sqlite(
+    db: &Db,
+    table: &'static str,
+    col: &'static str,
+    uuid: &str,
+    expected: i64,
+    values: &BTreeSet<String>,
+    keep_unchanged: bool,
+) -> Result<Option<i64>> {
+    let list = tessera_db::in_list(values.len());
+    let u = || Val::S(uuid.to_string());
+    let vals = || values.iter().map(|v| Val::S(v.clone()));
+    let mut binds = vec![Val::I(tessera_types::now_epoch_micros()), u(), Val::I(expected)];
+    let changed = match (keep_unchanged, values.is_empty()) {
+        (false, _) => "1".to_string(),
+        (true, true) => {
+            binds.push(u());
+            format!("EXISTS (SELECT 1 FROM {table} WHERE rp_uuid = ?)")
+        }
+        (true, false) => {
+            binds.push(u());
+            binds.push(Val::I(values.len() as i64));
+            binds.push(u());
+            binds.extend(vals());
+            format!(
+                "(SELECT COUNT(*) FROM {table} WHERE rp_uuid = ?) <> ? \
+                 OR EXISTS (SELECT 1 FROM {table} WHERE rp_uuid = ? AND {col} NOT IN {list})"
+            )
+        }
+    };
+    let mut sql = format!(
+        "UPDATE resource_providers SET generation = generation + 1, updated_at = ? \
+         WHERE uuid = ? AND generation = ? AND ({changed}) RETURNING generation AS bumped; \
+         DELETE FROM {table} WHERE rp_uuid = ?"
+    );
+    binds.push(u());
+    if !values.is_empty() {
+        sql.push_str(&format!(
+            " AND {col} NOT IN {list}; INSERT OR IGNORE INTO {table} (rp_uuid, {col}) VALUES {}",
+            vec!["(?, ?)"; values.len()].join(", ")
+        ));
+        binds.extend(vals());
+        binds.extend(values.iter().flat_map(|v| [u(), Val::S(v.clone())]));
+    }
+    sql.push_str("; SELECT generation AS current FROM resource_providers WHERE uuid = ?");
+    binds.push(u());
+    let id = uuid.to_string();
+    sqlite_one_call(db, uuid, sql, binds, move |rows| {
+        match (
+            row_value::<i64>(rows, "bumped")?,
+            row_value::<i64>(rows, "current")?,
+        ) {
+            (Some(g), _) => Ok((Some(g), true)),
+            (None, None) => Err(PlacementError::NotFound(format!(
+                "No resource provider with uuid {id} found"
+            ))),
+            (None, Some(c)) if c == expected && keep_unchanged => Ok((Some(expected), false)),
+            (None, Some(_)) => Err(concurrent(format!(
+                "resource provider generation conflict: another request updated {id}; get it again and retry"
+            ))),
+        }
     })
     .await
 }
