@@ -67,8 +67,19 @@ pub async fn open_db(
     set: &tessera_db::MigrationSet,
     migrate: bool,
 ) -> Result<Db, StartError> {
+    open_db_with(cfg, group, set, migrate, tessera_db::ConnectOptions::default()).await
+}
+
+/// [`open_db`], its connections set up as `opts` says.
+pub async fn open_db_with(
+    cfg: &Config,
+    group: &str,
+    set: &tessera_db::MigrationSet,
+    migrate: bool,
+    opts: tessera_db::ConnectOptions,
+) -> Result<Db, StartError> {
     let url = cfg.get_str(group, "connection");
-    let db = Db::connect(&url, cfg.get_int(group, "max_pool_size") as u32).await?;
+    let db = Db::connect_with(&url, cfg.get_int(group, "max_pool_size") as u32, opts).await?;
     if migrate {
         db.migrate(set).await?;
     } else {
@@ -203,11 +214,16 @@ pub async fn start_image(
 }
 
 pub async fn open_placement_db(cfg: &Config, migrate: bool) -> Result<Db, StartError> {
-    open_db(
+    // Placement's statements are lookups by uuid and generation-checked writes: one plan each serves all.
+    let opts = tessera_db::ConnectOptions {
+        pg_generic_plans: true,
+    };
+    open_db_with(
         cfg,
         "placement_database",
         &tessera_db::placement::MIGRATIONS,
         migrate,
+        opts,
     )
     .await
 }
