@@ -12,6 +12,7 @@ For each size (default 1,000 and 10,000 providers) and each server, on a fresh d
   - allocation writes: PUT /allocations/{consumer} (1.38, consumer_generation null) for 1,000 consumers,
     8 at a time from tessera-loadgen; consumers per second;
   - server RSS after all that (upstream: uWSGI master and workers together).
+Each server is started once the machine has gone quiet after the one before.
 """
 
 import http.client
@@ -243,7 +244,27 @@ class Tessera:
         self.proc.wait(timeout=30)
 
 
+def cpu_times():
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
+def settle(timeout=20.0):
+    """Wait until the machine is quiet (over 90% idle for half a second), so that no server is measured while
+    the previous one's aftermath (PostgreSQL's background writers, autovacuum) still takes CPU."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        total0, idle0 = cpu_times()
+        time.sleep(0.5)
+        total1, idle1 = cpu_times()
+        if total1 > total0 and (idle1 - idle0) / (total1 - total0) > 0.9:
+            return
+    print("   (the machine did not go quiet; measuring anyway)", flush=True)
+
+
 def measure(server, n):
+    settle()
     server.start()
     try:
         # uWSGI's --http-socket answers one request per connection (with --http11-socket a worker would sit on

@@ -852,9 +852,10 @@ async fn usages_on(db: &Db, c: &mut AnyConnection, uuid: &str) -> Result<BTreeMa
 
 /// Replace a provider's inventories (all of them, or only `only` classes), checking its generation. Classes
 /// removed while they have allocations are refused; a total below current usage is accepted with a warning.
-/// The current inventories and usages are read first, outside the write transaction (in parallel with other
-/// writers); the write then needs the generation unchanged, so they cannot have changed meanwhile (claims
-/// bump the generation too; a release only lowers the usage).
+/// PostgreSQL and SQLite check and write in one statement or call ([`inventories_write_pg`],
+/// [`inventories_write_sqlite`]). MySQL reads the current inventories and usages first, outside the write
+/// transaction (in parallel with other writers); the write then needs the generation unchanged, so they
+/// cannot have changed meanwhile (claims bump the generation too; a release only lowers the usage).
 pub async fn inventories_write(
     db: &Db,
     uuid: &str,
@@ -1114,8 +1115,9 @@ pub async fn provider_links(db: &Db, table: &str, col: &str, uuid: &str) -> Resu
 /// Replace a provider's traits or aggregates. With `expected`, its generation is checked and bumped (a
 /// missing provider is a 404) — unless `keep_unchanged` and the set is the same, which writes nothing and
 /// keeps the generation (traits, as upstream); without (aggregates before 1.19), neither. Returns the
-/// provider's generation after the write when it was checked. The current set is read first, outside the
-/// write transaction; the write needs the generation unchanged.
+/// provider's generation after the write when it was checked. PostgreSQL and SQLite compare and write in one
+/// statement or call; MySQL reads the current set first, outside the write transaction, and the write needs
+/// the generation unchanged.
 pub async fn provider_links_set(
     db: &Db,
     table: &'static str,
