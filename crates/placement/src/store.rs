@@ -731,12 +731,8 @@ async fn provider_rows(
         .await?;
     lease.done();
     match rows.first() {
-        None => Err(PlacementError::NotFound(format!(
-            "No resource provider with uuid {uuid} found"
-        ))),
-        Some(r) if r.try_get::<i64, _>("generation")? != expected => Err(concurrent(format!(
-            "resource provider generation conflict: another request updated {uuid}; get it again and retry"
-        ))),
+        None => Err(no_provider(uuid)),
+        Some(r) if r.try_get::<i64, _>("generation")? != expected => Err(moved(uuid)),
         Some(_) => Ok(rows),
     }
 }
@@ -779,13 +775,23 @@ async fn bump_and_write(
     Ok(gen)
 }
 
+/// A 404 for a provider that is not there.
+fn no_provider(uuid: &str) -> PlacementError {
+    PlacementError::NotFound(format!("No resource provider with uuid {uuid} found"))
+}
+
+/// A 409 `placement.concurrent_update` for a provider whose generation is not the one expected.
+fn moved(uuid: &str) -> PlacementError {
+    concurrent(format!(
+        "resource provider generation conflict: another request updated {uuid}; get it again and retry"
+    ))
+}
+
 /// Why a generation check failed: the provider is gone (404) or another request moved it (409).
 async fn missing_or_moved(db: &Db, c: &mut AnyConnection, uuid: &str) -> PlacementError {
     match provider_get_on(db, c, uuid).await {
-        Ok(None) => PlacementError::NotFound(format!("No resource provider with uuid {uuid} found")),
-        Ok(Some(_)) => concurrent(format!(
-            "resource provider generation conflict: another request updated {uuid}; get it again and retry"
-        )),
+        Ok(None) => no_provider(uuid),
+        Ok(Some(_)) => moved(uuid),
         Err(e) => e,
     }
 }
@@ -850,6 +856,21 @@ async fn usages_on(db: &Db, c: &mut AnyConnection, uuid: &str) -> Result<BTreeMa
         .collect()
 }
 
+/// An inventory's fields, in table order.
+pub const INVENTORY_FIELDS: [&str; 6] = [
+    "total",
+    "reserved",
+    "min_unit",
+    "max_unit",
+    "step_size",
+    "allocation_ratio",
+];
+
+/// The inventory fields, each written as `each` says, comma-separated.
+fn inventory_fields(each: impl Fn(&str) -> String) -> String {
+    INVENTORY_FIELDS.map(each).join(", ")
+}
+
 /// Replace a provider's inventories (all of them, or only `only` classes), checking its generation. Classes
 /// removed while they have allocations are refused; a total below current usage is accepted with a warning.
 /// PostgreSQL and SQLite check and write in one statement or call ([`inventories_write_pg`],
@@ -864,22 +885,16 @@ pub async fn inventories_write(
     remove: &BTreeSet<String>,
     replace_all: bool,
 ) -> Result<i64> {
-    const COLS: [&str; 7] = [
-        "resource_class",
-        "total",
-        "reserved",
-        "min_unit",
-        "max_unit",
-        "step_size",
-        "allocation_ratio",
-    ];
     if db.dialect() == tessera_db::Dialect::Postgres {
         return inventories_write_pg(db, uuid, expected_generation, set, remove, replace_all).await;
     }
     if db.dialect() == tessera_db::Dialect::Sqlite {
         return inventories_write_sqlite(db, uuid, expected_generation, set, remove, replace_all).await;
     }
-    let rows = provider_rows(db, uuid, expected_generation, "inventories", &COLS).await?;
+    let cols: Vec<&str> = std::iter::once("resource_class")
+        .chain(INVENTORY_FIELDS)
+        .collect();
+    let rows = provider_rows(db, uuid, expected_generation, "inventories", &cols).await?;
     let mut current = BTreeMap::new();
     for r in &rows {
         if let Some(rc) = get_opt_text(r, "resource_class")? {
@@ -970,13 +985,13 @@ async fn inventories_write_pg(
     remove: &BTreeSet<String>,
     replace_all: bool,
 ) -> Result<i64> {
-    const FIELDS: &str = "total, reserved, min_unit, max_unit, step_size, allocation_ratio";
+    let fields = inventory_fields(str::to_string);
     let u = || Val::S(uuid.to_string());
     let mut sql = String::from("WITH ");
     let mut binds = Vec::new();
     if !set.is_empty() {
         sql.push_str(&format!(
-            "n(rc, {FIELDS}) AS (VALUES {}), ",
+            "n(rc, {fields}) AS (VALUES {}), ",
             vec!["(?, ?, ?, ?, ?, ?, ?)"; set.len()].join(", ")
         ));
         for (rc, inv) in set {
@@ -1031,26 +1046,14 @@ async fn inventories_write_pg(
     ));
     let mut used = "NULL".to_string();
     if !set.is_empty() {
-        let excluded = FIELDS
-            .split(", ")
-            .map(|f| format!("EXCLUDED.{f}"))
-            .collect::<Vec<_>>();
-        let current = FIELDS
-            .split(", ")
-            .map(|f| format!("inventories.{f}"))
-            .collect::<Vec<_>>();
-        let assign = FIELDS
-            .split(", ")
-            .map(|f| format!("{f} = EXCLUDED.{f}"))
-            .collect::<Vec<_>>();
         binds.push(u());
         sql.push_str(&format!(
-            ", w AS (INSERT INTO inventories (rp_uuid, resource_class, {FIELDS}) SELECT ?, rc, {FIELDS} FROM n \
+            ", w AS (INSERT INTO inventories (rp_uuid, resource_class, {fields}) SELECT ?, rc, {fields} FROM n \
              WHERE EXISTS (SELECT 1 FROM g) ON CONFLICT (rp_uuid, resource_class) DO UPDATE SET {} \
              WHERE ({}) IS DISTINCT FROM ({}))",
-            assign.join(", "),
-            current.join(", "),
-            excluded.join(", "),
+            inventory_fields(|f| format!("{f} = EXCLUDED.{f}")),
+            inventory_fields(|f| format!("inventories.{f}")),
+            inventory_fields(|f| format!("EXCLUDED.{f}")),
         ));
         used = String::from(
             "(SELECT string_agg(resource_class || '=' || CAST(s AS TEXT), ',') FROM (SELECT resource_class, \
@@ -1084,17 +1087,13 @@ async fn inventories_write_pg(
             warn_over_capacity(uuid, set, used.as_deref());
             Ok(g)
         }
-        (None, None, _) => Err(PlacementError::NotFound(format!(
-            "No resource provider with uuid {uuid} found"
-        ))),
+        (None, None, _) => Err(no_provider(uuid)),
         (None, Some(c), Some(rc)) if c == expected => Err(PlacementError::Conflict(
             format!("Inventory for '{rc}' on resource provider '{uuid}' in use."),
             Some(crate::error::INVENTORY_INUSE),
         )),
         // Another generation, or another request moved it while this one waited for the row.
-        (None, Some(_), _) => Err(concurrent(format!(
-            "resource provider generation conflict: another request updated {uuid}; get it again and retry"
-        ))),
+        (None, Some(_), _) => Err(moved(uuid)),
     }
 }
 
@@ -1257,14 +1256,6 @@ async fn inventories_write_sqlite(
     remove: &BTreeSet<String>,
     replace_all: bool,
 ) -> Result<i64> {
-    const FIELDS: [&str; 6] = [
-        "total",
-        "reserved",
-        "min_unit",
-        "max_unit",
-        "step_size",
-        "allocation_ratio",
-    ];
     let u = || Val::S(uuid.to_string());
     let classes = || set.keys().map(|rc| Val::S(rc.clone()));
     // The classes removed: named in `remove`, or (replacing all) left out of the set.
@@ -1311,15 +1302,14 @@ async fn inventories_write_sqlite(
     binds.push(u());
     binds.extend(removed_binds);
     if !set.is_empty() {
-        let of = |prefix: &str| FIELDS.map(|f| format!("{prefix}{f}")).join(", ");
         sql.push_str(&format!(
             "; INSERT INTO inventories (rp_uuid, resource_class, {}) VALUES {} ON CONFLICT (rp_uuid, resource_class) \
              DO UPDATE SET {} WHERE ({}) IS NOT ({})",
-            FIELDS.join(", "),
+            inventory_fields(str::to_string),
             vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; set.len()].join(", "),
-            FIELDS.map(|f| format!("{f} = excluded.{f}")).join(", "),
-            of("inventories."),
-            of("excluded."),
+            inventory_fields(|f| format!("{f} = excluded.{f}")),
+            inventory_fields(|f| format!("inventories.{f}")),
+            inventory_fields(|f| format!("excluded.{f}")),
         ));
         for (rc, inv) in set {
             binds.extend([
@@ -1353,12 +1343,8 @@ async fn inventories_write_sqlite(
             row_value::<i64>(rows, "current")?,
             row_value::<String>(rows, "inuse")?,
         ) {
-            (None, None, _) => Err(PlacementError::NotFound(format!(
-                "No resource provider with uuid {id} found"
-            ))),
-            (None, Some(_), _) => Err(concurrent(format!(
-                "resource provider generation conflict: another request updated {id}; get it again and retry"
-            ))),
+            (None, None, _) => Err(no_provider(&id)),
+            (None, Some(_), _) => Err(moved(&id)),
             (Some(_), _, Some(rc)) => Err(PlacementError::Conflict(
                 format!("Inventory for '{rc}' on resource provider '{id}' in use."),
                 Some(crate::error::INVENTORY_INUSE),
@@ -1430,13 +1416,9 @@ async fn links_set_sqlite(
             row_value::<i64>(rows, "current")?,
         ) {
             (Some(g), _) => Ok((Some(g), true)),
-            (None, None) => Err(PlacementError::NotFound(format!(
-                "No resource provider with uuid {id} found"
-            ))),
+            (None, None) => Err(no_provider(&id)),
             (None, Some(c)) if c == expected && keep_unchanged => Ok((Some(expected), false)),
-            (None, Some(_)) => Err(concurrent(format!(
-                "resource provider generation conflict: another request updated {id}; get it again and retry"
-            ))),
+            (None, Some(_)) => Err(moved(&id)),
         }
     })
     .await
@@ -1515,14 +1497,10 @@ async fn links_set_pg(
             logged(db, 1);
             Ok(Some(g))
         }
-        (None, None) => Err(PlacementError::NotFound(format!(
-            "No resource provider with uuid {uuid} found"
-        ))),
+        (None, None) => Err(no_provider(uuid)),
         // The same set: nothing written, the generation kept.
         (None, Some(c)) if c == expected && !changed => Ok(Some(expected)),
-        (None, Some(_)) => Err(concurrent(format!(
-            "resource provider generation conflict: another request updated {uuid}; get it again and retry"
-        ))),
+        (None, Some(_)) => Err(moved(uuid)),
     }
 }
 

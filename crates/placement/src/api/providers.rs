@@ -3,7 +3,7 @@
 use super::{admin, int_in, need, object_body, only_keys, require, uuid_value, Params, S, V};
 use crate::error::{bad, conflict, PlacementError, Result};
 use crate::microversion::Mv;
-use crate::store::{self, Inventory, Provider};
+use crate::store::{self, Inventory, Provider, INVENTORY_FIELDS};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -466,15 +466,6 @@ fn inventory_json(i: &Inventory) -> Value {
         "step_size": i.step_size, "allocation_ratio": i.allocation_ratio})
 }
 
-const INVENTORY_FIELDS: &[&str] = &[
-    "total",
-    "reserved",
-    "min_unit",
-    "max_unit",
-    "step_size",
-    "allocation_ratio",
-];
-
 /// An inventory record from a request, with upstream's defaults and bounds.
 fn inventory_from(m: &Map<String, Value>, mv: Mv, rc: &str) -> Result<Inventory> {
     let int = |k: &str, min: i64, default: i64| match m.get(k) {
@@ -589,7 +580,7 @@ pub(crate) fn parse_inventories(
                 "JSON does not validate: inventory of {rc} on {rp} must be an object"
             ))
         })?;
-        only_keys(r, INVENTORY_FIELDS)?;
+        only_keys(r, &INVENTORY_FIELDS)?;
         set.insert(rc.clone(), inventory_from(r, mv, rc)?);
     }
     Ok((gen, set))
