@@ -167,17 +167,17 @@ impl ImageService {
         task.updated_at = tessera_types::now_epoch_micros();
         store::task_update(&self.db, task).await?;
         let id = task.image_id.clone();
-        let outcome = self.import_data(&id).await;
+        let outcome = self.import_data(&id, task).await;
         let now = tessera_types::now_epoch_micros();
-        task.updated_at = now;
-        task.expires_at = Some(now + TASK_TTL_MICROS);
         match outcome {
             Ok(()) => {
-                task.status = "success".into();
-                task.result = Some(json!({"image_id": id}).to_string());
                 tracing::info!(image_id = %id, task_id = %task.id, "image imported");
+                Ok(())
             }
             Err(e) => {
+                task.updated_at = now;
+                task.expires_at = Some(now + TASK_TTL_MICROS);
+                task.result = None;
                 task.status = "failure".into();
                 task.message = e.to_string();
                 // The task says why before the image shows `queued` again: whoever sees the image back in
@@ -195,13 +195,14 @@ impl ImageService {
                     }
                 }
                 tracing::warn!(image_id = %id, task_id = %task.id, error = %e, "import failed; image back to queued");
-                return Ok(());
+                Ok(())
             }
         }
-        store::task_update(&self.db, task).await
     }
 
-    async fn import_data(&self, id: &str) -> Result<()> {
+    /// Moves the data into the store and, in one transaction, turns the image active and the task to
+    /// `success`.
+    async fn import_data(&self, id: &str, task: &mut TaskRow) -> Result<()> {
         let Some(mut image) = store::image_get(&self.db, id)
             .await?
             .filter(|i| i.status == "importing")
@@ -249,8 +250,13 @@ impl ImageService {
         image.virtual_size = virtual_size;
         image.status = "active".into();
         image.properties.remove("os_glance_failed_import");
-        image.updated_at = tessera_types::now_epoch_micros();
-        if !store::image_put(&self.db, &image, false, Some("importing")).await? {
+        let now = tessera_types::now_epoch_micros();
+        image.updated_at = now;
+        task.status = "success".into();
+        task.result = Some(json!({"image_id": id}).to_string());
+        task.updated_at = now;
+        task.expires_at = Some(now + TASK_TTL_MICROS);
+        if !store::finish_import(&self.db, &image, task).await? {
             let _ = tokio::fs::remove_file(&dst).await;
             return Err(ImageError::Conflict(
                 "The image was deleted during the import".into(),

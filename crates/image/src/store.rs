@@ -137,6 +137,32 @@ pub enum Bind {
 /// update only happens if the stored status is still that one (returns false otherwise).
 pub async fn image_put(db: &Db, i: &ImageRow, create: bool, expect_status: Option<&str>) -> Result<bool> {
     let mut tx = db.begin().await?;
+    if !write_image(db, &mut *tx, i, create, expect_status).await? {
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// An import's end: the image turns active (if it is still `importing`) and its task succeeds, in one
+/// transaction, so whoever sees the image active finds the task finished. False: the image was gone.
+pub async fn finish_import(db: &Db, i: &ImageRow, t: &TaskRow) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    if !write_image(db, &mut *tx, i, false, Some("importing")).await? {
+        return Ok(false);
+    }
+    write_task(db, &mut *tx, t).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn write_image(
+    db: &Db,
+    tx: &mut sqlx::AnyConnection,
+    i: &ImageRow,
+    create: bool,
+    expect_status: Option<&str>,
+) -> Result<bool> {
     let q = if create {
         "INSERT INTO images (name, status, visibility, owner, disk_format, container_format, size, virtual_size, checksum, \
          os_hash_algo, os_hash_value, min_disk, min_ram, protected, os_hidden, created_at, updated_at, deleted, id) \
@@ -200,7 +226,6 @@ pub async fn image_put(db: &Db, i: &ImageRow, create: bool, expect_status: Optio
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(true)
 }
 
@@ -382,6 +407,11 @@ pub async fn begin_import(db: &Db, image_id: &str, from: &str, t: &TaskRow) -> R
 }
 
 pub async fn task_update(db: &Db, t: &TaskRow) -> Result<()> {
+    let mut conn = db.pool().acquire().await?;
+    write_task(db, &mut conn, t).await
+}
+
+async fn write_task(db: &Db, conn: &mut sqlx::AnyConnection, t: &TaskRow) -> Result<()> {
     sqlx::query(&db.sql(
         "UPDATE image_tasks SET status = ?, result = ?, message = ?, updated_at = ?, expires_at = ? WHERE id = ?",
     ))
@@ -391,7 +421,7 @@ pub async fn task_update(db: &Db, t: &TaskRow) -> Result<()> {
     .bind(t.updated_at)
     .bind(t.expires_at)
     .bind(&t.id)
-    .execute(db.pool())
+    .execute(conn)
     .await?;
     Ok(())
 }
