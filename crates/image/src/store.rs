@@ -137,7 +137,7 @@ pub enum Bind {
 /// update only happens if the stored status is still that one (returns false otherwise).
 pub async fn image_put(db: &Db, i: &ImageRow, create: bool, expect_status: Option<&str>) -> Result<bool> {
     let mut tx = db.begin().await?;
-    if !write_image(db, &mut *tx, i, create, expect_status).await? {
+    if !write_image(db, &mut tx, i, create, expect_status).await? {
         return Ok(false);
     }
     tx.commit().await?;
@@ -148,10 +148,10 @@ pub async fn image_put(db: &Db, i: &ImageRow, create: bool, expect_status: Optio
 /// transaction, so whoever sees the image active finds the task finished. False: the image was gone.
 pub async fn finish_import(db: &Db, i: &ImageRow, t: &TaskRow) -> Result<bool> {
     let mut tx = db.begin().await?;
-    if !write_image(db, &mut *tx, i, false, Some("importing")).await? {
+    if !write_image(db, &mut tx, i, false, Some("importing")).await? {
         return Ok(false);
     }
-    write_task(db, &mut *tx, t).await?;
+    write_task(db, &mut tx, t).await?;
     tx.commit().await?;
     Ok(true)
 }
