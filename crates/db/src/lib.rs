@@ -8,6 +8,7 @@
 //! placeholders are written `?`.
 
 mod batch;
+mod combine;
 mod lease;
 pub use batch::{BatchJob, JobFuture, Tail, TailFuture};
 pub use lease::Lease;
@@ -108,6 +109,8 @@ pub struct Db {
     batch: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<batch::Queued>>>,
     /// Idle connections for [`Db::lease`].
     leases: lease::FreeList,
+    /// Calls waiting for [`Db::call_combined`].
+    combiner: std::sync::Arc<combine::Combiner>,
 }
 
 impl Db {
@@ -214,6 +217,7 @@ impl Db {
             url_masked: masked,
             batch: Default::default(),
             leases: Default::default(),
+            combiner: Default::default(),
         })
     }
 

@@ -6,7 +6,8 @@ use crate::{Db, DbError, Dialect};
 use sqlx::Row;
 
 /// One schema change. Statements are portable SQL; `{engine}` at the end of a CREATE TABLE expands to the
-/// MySQL table options and to nothing elsewhere; `{autoid}` is an engine-numbered integer primary key.
+/// MySQL table options and to nothing elsewhere; `{autoid}` is an engine-numbered integer primary key. A
+/// statement starting with `{postgresql}` runs on PostgreSQL only.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     pub version: i64,
@@ -97,6 +98,12 @@ impl Db {
             };
             let mut tx = self.pool().begin().await.map_err(wrap)?;
             for stmt in m.statements {
+                // `{postgresql}` first: a statement for PostgreSQL only (a server-side function).
+                let stmt = match stmt.strip_prefix("{postgresql}") {
+                    Some(_) if self.dialect() != Dialect::Postgres => continue,
+                    Some(s) => s,
+                    None => stmt,
+                };
                 let sql = expand(self.dialect(), stmt);
                 sqlx::query(&sql).execute(&mut *tx).await.map_err(wrap)?;
             }

@@ -483,28 +483,49 @@ pub async fn provider_query(db: &Db, q: &str, binds: &[String]) -> Result<Vec<Pr
         .collect()
 }
 
-fn map_dup(e: sqlx::Error, what: &str) -> PlacementError {
-    if tessera_db::is_unique_violation(&e) {
-        PlacementError::Conflict(
-            format!("Conflicting resource provider {what} already exists."),
-            Some(crate::error::DUPLICATE_NAME),
-        )
-    } else {
-        e.into()
-    }
+fn duplicate(what: &str) -> PlacementError {
+    PlacementError::Conflict(
+        format!("Conflicting resource provider {what} already exists."),
+        Some(crate::error::DUPLICATE_NAME),
+    )
+}
+
+/// PostgreSQL: one provider write through the server-side `placement_write` (see
+/// `tessera_db::placement`), sent together with the other writes waiting at the same time
+/// ([`Db::call_combined`]): they share a round trip and a commit. Returns its JSON answer.
+async fn pg_write(db: &Db, uuid: &str, job: serde_json::Value) -> Result<serde_json::Value> {
+    let answer = db.call_combined("placement_write", uuid, job.to_string()).await?;
+    serde_json::from_str(&answer).map_err(|e| {
+        PlacementError::Db(tessera_db::DbError::Batch(format!(
+            "placement_write answered {answer}: {e}"
+        )))
+    })
 }
 
 /// Insert a provider; a uuid or name already taken is a 409 naming which (looked up only then).
 pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
     if db.dialect() == tessera_db::Dialect::Postgres {
-        // One statement, its change record included: atomic alone (see `inventories_write_pg`). On a leased
-        // connection, as every one-statement write there: no ping when it goes back.
-        let mut lease = db.lease().await?;
-        let r = provider_create_in(db, lease.conn(), p, &mut Vec::new()).await;
-        if !matches!(r, Err(PlacementError::Db(_))) {
-            lease.done();
+        // With its change record, combined with the other provider writes waiting (see `pg_write`).
+        let r = pg_write(
+            db,
+            &p.uuid,
+            serde_json::json!({
+                "k": "create",
+                "uuid": p.uuid,
+                "name": p.name,
+                "generation": p.generation,
+                "parent": p.parent_uuid,
+                "root": p.root_uuid,
+                "created": p.created_at,
+                "updated": p.updated_at,
+            }),
+        )
+        .await?;
+        if r["ok"].as_bool() == Some(true) {
+            logged(db, 1);
+            return Ok(());
         }
-        return r;
+        return Err(duplicate(&taken(db, p).await?));
     }
     let p = p.clone();
     batched(db, Result::is_ok, move |db, tx, touched| {
@@ -514,18 +535,22 @@ pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
     .await
 }
 
+/// What a provider refused as a duplicate collided on (looked up only then).
+async fn taken(db: &Db, p: &Provider) -> Result<String> {
+    Ok(if provider_get(db, &p.uuid).await?.is_some() {
+        format!("uuid: {}", p.uuid)
+    } else {
+        format!("name: {}", p.name)
+    })
+}
+
 async fn provider_create_in(
     db: &Db,
     tx: &mut AnyConnection,
     p: &Provider,
     touched: &mut Vec<String>,
 ) -> Result<()> {
-    let pg = db.dialect() == tessera_db::Dialect::Postgres;
-    let mut q = format!("INSERT INTO resource_providers ({RP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
-    if pg {
-        // The change record in the same statement.
-        q = format!("WITH p AS ({q} RETURNING uuid) {PG_LOG_CHANGE} SELECT {PG_XID}, uuid FROM p");
-    }
+    let q = format!("INSERT INTO resource_providers ({RP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
     let inserted = sqlx::query(&db.sql(&q))
         .bind(&p.uuid)
         .bind(&p.name)
@@ -537,21 +562,10 @@ async fn provider_create_in(
         .execute(&mut *tx)
         .await;
     match inserted {
-        Err(e) if tessera_db::is_unique_violation(&e) => {
-            let what = if provider_get(db, &p.uuid).await?.is_some() {
-                format!("uuid: {}", p.uuid)
-            } else {
-                format!("name: {}", p.name)
-            };
-            return Err(map_dup(e, &what));
-        }
+        Err(e) if tessera_db::is_unique_violation(&e) => return Err(duplicate(&taken(db, p).await?)),
         r => r?,
     };
-    if pg {
-        logged(db, 1);
-    } else {
-        touched.push(p.uuid.clone());
-    }
+    touched.push(p.uuid.clone());
     Ok(())
 }
 
@@ -570,7 +584,13 @@ pub async fn provider_update(db: &Db, old: &Provider, new: &Provider) -> Result<
     .bind(old.generation)
     .execute(&mut *tx)
     .await
-    .map_err(|e| map_dup(e, &format!("name: {}", new.name)))?
+    .map_err(|e| {
+        if tessera_db::is_unique_violation(&e) {
+            duplicate(&format!("name: {}", new.name))
+        } else {
+            e.into()
+        }
+    })?
     .rows_affected();
     if n != 1 {
         return Err(concurrent(format!(
@@ -985,106 +1005,44 @@ async fn inventories_write_pg(
     remove: &BTreeSet<String>,
     replace_all: bool,
 ) -> Result<i64> {
-    let fields = inventory_fields(str::to_string);
-    let u = || Val::S(uuid.to_string());
-    let mut sql = String::from("WITH ");
-    let mut binds = Vec::new();
-    if !set.is_empty() {
-        sql.push_str(&format!(
-            "n(rc, {fields}) AS (VALUES {}), ",
-            vec!["(?, ?, ?, ?, ?, ?, ?)"; set.len()].join(", ")
-        ));
-        for (rc, inv) in set {
-            binds.extend([
-                Val::S(rc.clone()),
-                Val::I(inv.total),
-                Val::I(inv.reserved),
-                Val::I(inv.min_unit),
-                Val::I(inv.max_unit),
-                Val::I(inv.step_size),
-                Val::F(inv.allocation_ratio),
-            ]);
-        }
-    }
-    // The classes removed: named in `remove`, or (replacing all) left out of the set.
-    let mut removed = Vec::new();
-    if !remove.is_empty() {
-        removed.push(format!("resource_class IN {}", tessera_db::in_list(remove.len())));
-    }
-    if replace_all {
-        removed.push(
-            if set.is_empty() {
-                "TRUE"
-            } else {
-                "resource_class NOT IN (SELECT rc FROM n)"
-            }
-            .to_string(),
-        );
-    }
-    let removed = if removed.is_empty() {
-        "FALSE".to_string()
-    } else {
-        removed.join(" OR ")
-    };
-    binds.push(u());
-    binds.extend(remove.iter().map(|rc| Val::S(rc.clone())));
-    binds.extend([
-        u(),
-        Val::I(tessera_types::now_epoch_micros()),
-        u(),
-        Val::I(expected),
-        u(),
-    ]);
-    sql.push_str(&format!(
-        "rm AS (SELECT resource_class AS rc FROM inventories WHERE rp_uuid = ? AND ({removed})), \
-         inuse AS (SELECT resource_class AS rc FROM allocations WHERE rp_uuid = ? AND used > 0 \
-         AND resource_class IN (SELECT rc FROM rm) ORDER BY resource_class LIMIT 1), \
-         g AS (UPDATE resource_providers SET generation = generation + 1, updated_at = ? \
-         WHERE uuid = ? AND generation = ? AND NOT EXISTS (SELECT 1 FROM inuse) RETURNING generation), \
-         d AS (DELETE FROM inventories WHERE rp_uuid = ? AND resource_class IN (SELECT rc FROM rm) \
-         AND EXISTS (SELECT 1 FROM g))"
-    ));
-    let mut used = "NULL".to_string();
-    if !set.is_empty() {
-        binds.push(u());
-        sql.push_str(&format!(
-            ", w AS (INSERT INTO inventories (rp_uuid, resource_class, {fields}) SELECT ?, rc, {fields} FROM n \
-             WHERE EXISTS (SELECT 1 FROM g) ON CONFLICT (rp_uuid, resource_class) DO UPDATE SET {} \
-             WHERE ({}) IS DISTINCT FROM ({}))",
-            inventory_fields(|f| format!("{f} = EXCLUDED.{f}")),
-            inventory_fields(|f| format!("inventories.{f}")),
-            inventory_fields(|f| format!("EXCLUDED.{f}")),
-        ));
-        used = String::from(
-            "(SELECT string_agg(resource_class || '=' || CAST(s AS TEXT), ',') FROM (SELECT resource_class, \
-             SUM(used) AS s FROM allocations WHERE rp_uuid = ? AND resource_class IN (SELECT rc FROM n) \
-             GROUP BY resource_class) x)",
-        );
-    }
-    binds.extend([u(), u()]);
-    if !set.is_empty() {
-        binds.push(u());
-    }
-    sql.push_str(&format!(
-        ", logged AS ({PG_LOG_CHANGE} SELECT {PG_XID}, ? FROM g) SELECT (SELECT generation FROM g) AS generation, \
-         (SELECT rc FROM inuse) AS inuse, (SELECT generation FROM resource_providers WHERE uuid = ?) AS current, \
-         {used} AS used"
-    ));
-    let sql = db.sql(&sql);
-    let mut lease = db.lease().await?;
-    let r = bind_vals(sqlx::query(&sql), &binds).fetch_one(lease.conn()).await;
-    lease.settle(&r);
-    let r = r?;
-    let (generation, inuse, current, used): (Option<i64>, Option<String>, Option<i64>, Option<String>) = (
-        r.try_get("generation")?,
-        r.try_get("inuse")?,
-        r.try_get("current")?,
-        r.try_get("used")?,
+    let rows: Vec<serde_json::Value> = set
+        .iter()
+        .map(|(rc, inv)| {
+            serde_json::json!({
+                "rc": rc,
+                "total": inv.total,
+                "reserved": inv.reserved,
+                "min_unit": inv.min_unit,
+                "max_unit": inv.max_unit,
+                "step_size": inv.step_size,
+                "allocation_ratio": inv.allocation_ratio,
+            })
+        })
+        .collect();
+    let r = pg_write(
+        db,
+        uuid,
+        serde_json::json!({
+            "k": "inv",
+            "uuid": uuid,
+            "expected": expected,
+            "now": tessera_types::now_epoch_micros(),
+            "set": rows,
+            "remove": remove,
+            "replace_all": replace_all,
+        }),
+    )
+    .await?;
+    let (generation, inuse, current, used) = (
+        r["generation"].as_i64(),
+        r["inuse"].as_str(),
+        r["current"].as_i64(),
+        r["used"].as_str(),
     );
     match (generation, current, inuse) {
         (Some(g), _, _) => {
             logged(db, 1);
-            warn_over_capacity(uuid, set, used.as_deref());
+            warn_over_capacity(uuid, set, used);
             Ok(g)
         }
         (None, None, _) => Err(no_provider(uuid)),
@@ -1162,7 +1120,7 @@ pub async fn provider_links_set(
         .await;
     };
     if db.dialect() == tessera_db::Dialect::Postgres {
-        return links_set_pg(db, table, col, uuid, expected, values, keep_unchanged).await;
+        return links_set_pg(db, table, uuid, expected, values, keep_unchanged).await;
     }
     if db.dialect() == tessera_db::Dialect::Sqlite {
         return links_set_sqlite(db, table, col, uuid, expected, values, keep_unchanged).await;
@@ -1434,63 +1392,33 @@ async fn links_set_sqlite(
 async fn links_set_pg(
     db: &Db,
     table: &'static str,
-    col: &'static str,
     uuid: &str,
     expected: i64,
     values: &BTreeSet<String>,
     keep_unchanged: bool,
 ) -> Result<Option<i64>> {
-    let list = tessera_db::in_list(values.len());
-    let u = || Val::S(uuid.to_string());
-    let vals = || values.iter().map(|v| Val::S(v.clone()));
-    let mut binds = vec![u()];
-    let changed = match (keep_unchanged, values.is_empty()) {
-        (false, _) => "TRUE".to_string(),
-        (true, true) => "EXISTS (SELECT 1 FROM cur)".to_string(),
-        (true, false) => {
-            binds.push(Val::I(values.len() as i64));
-            binds.extend(vals());
-            format!("(SELECT COUNT(*) FROM cur) <> ? OR EXISTS (SELECT 1 FROM cur WHERE v NOT IN {list})")
-        }
-    };
-    binds.extend([
-        Val::I(tessera_types::now_epoch_micros()),
-        u(),
-        Val::I(expected),
-        u(),
-    ]);
-    let mut sql = format!(
-        "WITH cur AS (SELECT {col} AS v FROM {table} WHERE rp_uuid = ?), ch AS (SELECT {changed} AS c), \
-         g AS (UPDATE resource_providers SET generation = generation + 1, updated_at = ? \
-         WHERE uuid = ? AND generation = ? AND (SELECT c FROM ch) RETURNING generation), \
-         d AS (DELETE FROM {table} WHERE rp_uuid = ? AND EXISTS (SELECT 1 FROM g)"
-    );
-    if values.is_empty() {
-        sql.push(')');
+    let kind = if table == "rp_traits" {
+        "traits"
     } else {
-        binds.extend(vals());
-        binds.push(u());
-        binds.extend(vals());
-        sql.push_str(&format!(
-            " AND {col} NOT IN {list}), i AS (INSERT INTO {table} (rp_uuid, {col}) SELECT ?, v FROM (VALUES {}) \
-             AS n(v) WHERE EXISTS (SELECT 1 FROM g) ON CONFLICT DO NOTHING)",
-            vec!["(?)"; values.len()].join(", ")
-        ));
-    }
-    binds.extend([u(), u()]);
-    sql.push_str(&format!(
-        ", logged AS ({PG_LOG_CHANGE} SELECT {PG_XID}, ? FROM g) SELECT (SELECT generation FROM g) AS generation, \
-         (SELECT c FROM ch) AS changed, (SELECT generation FROM resource_providers WHERE uuid = ?) AS current"
-    ));
-    let sql = db.sql(&sql);
-    let mut lease = db.lease().await?;
-    let r = bind_vals(sqlx::query(&sql), &binds).fetch_one(lease.conn()).await;
-    lease.settle(&r);
-    let r = r?;
-    let (generation, changed, current): (Option<i64>, bool, Option<i64>) = (
-        r.try_get("generation")?,
-        r.try_get("changed")?,
-        r.try_get("current")?,
+        "aggregates"
+    };
+    let r = pg_write(
+        db,
+        uuid,
+        serde_json::json!({
+            "k": kind,
+            "uuid": uuid,
+            "expected": expected,
+            "now": tessera_types::now_epoch_micros(),
+            "values": values,
+            "keep_unchanged": keep_unchanged,
+        }),
+    )
+    .await?;
+    let (generation, changed, current) = (
+        r["generation"].as_i64(),
+        r["changed"].as_bool() == Some(true),
+        r["current"].as_i64(),
     );
     match (generation, current) {
         (Some(g), _) => {
