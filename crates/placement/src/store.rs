@@ -893,7 +893,7 @@ fn inventory_fields(each: impl Fn(&str) -> String) -> String {
 
 /// Replace a provider's inventories (all of them, or only `only` classes), checking its generation. Classes
 /// removed while they have allocations are refused; a total below current usage is accepted with a warning.
-/// PostgreSQL and SQLite check and write in one statement or call ([`inventories_write_pg`],
+/// PostgreSQL and SQLite check and write in one server-side call ([`inventories_write_pg`],
 /// [`inventories_write_sqlite`]). MySQL reads the current inventories and usages first, outside the write
 /// transaction (in parallel with other writers); the write then needs the generation unchanged, so they
 /// cannot have changed meanwhile (claims bump the generation too; a release only lowers the usage).
@@ -989,14 +989,11 @@ pub async fn inventories_write(
     .await
 }
 
-/// [`inventories_write`] on PostgreSQL: one statement (data-modifying `WITH` clauses), run on its own in
-/// autocommit rather than through the group commit — atomic as it is, one round trip instead of a queue, a
-/// shared `BEGIN`…`COMMIT` and the reads before it (PostgreSQL flushes concurrent commits' WAL together
-/// anyway). It finds the classes to remove, refuses (writes nothing) when one of them has
-/// allocations, bumps the generation from `expected`, deletes the removed classes, inserts or updates the set
-/// (an unchanged row is not rewritten), records the change, and returns the new generation, the first class
-/// found in use, the generation as the statement found it (none: no such provider) and the usage of the set's
-/// classes (for the over-capacity warning) — so every answer comes from that one round trip.
+/// [`inventories_write`] on PostgreSQL: one `inv` write of `placement_write` (see [`pg_write`]). It finds the
+/// classes to remove, refuses (writes nothing) when one of them has allocations, bumps the generation from
+/// `expected`, deletes the removed classes, inserts or updates the set (an unchanged row is not rewritten),
+/// records the change, and answers the new generation, the first class found in use, the provider's
+/// generation (none: no such provider) and the usage of the set's classes (for the over-capacity warning).
 async fn inventories_write_pg(
     db: &Db,
     uuid: &str,
@@ -1382,13 +1379,11 @@ async fn links_set_sqlite(
     .await
 }
 
-/// [`provider_links_set`] with a generation, on PostgreSQL: one statement, run alone in autocommit (see
-/// [`inventories_write_pg`]), without the read before it. It compares the current set with the new one (when
-/// `keep_unchanged`), bumps the generation from `expected` only when they differ, deletes what is no longer in
-/// the set, inserts what is new, records the change, and returns the new generation, whether the set
-/// differed, and the provider's generation as the statement found it (none: no such provider) — so a failed
-/// check tells a 404 from a 409 without another round trip. A set found unchanged writes nothing: no
-/// transaction id, no WAL flush.
+/// [`provider_links_set`] with a generation, on PostgreSQL: one `traits` or `aggregates` write of
+/// `placement_write` (see [`pg_write`]), without a read before it. It compares the current set with the new
+/// one (when `keep_unchanged`), bumps the generation from `expected` only when they differ, deletes what is no
+/// longer in the set, inserts what is new, records the change, and answers the new generation, whether the set
+/// differed, and the provider's generation (none: no such provider), which tells a 404 from a 409.
 async fn links_set_pg(
     db: &Db,
     table: &'static str,
