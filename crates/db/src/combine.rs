@@ -58,29 +58,46 @@ impl Db {
         arg: String,
     ) -> Result<String, DbError> {
         let (answer, rx) = oneshot::channel();
-        self.combiner
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Call {
-                function,
-                key: key.to_string(),
-                arg,
-                answer,
-            });
-        let db = self.clone();
-        tokio::spawn(async move {
-            let Ok(slot) = db.combiner.slots.clone().acquire_owned().await else {
-                return;
-            };
-            let calls = std::mem::take(&mut *db.combiner.queue.lock().unwrap_or_else(|p| p.into_inner()));
-            if !calls.is_empty() {
-                run(&db, calls).await;
-            }
-            drop(slot);
+        self.combiner.lock().push(Call {
+            function,
+            key: key.to_string(),
+            arg,
+            answer,
         });
+        self.kick();
         rx.await
             .map_err(|_| DbError::Batch("the combined call was dropped".into()))?
+    }
+
+    /// Start a runner if the slot is free; otherwise the runner holding it will take the queue.
+    fn kick(&self) {
+        if let Ok(slot) = self.combiner.slots.clone().try_acquire_owned() {
+            let db = self.clone();
+            tokio::spawn(async move { db.drain(slot).await });
+        }
+    }
+
+    /// Run batches while calls keep coming (the next batch starts as soon as the last one is answered), then
+    /// give the slot back.
+    async fn drain(&self, slot: tokio::sync::OwnedSemaphorePermit) {
+        loop {
+            let calls = std::mem::take(&mut *self.combiner.lock());
+            if calls.is_empty() {
+                break;
+            }
+            run(self, calls).await;
+        }
+        drop(slot);
+        // A call queued after the last look found the slot still taken: start it now.
+        if !self.combiner.lock().is_empty() {
+            self.kick();
+        }
+    }
+}
+
+impl Combiner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Call>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
