@@ -83,8 +83,9 @@ async fn wait_servers(c: &Cloud, token: &str, query: &str, done: impl Fn(&[Value
     panic!("servers did not settle: {last:?}");
 }
 
+/// Some servers listed, all in `st` (an empty listing is not done: a server may not show yet).
 fn all_status(st: &'static str) -> impl Fn(&[Value]) -> bool {
-    move |l: &[Value]| l.iter().all(|s| s["status"] == st)
+    move |l: &[Value]| !l.is_empty() && l.iter().all(|s| s["status"] == st)
 }
 
 async fn usage_total(c: &Cloud, token: &str) -> i64 {

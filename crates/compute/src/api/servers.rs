@@ -812,6 +812,23 @@ async fn listing(
         admin,
         host_status: hs,
     };
+    // Build requests (servers not in a cell yet) take part in the same order. Read before the cells: a server
+    // that leaves its build request meanwhile is in its cell by then (the row is made before the request is
+    // deleted), so it is found in one or both, never in neither.
+    let mut building = Vec::new();
+    for b in build_requests(&api.api_db, f.project_id.as_deref()).await? {
+        let r = b.as_row();
+        if !f.matches(&r) {
+            continue;
+        }
+        if let Some(a) = &after {
+            let vals: Vec<_> = sort.iter().map(|c| r.sort_value(c)).collect();
+            if !after_in_order(&vals, a, &sort) {
+                continue;
+            }
+        }
+        building.push(r);
+    }
     // Each cell is read and its page rendered in its own task (both cores work on a large listing); the
     // pages are then merged in the sort order and the first `limit` kept.
     let mut tasks = Vec::new();
@@ -851,21 +868,9 @@ async fn listing(
             }
         }
     }
-    // Build requests (servers not in a cell yet) take part in the same order.
-    let mut building = Vec::new();
-    for b in build_requests(&api.api_db, f.project_id.as_deref()).await? {
-        let r = b.as_row();
-        if !f.matches(&r) {
-            continue;
-        }
-        if let Some(a) = &after {
-            let vals: Vec<_> = sort.iter().map(|c| r.sort_value(c)).collect();
-            if !after_in_order(&vals, a, &sort) {
-                continue;
-            }
-        }
-        building.push(r);
-    }
+    // Found in both: the cell's row is the newer.
+    let in_cells: std::collections::HashSet<&str> = pages.iter().map(|(r, _)| r.uuid.as_str()).collect();
+    building.retain(|r| !in_cells.contains(r.uuid.as_str()));
     pages.extend(render_rows(building, &HashMap::new(), &v, detail).map_err(super::internal)?);
     pages.sort_by(|a, b| celldb::compare_rows(&a.0, &b.0, &sort));
     pages.truncate(limit as usize);
