@@ -801,6 +801,14 @@ fn no_provider(uuid: &str) -> PlacementError {
 }
 
 /// A 409 `placement.concurrent_update` for a provider whose generation is not the one expected.
+/// A class to remove that still has allocations: 409 `placement.inventory.inuse`.
+fn in_use(rc: &str, uuid: &str) -> PlacementError {
+    PlacementError::Conflict(
+        format!("Inventory for '{rc}' on resource provider '{uuid}' in use."),
+        Some(crate::error::INVENTORY_INUSE),
+    )
+}
+
 fn moved(uuid: &str) -> PlacementError {
     concurrent(format!(
         "resource provider generation conflict: another request updated {uuid}; get it again and retry"
@@ -935,10 +943,7 @@ pub async fn inventories_write(
         .filter(|rc| remove.contains(*rc) || (replace_all && !set.contains_key(*rc)))
         .collect();
     if let Some(rc) = removed.iter().find(|rc| used.get(**rc).copied().unwrap_or(0) > 0) {
-        return Err(PlacementError::Conflict(
-            format!("Inventory for '{rc}' on resource provider '{uuid}' in use."),
-            Some(crate::error::INVENTORY_INUSE),
-        ));
+        return Err(in_use(rc, uuid));
     }
     let mut writes = delete_rows("inventories", "resource_class", uuid, &removed);
     let fields = |inv: &Inventory, rc: &str| -> [Val; 8] {
@@ -1043,10 +1048,7 @@ async fn inventories_write_pg(
             Ok(g)
         }
         (None, None, _) => Err(no_provider(uuid)),
-        (None, Some(c), Some(rc)) if c == expected => Err(PlacementError::Conflict(
-            format!("Inventory for '{rc}' on resource provider '{uuid}' in use."),
-            Some(crate::error::INVENTORY_INUSE),
-        )),
+        (None, Some(c), Some(rc)) if c == expected => Err(in_use(rc, uuid)),
         // Another generation, or another request moved it while this one waited for the row.
         (None, Some(_), _) => Err(moved(uuid)),
     }
@@ -1300,10 +1302,7 @@ async fn inventories_write_sqlite(
         ) {
             (None, None, _) => Err(no_provider(&id)),
             (None, Some(_), _) => Err(moved(&id)),
-            (Some(_), _, Some(rc)) => Err(PlacementError::Conflict(
-                format!("Inventory for '{rc}' on resource provider '{id}' in use."),
-                Some(crate::error::INVENTORY_INUSE),
-            )),
+            (Some(_), _, Some(rc)) => Err(in_use(&rc, &id)),
             (Some(g), _, None) => {
                 warn_over_capacity(&id, &set, row_value::<String>(rows, "used")?.as_deref());
                 Ok((g, true))
@@ -1885,10 +1884,7 @@ pub async fn reshape(
             let inv = inventories_tx(db, &mut tx, rp).await?;
             for (rc, used) in usages_tx(db, &mut tx, rp).await? {
                 if used > 0 && !inv.contains_key(&rc) {
-                    return Err(PlacementError::Conflict(
-                        format!("Inventory for '{rc}' on resource provider '{rp}' in use."),
-                        Some(crate::error::INVENTORY_INUSE),
-                    ));
+                    return Err(in_use(&rc, rp));
                 }
             }
         }
