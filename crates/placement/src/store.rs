@@ -6,7 +6,7 @@ use crate::error::{concurrent, PlacementError, Result};
 use sqlx::AnyConnection;
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
-use tessera_db::{get_opt_text, get_text, Any, AnyRow, Db, Transaction};
+use tessera_db::{bind_vals, get_opt_text, get_text, Any, AnyRow, Db, Transaction, Val};
 
 pub type Tx = Transaction<'static, Any>;
 
@@ -70,61 +70,70 @@ pub async fn bump_revision(db: &Db, tx: &mut AnyConnection, touched: &[&str]) ->
     if db.dialect() == tessera_db::Dialect::Postgres {
         return log_change(db, tx, touched).await;
     }
-    let bump = "UPDATE placement_revision SET revision = revision + 1 WHERE id = 1";
     let touched: Vec<&str> = touched
         .iter()
         .copied()
         .collect::<BTreeSet<&str>>()
         .into_iter()
         .collect();
-    let insert = |n: usize, rev: &str| {
-        format!(
+    if db.dialect() == tessera_db::Dialect::Sqlite {
+        // The bump, the change records and the occasional prune in one call to the writer connection's thread.
+        let st = sqlite_revision(&touched);
+        bind_vals(sqlx::query(&st.sql), &st.binds)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(());
+    }
+    // MySQL has no UPDATE … RETURNING.
+    sqlx::query("UPDATE placement_revision SET revision = revision + 1 WHERE id = 1")
+        .execute(&mut *tx)
+        .await?;
+    let rev: i64 = sqlx::query("SELECT revision FROM placement_revision WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("revision")?;
+    // In multi-row INSERTs of up to 200.
+    for chunk in touched.chunks(200) {
+        let sql = format!(
             "INSERT INTO placement_changes (revision, rp_uuid) VALUES {}",
-            vec![format!("({rev}, ?)"); n].join(", ")
-        )
-    };
-    let (rev, rest): (i64, &[&str]) = if db.dialect() == tessera_db::Dialect::MySql {
-        // MySQL has no UPDATE … RETURNING.
-        sqlx::query(bump).execute(&mut *tx).await?;
-        let rev = sqlx::query("SELECT revision FROM placement_revision WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("revision")?;
-        (rev, &touched)
-    } else {
-        // SQLite: the bump and (up to 200) change records in one call to the writer connection's thread.
-        let first = touched.len().min(200);
-        let mut sql = format!("{bump} RETURNING revision");
-        if first > 0 {
-            sql.push_str("; ");
-            sql.push_str(&insert(
-                first,
-                "(SELECT revision FROM placement_revision WHERE id = 1)",
-            ));
-        }
-        let q = touched[..first]
-            .iter()
-            .fold(sqlx::query(&sql), |q, rp| q.bind(*rp));
-        (
-            q.fetch_one(&mut *tx).await?.try_get("revision")?,
-            &touched[first..],
-        )
-    };
-    // The rest in multi-row INSERTs of up to 200.
-    for chunk in rest.chunks(200) {
-        let sql = insert(chunk.len(), "?");
+            vec!["(?, ?)"; chunk.len()].join(", ")
+        );
         let q = chunk
             .iter()
             .fold(sqlx::query(&sql), |q, rp| q.bind(rev).bind(*rp));
         q.execute(&mut *tx).await?;
     }
-    if rev % 1000 == 0 {
+    if rev % PRUNE_CHANGES_EVERY == 0 {
         sqlx::query(&db.sql("DELETE FROM placement_changes WHERE revision < ?"))
             .bind(rev - CHANGES_KEPT)
             .execute(&mut *tx)
             .await?;
     }
     Ok(())
+}
+
+/// Every how many revisions the change records older than [`CHANGES_KEPT`] are pruned (SQLite, MySQL).
+const PRUNE_CHANGES_EVERY: i64 = 1000;
+
+/// SQLite's revision bump as statements: the bump, a change record for each of `touched` (distinct) under the
+/// new revision, and, every [`PRUNE_CHANGES_EVERY`] revisions, the prune. The providers go in one JSON array,
+/// so that the SQL is the same for any number of them (and stays in the connection's statement cache).
+fn sqlite_revision(touched: &[&str]) -> tessera_db::Statements {
+    const REV: &str = "(SELECT revision FROM placement_revision WHERE id = 1)";
+    tessera_db::Statements {
+        sql: format!(
+            "UPDATE placement_revision SET revision = revision + 1 WHERE id = 1; \
+             INSERT INTO placement_changes (revision, rp_uuid) SELECT {REV}, value FROM json_each(?); \
+             DELETE FROM placement_changes WHERE {REV} % {PRUNE_CHANGES_EVERY} = 0 AND revision < {REV} - {CHANGES_KEPT}"
+        ),
+        binds: vec![Val::S(serde_json::json!(touched).to_string())],
+    }
+}
+
+/// [`sqlite_revision`] as a batch's tail (see `tessera_db::batch`): its jobs' marks, deduplicated.
+fn sqlite_revision_tail(marks: &[String]) -> tessera_db::Statements {
+    let touched: BTreeSet<&str> = marks.iter().map(String::as_str).collect();
+    sqlite_revision(&touched.into_iter().collect::<Vec<_>>())
 }
 
 /// The writing transaction's id as a BIGINT (PostgreSQL).
@@ -218,14 +227,89 @@ where
         Box::pin(async move {
             let r = (self.f)(&self.db, tx, touched).await;
             let keep = (self.keep)(&r);
-            *self.out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            put(&self.out, r);
             keep
         })
     }
 }
 
+/// Keep a job's outcome for its caller (see [`submit`]).
+fn put<T>(out: &std::sync::Mutex<Option<Result<T>>>, r: Result<T>) {
+    *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+}
+
+/// A store write on SQLite as statements (see [`sqlite_one_call`]), in one call to the writer whether it runs
+/// alone or among its batch's jobs (with `BEGIN` or the batch's tail folded in: see `tessera_db::batch`). It
+/// gives its rows to `judge`, which answers the outcome and whether the job wrote.
+struct SqliteJob<T, J> {
+    stmts: tessera_db::Statements,
+    uuid: String,
+    judge: J,
+    out: std::sync::Mutex<Option<Result<T>>>,
+}
+
+impl<T, J> SqliteJob<T, J>
+where
+    J: Fn(&[AnyRow]) -> Result<(T, bool)>,
+{
+    /// Judge the statements' rows and keep the outcome: whether the job succeeded, and whether it wrote.
+    fn judged(&self, rows: &[AnyRow]) -> (bool, bool) {
+        let (r, wrote) = match (self.judge)(rows) {
+            Ok((t, wrote)) => (Ok(t), wrote),
+            Err(e) => (Err(e), false),
+        };
+        let ok = r.is_ok();
+        put(&self.out, r);
+        (ok, wrote)
+    }
+}
+
+impl<T, J> tessera_db::BatchJob for SqliteJob<T, J>
+where
+    T: Send + 'static,
+    J: Fn(&[AnyRow]) -> Result<(T, bool)> + Send + Sync,
+{
+    fn run<'t>(
+        &'t self,
+        tx: &'t mut AnyConnection,
+        touched: &'t mut Vec<String>,
+    ) -> tessera_db::JobFuture<'t> {
+        Box::pin(async move {
+            let ran = bind_vals(sqlx::query(&self.stmts.sql), &self.stmts.binds)
+                .fetch_all(&mut *tx)
+                .await;
+            match ran {
+                Ok(rows) => {
+                    let (ok, wrote) = self.judged(&rows);
+                    if ok && wrote {
+                        touched.push(self.uuid.clone());
+                    }
+                    ok
+                }
+                Err(e) => {
+                    put(&self.out, Err(e.into()));
+                    false
+                }
+            }
+        })
+    }
+
+    fn statements(&self) -> Option<(&tessera_db::Statements, &str)> {
+        Some((&self.stmts, &self.uuid))
+    }
+
+    fn judge(&self, rows: &[AnyRow]) -> bool {
+        self.judged(rows).0
+    }
+}
+
 /// The end of every group-commit transaction: one revision bump for all its jobs, recording the providers
-/// they touched.
+/// they touched (as statements for SQLite batches run in one call).
+const REVISION_TAIL: tessera_db::Tail = tessera_db::Tail {
+    run: revision_tail,
+    statements: Some(sqlite_revision_tail),
+};
+
 fn revision_tail<'t>(
     db: &'t Db,
     tx: &'t mut AnyConnection,
@@ -256,6 +340,20 @@ where
         keep,
         out: std::sync::Mutex::new(None),
     });
+    submit(db, job, |j| &j.out, keep).await
+}
+
+/// Queue `job` in the database's group commit and return its outcome (kept in `out`) once it is committed
+/// (or discarded, when `keep` refuses it).
+async fn submit<T, J>(
+    db: &Db,
+    job: std::sync::Arc<J>,
+    out: fn(&J) -> &std::sync::Mutex<Option<Result<T>>>,
+    keep: fn(&Result<T>) -> bool,
+) -> Result<T>
+where
+    J: tessera_db::BatchJob + 'static,
+{
     // A batch's COMMIT overlaps the next batch's statements (see tessera_db::batch). On PostgreSQL, where
     // change records take no shared lock, two batches run their statements at once (`bench/placement.sh`:
     // allocation writes 673–742 → 752–785 a second; provider creation, then still queued here, ~420 → ~480).
@@ -266,8 +364,8 @@ where
     } else {
         1
     };
-    let committed = db.write_batched(job.clone(), revision_tail, parallel).await?;
-    let out = job.out.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let committed = db.write_batched(job.clone(), REVISION_TAIL, parallel).await?;
+    let out = out(&job).lock().unwrap_or_else(|p| p.into_inner()).take();
     match out {
         Some(r) if committed || !keep(&r) => r,
         _ => Err(PlacementError::Db(tessera_db::DbError::Batch(
@@ -527,6 +625,23 @@ pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
         }
         return Err(duplicate(&taken(db, p).await?));
     }
+    if db.dialect() == tessera_db::Dialect::Sqlite {
+        // One call to the writer (see `sqlite_one_call`); a taken uuid or name is named after the refusal.
+        let sql = format!("INSERT INTO resource_providers ({RP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
+        let binds = vec![
+            Val::S(p.uuid.clone()),
+            Val::S(p.name.clone()),
+            Val::I(p.generation),
+            p.parent_uuid.clone().map_or(Val::Null, Val::S),
+            Val::S(p.root_uuid.clone()),
+            Val::I(p.created_at),
+            Val::I(p.updated_at),
+        ];
+        return match sqlite_one_call(db, &p.uuid, sql, binds, |_| Ok(((), true))).await {
+            Err(PlacementError::Db(e)) if e.is_unique_violation() => Err(duplicate(&taken(db, p).await?)),
+            r => r,
+        };
+    }
     let p = p.clone();
     batched(db, Result::is_ok, move |db, tx, touched| {
         let p = p.clone();
@@ -699,30 +814,11 @@ pub async fn bump_generation(db: &Db, tx: &mut AnyConnection, uuid: &str, expect
     Ok(expected + 1)
 }
 
-/// A bind value of a [`Stmt`].
-#[derive(Clone)]
-enum Val {
-    I(i64),
-    F(f64),
-    S(String),
-}
-
 /// One write statement (`?` placeholders) with its binds.
 #[derive(Clone)]
 struct Stmt {
     sql: String,
     binds: Vec<Val>,
-}
-
-fn bind_vals<'q>(
-    q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-    vals: &'q [Val],
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-    vals.iter().fold(q, |q, v| match v {
-        Val::I(i) => q.bind(*i),
-        Val::F(f) => q.bind(*f),
-        Val::S(s) => q.bind(s.as_str()),
-    })
 }
 
 /// A provider's generation, checked against `expected` (a missing provider is a 404, another generation a
@@ -1161,26 +1257,21 @@ where
 
 /// Run `sql` (several statements, `?` binds in order) as a job of SQLite's group commit: one call to the
 /// writer connection's thread, the read before a write folded into it. What it wrote is kept only if `judge`,
-/// given its rows, says the job succeeded: otherwise the batch is rolled back and its jobs run again alone.
+/// given its rows, says the job succeeded: otherwise the batch is rolled back and its other jobs run again
+/// alone. The provider `uuid` is recorded as touched (with the batch's other jobs' in one call, even when the
+/// job wrote nothing: the capacity index then reloads a provider it did not need to).
 async fn sqlite_one_call<T, J>(db: &Db, uuid: &str, sql: String, binds: Vec<Val>, judge: J) -> Result<T>
 where
     T: Send + 'static,
     J: Fn(&[AnyRow]) -> Result<(T, bool)> + Send + Sync + 'static,
 {
-    let uuid = uuid.to_string();
-    let job = std::sync::Arc::new((sql, binds, judge));
-    batched(db, Result::is_ok, move |_db, tx, touched| {
-        let (uuid, job) = (uuid.clone(), job.clone());
-        Box::pin(async move {
-            let rows = bind_vals(sqlx::query(&job.0), &job.1).fetch_all(&mut *tx).await?;
-            let (out, wrote) = (job.2)(&rows)?;
-            if wrote {
-                touched.push(uuid);
-            }
-            Ok(out)
-        })
-    })
-    .await
+    let job = std::sync::Arc::new(SqliteJob {
+        stmts: tessera_db::Statements { sql, binds },
+        uuid: uuid.to_string(),
+        judge,
+        out: std::sync::Mutex::new(None),
+    });
+    submit(db, job, |j| &j.out, Result::is_ok).await
 }
 
 /// Log the classes of `set` whose usage (`used`: `CLASS=amount,…`) exceeds their new capacity.
