@@ -22,11 +22,13 @@
 //!
 //! On SQLite a call to the connection's thread costs ~40 µs of wake-ups on a small virtual machine, more than
 //! most statements. A batch whose jobs are all [`Statements`] (and whose tail has a statement form) therefore
-//! runs in one call per job and one for `COMMIT`: `BEGIN IMMEDIATE` goes with the first job's statements and
-//! the tail's with the last's — two calls fewer than `BEGIN`, the jobs, the tail and `COMMIT` each on its own.
-//! Each job judges its rows before the next runs. The statements stay apart, not one string for the whole
-//! batch: each job's SQL (with `BEGIN` or the tail) recurs and stays in the connection's statement cache,
-//! where a whole batch's would be prepared afresh every time — which measured slower than the calls it saves.
+//! runs in one call per job and one for the tail and `COMMIT`, `BEGIN IMMEDIATE` going with the first job's
+//! statements — two calls fewer than `BEGIN`, the jobs, the tail and `COMMIT` each on its own. Each job judges
+//! its rows before the next runs. The statements stay apart, not one string for the whole batch: each job's
+//! SQL (alone or after `BEGIN`) and the tail's recur and stay in the connection's statement cache, where a
+//! whole batch's would be prepared afresh every time — which measured slower than the calls it saves. (The
+//! tail goes with `COMMIT`, not with the last job, so that the cache holds two forms of each job's SQL, not
+//! four: each form is several prepared statements, and memory counts.)
 
 use crate::{Any, Db, DbError, Transaction};
 use sqlx::any::AnyRow;
@@ -86,7 +88,7 @@ pub trait BatchJob: Send + Sync {
     fn run<'t>(&'t self, conn: &'t mut AnyConnection, marks: &'t mut Vec<String>) -> JobFuture<'t>;
 
     /// On SQLite, the job as statements (and the mark it leaves up front), which a batch runs in one call to the
-    /// writer, `BEGIN` or the tail folded in: [`BatchJob::judge`] then gets the rows they returned. None: the
+    /// writer (the first job's with `BEGIN`): [`BatchJob::judge`] then gets the rows they returned. None: the
     /// job only [`BatchJob::run`]s.
     fn statements(&self) -> Option<(&Statements, &str)> {
         None
@@ -105,8 +107,8 @@ pub type TailFuture<'t> = Pin<Box<dyn Future<Output = Result<(), DbError>> + Sen
 #[derive(Clone, Copy)]
 pub struct Tail {
     pub run: for<'t> fn(&'t Db, &'t mut AnyConnection, &'t [String]) -> TailFuture<'t>,
-    /// The same step as statements, folded into a SQLite batch's last call (none: SQLite batches run their
-    /// jobs and tail each in a call of its own, between `BEGIN` and `COMMIT`).
+    /// The same step as statements, sent with a SQLite batch's `COMMIT` (none: SQLite batches run their jobs
+    /// and tail each in a call of its own, between `BEGIN` and `COMMIT`). It must return no rows.
     pub statements: Option<fn(&[String]) -> Statements>,
 }
 
@@ -281,10 +283,10 @@ async fn writer_conn<'h>(
     })
 }
 
-/// A batch on SQLite's writer in one call per job and one for `COMMIT` (see the module's notes): `BEGIN
-/// IMMEDIATE` goes with the first job's statements and the tail's with the last's (the tail returns no rows).
-/// Each job judges its rows as they come; the first that fails rolls the batch back (Ok(false)), as does any
-/// error (Err); either way the jobs then run again alone.
+/// A batch on SQLite's writer in one call per job and one for the tail and `COMMIT` (see the module's notes):
+/// `BEGIN IMMEDIATE` goes with the first job's statements. Each job judges its rows as they come; the first
+/// that fails rolls the batch back (Ok(false)), as does any error (Err); either way the jobs then run again
+/// alone.
 async fn in_few_calls(
     db: &Db,
     held: &Held,
@@ -309,20 +311,15 @@ async fn in_few_calls(
     );
     let mut held = held.lock().await;
     let conn = writer_conn(&mut held, writer).await?;
-    let last = jobs.len() - 1;
     for (i, (job, (stmts, _))) in jobs.iter().enumerate() {
-        let mut sql = Cow::Borrowed(stmts.sql.as_str());
-        if i == 0 {
-            sql = Cow::Owned(format!("BEGIN IMMEDIATE; {sql}"));
-        }
-        if i == last {
-            sql = Cow::Owned(format!("{}; {}", sql.trim_end().trim_end_matches(';'), tail.sql));
-        }
-        let binds = stmts
-            .binds
-            .iter()
-            .chain(if i == last { &tail.binds[..] } else { &[] });
-        let judged = match bind_vals(sqlx::query(&sql), binds).fetch_all(&mut **conn).await {
+        let sql = match i {
+            0 => Cow::Owned(format!("BEGIN IMMEDIATE; {}", stmts.sql)),
+            _ => Cow::Borrowed(stmts.sql.as_str()),
+        };
+        let judged = match bind_vals(sqlx::query(&sql), &stmts.binds)
+            .fetch_all(&mut **conn)
+            .await
+        {
             Ok(rows) => Ok(job.judge(&rows)),
             Err(e) => Err(e),
         };
@@ -332,7 +329,11 @@ async fn in_few_calls(
         }
     }
     slot.take();
-    if let Err(e) = sqlx::query("COMMIT").execute(&mut **conn).await {
+    let end = format!("{}; COMMIT", tail.sql.trim_end().trim_end_matches(';'));
+    if let Err(e) = bind_vals(sqlx::query(&end), &tail.binds)
+        .execute(&mut **conn)
+        .await
+    {
         roll_back(&mut held, true).await;
         return Err(e.into());
     }

@@ -239,7 +239,7 @@ fn put<T>(out: &std::sync::Mutex<Option<Result<T>>>, r: Result<T>) {
 }
 
 /// A store write on SQLite as statements (see [`sqlite_one_call`]), in one call to the writer whether it runs
-/// alone or among its batch's jobs (with `BEGIN` or the batch's tail folded in: see `tessera_db::batch`). It
+/// alone or among its batch's jobs (the first with `BEGIN` folded in: see `tessera_db::batch`). It
 /// gives its rows to `judge`, which answers the outcome and whether the job wrote.
 struct SqliteJob<T, J> {
     stmts: tessera_db::Statements,
