@@ -304,7 +304,7 @@ where
 }
 
 /// The end of every group-commit transaction: one revision bump for all its jobs, recording the providers
-/// they touched (as statements for SQLite batches run in one call).
+/// they touched (on SQLite, as statements sent with `COMMIT`: see `tessera_db::batch`).
 const REVISION_TAIL: tessera_db::Tail = tessera_db::Tail {
     run: revision_tail,
     statements: Some(sqlite_revision_tail),
