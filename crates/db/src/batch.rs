@@ -33,7 +33,7 @@
 use crate::{Any, Db, DbError, Transaction};
 use sqlx::any::AnyRow;
 use sqlx::pool::PoolConnection;
-use sqlx::{AnyConnection, Connection};
+use sqlx::{AnyConnection, Connection, Row};
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
@@ -81,6 +81,17 @@ pub struct Statements {
     pub binds: Vec<Val>,
 }
 
+/// The column that names, in each row of a bulk batch's answer (see [`Tail::bulk`]), the job it belongs to.
+pub const BULK_KEY: &str = "bulk_key";
+
+/// A SQLite job's part in a bulk batch (see [`Tail::bulk`]): its kind of write, its key (distinct among the
+/// batch's jobs, else the batch is not run in bulk) and its arguments as a JSON object.
+pub struct BulkPart<'a> {
+    pub kind: &'static str,
+    pub key: &'a str,
+    pub args: &'a str,
+}
+
 /// One writer's work inside a (possibly shared) write transaction.
 pub trait BatchJob: Send + Sync {
     /// Do the writes in `tx`, adding marks for the tail to `marks`; false when the job failed and nothing of
@@ -94,9 +105,14 @@ pub trait BatchJob: Send + Sync {
         None
     }
 
-    /// Given the rows its [`BatchJob::statements`] returned, whether the job succeeded (false: the batch is
-    /// rolled back and its other jobs run again alone).
-    fn judge(&self, _rows: &[AnyRow]) -> bool {
+    /// On SQLite, the job as a part of a bulk batch (see [`Tail::bulk`]). None: it never is.
+    fn bulk(&self) -> Option<BulkPart<'_>> {
+        None
+    }
+
+    /// Given the rows its [`BatchJob::statements`] returned (or, in a bulk batch, the rows its key names),
+    /// whether the job succeeded (false: the batch is rolled back and its other jobs run again alone).
+    fn judge(&self, _rows: &[&AnyRow]) -> bool {
         false
     }
 }
@@ -110,6 +126,11 @@ pub struct Tail {
     /// The same step as statements, sent with a SQLite batch's `COMMIT` (none: SQLite batches run their jobs
     /// and tail each in a call of its own, between `BEGIN` and `COMMIT`). It must return no rows.
     pub statements: Option<fn(&[String]) -> Statements>,
+    /// On SQLite, a batch whose jobs all have [`BatchJob::bulk`] parts with distinct keys as statements:
+    /// every job's writes and the tail, one statement per kind of write over all the jobs of that kind (the
+    /// SQL the same whatever the batch holds, so it stays prepared). Each row it returns names its job in
+    /// [`BULK_KEY`]. The batch then takes two calls: `BEGIN IMMEDIATE` and these, then `COMMIT`.
+    pub bulk: Option<fn(&[BulkPart<'_>]) -> Statements>,
 }
 
 pub(crate) type Queued = (Arc<dyn BatchJob>, oneshot::Sender<Result<bool, String>>);
@@ -202,8 +223,14 @@ async fn run(
     held: Option<&Held>,
 ) {
     // Some(committed) when the batch's outcome is settled; None: its jobs run again, each alone.
-    let settled = match (held, tail.statements) {
-        (Some(held), Some(tail)) if batch.iter().all(|(j, _)| j.statements().is_some()) => {
+    let settled = match (held, tail.statements, tail.bulk) {
+        (Some(held), _, Some(bulk)) if batch.len() > 1 && bulk_parts(&batch).is_some() => {
+            match in_bulk(db, held, bulk, &batch, slot).await {
+                Ok(true) => Some(true),
+                _ => None,
+            }
+        }
+        (Some(held), Some(tail), _) if batch.iter().all(|(j, _)| j.statements().is_some()) => {
             match in_few_calls(db, held, tail, &batch, slot).await {
                 Ok(true) => Some(true),
                 // A lone job that judged its rows a failure has its outcome already.
@@ -320,7 +347,7 @@ async fn in_few_calls(
             .fetch_all(&mut **conn)
             .await
         {
-            Ok(rows) => Ok(job.judge(&rows)),
+            Ok(rows) => Ok(job.judge(&rows.iter().collect::<Vec<_>>())),
             Err(e) => Err(e),
         };
         if !matches!(judged, Ok(true)) {
@@ -334,6 +361,65 @@ async fn in_few_calls(
         .execute(&mut **conn)
         .await
     {
+        roll_back(&mut held, true).await;
+        return Err(e.into());
+    }
+    Ok(true)
+}
+
+/// The batch's bulk parts, if every job has one and their keys are distinct.
+fn bulk_parts(batch: &[Queued]) -> Option<Vec<BulkPart<'_>>> {
+    let parts = batch
+        .iter()
+        .map(|(job, _)| job.bulk())
+        .collect::<Option<Vec<_>>>()?;
+    let keys: std::collections::BTreeSet<&str> = parts.iter().map(|p| p.key).collect();
+    (keys.len() == parts.len()).then_some(parts)
+}
+
+/// A batch on SQLite's writer in two calls (see [`Tail::bulk`]): `BEGIN IMMEDIATE` with the bulk statements,
+/// then, when each job judged the rows its key names a success, `COMMIT`. Otherwise `ROLLBACK`, and Ok(false)
+/// (a job failed) or Err (the statements did); either way the jobs then run again alone.
+async fn in_bulk(
+    db: &Db,
+    held: &Held,
+    bulk: fn(&[BulkPart<'_>]) -> Statements,
+    batch: &[Queued],
+    slot: &mut Option<OwnedSemaphorePermit>,
+) -> Result<bool, DbError> {
+    let (Some(writer), Some(parts)) = (db.sqlite_writer(), bulk_parts(batch)) else {
+        return Ok(false);
+    };
+    let stmts = bulk(&parts);
+    let sql = format!("BEGIN IMMEDIATE; {}", stmts.sql);
+    let mut held = held.lock().await;
+    let conn = writer_conn(&mut held, writer).await?;
+    let rows = match bind_vals(sqlx::query(&sql), &stmts.binds)
+        .fetch_all(&mut **conn)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            roll_back(&mut held, false).await;
+            return Err(e.into());
+        }
+    };
+    let mut by_key: std::collections::BTreeMap<String, Vec<&AnyRow>> = Default::default();
+    for r in &rows {
+        if let Ok(k) = r.try_get::<String, _>(BULK_KEY) {
+            by_key.entry(k).or_default().push(r);
+        }
+    }
+    let succeeded = batch
+        .iter()
+        .zip(&parts)
+        .all(|((job, _), part)| job.judge(by_key.get(part.key).map_or(&[][..], |r| &r[..])));
+    if !succeeded {
+        roll_back(&mut held, true).await;
+        return Ok(false);
+    }
+    slot.take();
+    if let Err(e) = sqlx::query("COMMIT").execute(&mut **conn).await {
         roll_back(&mut held, true).await;
         return Err(e.into());
     }
@@ -413,6 +499,8 @@ mod tests {
     struct Insert {
         v: i64,
         stmts: Option<Statements>,
+        /// Its key and arguments in a bulk batch (see [`bulk`]).
+        bulk: Option<(String, String)>,
         judged: Arc<AtomicUsize>,
     }
 
@@ -424,6 +512,7 @@ mod tests {
                     sql: "INSERT INTO t (v) VALUES (?) RETURNING v".into(),
                     binds: vec![Val::I(v)],
                 }),
+                bulk: as_statements.then(|| (v.to_string(), format!("{{\"v\": {v}}}"))),
                 judged: judged.clone(),
             }
         }
@@ -446,7 +535,16 @@ mod tests {
             Some((self.stmts.as_ref()?, "mark"))
         }
 
-        fn judge(&self, rows: &[AnyRow]) -> bool {
+        fn bulk(&self) -> Option<BulkPart<'_>> {
+            let (key, args) = self.bulk.as_ref()?;
+            Some(BulkPart {
+                kind: "insert",
+                key,
+                args,
+            })
+        }
+
+        fn judge(&self, rows: &[&AnyRow]) -> bool {
             self.judged.fetch_add(1, Ordering::Relaxed);
             let v: Option<i64> = rows.first().and_then(|r| r.try_get("v").ok());
             v == Some(self.v) && rows.len() == 1 && fine(self.v)
@@ -474,6 +572,26 @@ mod tests {
     const TAIL: Tail = Tail {
         run: tail,
         statements: Some(tail_statements),
+        bulk: None,
+    };
+
+    /// The test's bulk batch: every job's row in one statement, then the tail's row in `m`, a "mark" for each.
+    fn bulk(parts: &[BulkPart<'_>]) -> Statements {
+        let args: Vec<&str> = parts.iter().map(|p| p.args).collect();
+        let array = format!("[{}]", args.join(","));
+        Statements {
+            sql: format!(
+                "INSERT INTO t (v) SELECT value->>'v' FROM json_each(?) RETURNING CAST(v AS TEXT) AS {BULK_KEY}, v; \
+                 INSERT INTO m (marks) SELECT group_concat('mark') FROM json_each(?)"
+            ),
+            binds: vec![Val::S(array.clone()), Val::S(array)],
+        }
+    }
+
+    const BULK_TAIL: Tail = Tail {
+        run: tail,
+        statements: Some(tail_statements),
+        bulk: Some(bulk),
     };
 
     /// A SQLite database with tables `t (v)` and `m (marks)`, and the directory that holds it.
@@ -512,15 +630,21 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_jobs_share_commits_and_failures_stay_apart() {
-        // Jobs that only run, jobs offered as statements (SQLite batches them in one call), and a mix (such
-        // batches run job by job); one and three batches in flight.
-        for (parallel, statements) in [(1, Some(false)), (3, Some(false)), (1, Some(true)), (3, None)] {
-            concurrent_jobs(parallel, statements).await;
+        // Jobs that only run, jobs offered as statements (SQLite batches them in one call per job), the same in
+        // bulk batches, and a mix (such batches run job by job); one and three batches in flight.
+        for (parallel, statements, tail) in [
+            (1, Some(false), TAIL),
+            (3, Some(false), TAIL),
+            (1, Some(true), TAIL),
+            (1, Some(true), BULK_TAIL),
+            (3, None, BULK_TAIL),
+        ] {
+            concurrent_jobs(parallel, statements, tail).await;
         }
     }
 
-    /// 200 jobs at once; `statements`: whether they offer statements (None: every third does).
-    async fn concurrent_jobs(parallel: usize, statements: Option<bool>) {
+    /// 200 jobs at once; `statements`: whether they offer statements and bulk parts (None: every third does).
+    async fn concurrent_jobs(parallel: usize, statements: Option<bool>, tail: Tail) {
         let (_dir, db) = table_t().await;
         let judged = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -528,7 +652,7 @@ mod tests {
             let db = db.clone();
             let job = Insert::new(i, statements.unwrap_or(i % 3 == 0), &judged);
             tasks.push(tokio::spawn(async move {
-                (i, db.write_batched(Arc::new(job), TAIL, parallel).await.unwrap())
+                (i, db.write_batched(Arc::new(job), tail, parallel).await.unwrap())
             }));
         }
         for t in tasks {

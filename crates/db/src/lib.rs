@@ -10,7 +10,7 @@
 mod batch;
 mod combine;
 mod lease;
-pub use batch::{bind_vals, BatchJob, JobFuture, Statements, Tail, TailFuture, Val};
+pub use batch::{bind_vals, BatchJob, BulkPart, JobFuture, Statements, Tail, TailFuture, Val, BULK_KEY};
 pub use lease::Lease;
 pub mod compute;
 pub mod identity;

@@ -136,6 +136,113 @@ fn sqlite_revision_tail(marks: &[String]) -> tessera_db::Statements {
     sqlite_revision(&touched.into_iter().collect::<Vec<_>>())
 }
 
+/// A SQLite batch of provider writes as one set of statements (see `tessera_db::Tail::bulk`): each kind of
+/// write (`create`, `inv`, `traits`, `aggregates`) is a few statements over a JSON array of that kind's jobs,
+/// doing for all of them what each one's own SQL does ([`inventories_write_sqlite`], [`links_set_sqlite`],
+/// [`provider_create`]), with the same result columns, each row keyed by its provider; then every provider's
+/// generation read back, and the revision tail. The SQL is the same for every batch (empty arrays write
+/// nothing), so the writer keeps it prepared. The keys are distinct, so no two jobs touch one provider.
+fn sqlite_bulk(parts: &[tessera_db::BulkPart<'_>]) -> tessera_db::Statements {
+    let array = |kind: &str| {
+        let items: Vec<&str> = parts.iter().filter(|p| p.kind == kind).map(|p| p.args).collect();
+        Val::S(format!("[{}]", items.join(",")))
+    };
+    let (create, inv, traits, aggregates) = (
+        array("create"),
+        array("inv"),
+        array("traits"),
+        array("aggregates"),
+    );
+    let keys: Vec<&str> = parts.iter().map(|p| p.key).collect();
+    let tail = sqlite_revision(&keys);
+    let mut binds = vec![create, inv.clone(), inv.clone(), inv.clone(), inv.clone(), inv];
+    for links in [traits, aggregates] {
+        binds.extend([links.clone(), links.clone(), links.clone(), links]);
+    }
+    binds.extend(tail.binds.iter().cloned());
+    binds.extend(tail.binds);
+    tessera_db::Statements {
+        sql: SQLITE_BULK.get_or_init(sqlite_bulk_sql).clone(),
+        binds,
+    }
+}
+
+static SQLITE_BULK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The statements of [`sqlite_bulk`] (binds: the create array; the inventories array 5 times; the traits
+/// array 4 times; the aggregates array 4 times; every provider, twice).
+fn sqlite_bulk_sql() -> String {
+    let key = tessera_db::BULK_KEY;
+    // A job's classes to remove: named in `remove`, or, replacing all, left out of `set`.
+    let removed = |rc: &str| {
+        format!(
+            "({rc} IN (SELECT value FROM json_each(j.value, '$.remove')) OR (j.value->>'replace_all' \
+             AND {rc} NOT IN (SELECT value->>'rc' FROM json_each(j.value, '$.set'))))"
+        )
+    };
+    let bump = |cond: &str| {
+        format!(
+            "UPDATE resource_providers SET generation = generation + 1, updated_at = j.value->>'now' \
+             FROM json_each(?) j WHERE resource_providers.uuid = j.value->>'uuid' \
+             AND resource_providers.generation = j.value->>'expected'{cond} RETURNING uuid AS {key}, generation AS bumped"
+        )
+    };
+    let mut sql = vec![
+        format!(
+            "INSERT INTO resource_providers ({RP_COLS}) SELECT j.value->>'uuid', j.value->>'name', \
+             j.value->>'generation', j.value->>'parent', j.value->>'root', j.value->>'created', j.value->>'updated' \
+             FROM json_each(?) j"
+        ),
+        format!(
+            "SELECT j.value->>'uuid' AS {key}, (SELECT a.resource_class FROM allocations a \
+             WHERE a.rp_uuid = j.value->>'uuid' AND a.used > 0 AND a.resource_class IN (SELECT i.resource_class \
+             FROM inventories i WHERE i.rp_uuid = j.value->>'uuid' AND {}) ORDER BY a.resource_class LIMIT 1) AS inuse, \
+             (SELECT group_concat(u.resource_class || '=' || u.s, ',') FROM (SELECT a.resource_class, SUM(a.used) AS s \
+             FROM allocations a WHERE a.rp_uuid = j.value->>'uuid' AND a.resource_class IN \
+             (SELECT value->>'rc' FROM json_each(j.value, '$.set')) GROUP BY a.resource_class) u) AS used \
+             FROM json_each(?) j",
+            removed("i.resource_class")
+        ),
+        format!(
+            "DELETE FROM inventories WHERE rp_uuid IN (SELECT value->>'uuid' FROM json_each(?)) AND EXISTS \
+             (SELECT 1 FROM json_each(?) j WHERE j.value->>'uuid' = inventories.rp_uuid AND {})",
+            removed("inventories.resource_class")
+        ),
+        format!(
+            "INSERT INTO inventories (rp_uuid, resource_class, {}) SELECT j.value->>'uuid', s.value->>'rc', {} \
+             FROM json_each(?) j, json_each(j.value, '$.set') s WHERE true ON CONFLICT (rp_uuid, resource_class) \
+             DO UPDATE SET {} WHERE ({}) IS NOT ({})",
+            inventory_fields(str::to_string),
+            inventory_fields(|f| format!("s.value->>'{f}'")),
+            inventory_fields(|f| format!("{f} = excluded.{f}")),
+            inventory_fields(|f| format!("inventories.{f}")),
+            inventory_fields(|f| format!("excluded.{f}")),
+        ),
+        bump(""),
+    ];
+    for (table, col) in [("rp_traits", "trait"), ("rp_aggregates", "aggregate_uuid")] {
+        sql.push(bump(&format!(
+            " AND (NOT j.value->>'keep' OR (SELECT COUNT(*) FROM {table} t WHERE t.rp_uuid = j.value->>'uuid') \
+             <> json_array_length(j.value, '$.values') OR EXISTS (SELECT 1 FROM {table} t WHERE \
+             t.rp_uuid = j.value->>'uuid' AND t.{col} NOT IN (SELECT value FROM json_each(j.value, '$.values'))))"
+        )));
+        sql.push(format!(
+            "DELETE FROM {table} WHERE rp_uuid IN (SELECT value->>'uuid' FROM json_each(?)) AND EXISTS \
+             (SELECT 1 FROM json_each(?) j WHERE j.value->>'uuid' = {table}.rp_uuid \
+             AND {table}.{col} NOT IN (SELECT value FROM json_each(j.value, '$.values')))"
+        ));
+        sql.push(format!(
+            "INSERT OR IGNORE INTO {table} (rp_uuid, {col}) SELECT j.value->>'uuid', v.value \
+             FROM json_each(?) j, json_each(j.value, '$.values') v"
+        ));
+    }
+    sql.push(format!(
+        "SELECT uuid AS {key}, generation AS current FROM resource_providers WHERE uuid IN (SELECT value FROM json_each(?))"
+    ));
+    sql.push(sqlite_revision(&[]).sql);
+    sql.join("; ")
+}
+
 /// The writing transaction's id as a BIGINT (PostgreSQL).
 const PG_XID: &str = "CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT)";
 /// The start of an insert into PostgreSQL's change log (xid, then provider).
@@ -244,16 +351,18 @@ fn put<T>(out: &std::sync::Mutex<Option<Result<T>>>, r: Result<T>) {
 struct SqliteJob<T, J> {
     stmts: tessera_db::Statements,
     uuid: String,
+    /// Its kind and arguments (a JSON object) for a bulk batch (see [`sqlite_bulk`]).
+    bulk: Option<(&'static str, String)>,
     judge: J,
     out: std::sync::Mutex<Option<Result<T>>>,
 }
 
 impl<T, J> SqliteJob<T, J>
 where
-    J: Fn(&[AnyRow]) -> Result<(T, bool)>,
+    J: Fn(&[&AnyRow]) -> Result<(T, bool)>,
 {
     /// Judge the statements' rows and keep the outcome: whether the job succeeded, and whether it wrote.
-    fn judged(&self, rows: &[AnyRow]) -> (bool, bool) {
+    fn judged(&self, rows: &[&AnyRow]) -> (bool, bool) {
         let (r, wrote) = match (self.judge)(rows) {
             Ok((t, wrote)) => (Ok(t), wrote),
             Err(e) => (Err(e), false),
@@ -267,7 +376,7 @@ where
 impl<T, J> tessera_db::BatchJob for SqliteJob<T, J>
 where
     T: Send + 'static,
-    J: Fn(&[AnyRow]) -> Result<(T, bool)> + Send + Sync,
+    J: Fn(&[&AnyRow]) -> Result<(T, bool)> + Send + Sync,
 {
     fn run<'t>(
         &'t self,
@@ -280,7 +389,7 @@ where
                 .await;
             match ran {
                 Ok(rows) => {
-                    let (ok, wrote) = self.judged(&rows);
+                    let (ok, wrote) = self.judged(&rows.iter().collect::<Vec<_>>());
                     if ok && wrote {
                         touched.push(self.uuid.clone());
                     }
@@ -298,7 +407,16 @@ where
         Some((&self.stmts, &self.uuid))
     }
 
-    fn judge(&self, rows: &[AnyRow]) -> bool {
+    fn bulk(&self) -> Option<tessera_db::BulkPart<'_>> {
+        let (kind, args) = self.bulk.as_ref()?;
+        Some(tessera_db::BulkPart {
+            kind,
+            key: &self.uuid,
+            args,
+        })
+    }
+
+    fn judge(&self, rows: &[&AnyRow]) -> bool {
         self.judged(rows).0
     }
 }
@@ -308,6 +426,7 @@ where
 const REVISION_TAIL: tessera_db::Tail = tessera_db::Tail {
     run: revision_tail,
     statements: Some(sqlite_revision_tail),
+    bulk: Some(sqlite_bulk),
 };
 
 fn revision_tail<'t>(
@@ -637,7 +756,22 @@ pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
             Val::I(p.created_at),
             Val::I(p.updated_at),
         ];
-        return match sqlite_one_call(db, &p.uuid, sql, binds, |_| Ok(((), true))).await {
+        // A name with NUL in it stays out of bulk batches: it would pass through SQLite's JSON functions.
+        let bulk = (!p.name.contains('\0')).then(|| {
+            (
+                "create",
+                serde_json::json!({
+                    "uuid": p.uuid,
+                    "name": p.name,
+                    "generation": p.generation,
+                    "parent": p.parent_uuid,
+                    "root": p.root_uuid,
+                    "created": p.created_at,
+                    "updated": p.updated_at,
+                }),
+            )
+        });
+        return match sqlite_one_call(db, &p.uuid, sql, binds, bulk, |_| Ok(((), true))).await {
             Err(PlacementError::Db(e)) if e.is_unique_violation() => Err(duplicate(&taken(db, p).await?)),
             r => r,
         };
@@ -1245,7 +1379,7 @@ pub async fn provider_links_set(
 }
 
 /// The row of a multi-statement answer that has column `col`, and its value (see [`sqlite_one_call`]).
-fn row_value<T>(rows: &[AnyRow], col: &str) -> Result<Option<T>>
+fn row_value<T>(rows: &[&AnyRow], col: &str) -> Result<Option<T>>
 where
     T: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any>,
 {
@@ -1258,16 +1392,26 @@ where
 /// Run `sql` (several statements, `?` binds in order) as a job of SQLite's group commit: one call to the
 /// writer connection's thread, the read before a write folded into it. What it wrote is kept only if `judge`,
 /// given its rows, says the job succeeded: otherwise the batch is rolled back and its other jobs run again
-/// alone. The provider `uuid` is recorded as touched (with the batch's other jobs' in one call, even when the
-/// job wrote nothing: the capacity index then reloads a provider it did not need to).
-async fn sqlite_one_call<T, J>(db: &Db, uuid: &str, sql: String, binds: Vec<Val>, judge: J) -> Result<T>
+/// alone. The provider `uuid` is recorded as touched (in a batch of several, even when the job wrote nothing:
+/// the capacity index then reloads a provider it did not need to). With `bulk` (its kind and arguments),
+/// the job can also go into a bulk batch ([`sqlite_bulk`]), where the same rows come from that batch's
+/// statements.
+async fn sqlite_one_call<T, J>(
+    db: &Db,
+    uuid: &str,
+    sql: String,
+    binds: Vec<Val>,
+    bulk: Option<(&'static str, serde_json::Value)>,
+    judge: J,
+) -> Result<T>
 where
     T: Send + 'static,
-    J: Fn(&[AnyRow]) -> Result<(T, bool)> + Send + Sync + 'static,
+    J: Fn(&[&AnyRow]) -> Result<(T, bool)> + Send + Sync + 'static,
 {
     let job = std::sync::Arc::new(SqliteJob {
         stmts: tessera_db::Statements { sql, binds },
         uuid: uuid.to_string(),
+        bulk: bulk.map(|(kind, args)| (kind, args.to_string())),
         judge,
         out: std::sync::Mutex::new(None),
     });
@@ -1377,14 +1521,26 @@ async fn inventories_write_sqlite(
          AND generation = ? RETURNING generation AS bumped; SELECT generation AS current FROM resource_providers \
          WHERE uuid = ?",
     );
-    binds.extend([
-        Val::I(tessera_types::now_epoch_micros()),
-        u(),
-        Val::I(expected),
-        u(),
-    ]);
+    let now = tessera_types::now_epoch_micros();
+    binds.extend([Val::I(now), u(), Val::I(expected), u()]);
+    let bulk = serde_json::json!({
+        "uuid": uuid,
+        "expected": expected,
+        "now": now,
+        "set": set.iter().map(|(rc, inv)| serde_json::json!({
+            "rc": rc,
+            "total": inv.total,
+            "reserved": inv.reserved,
+            "min_unit": inv.min_unit,
+            "max_unit": inv.max_unit,
+            "step_size": inv.step_size,
+            "allocation_ratio": inv.allocation_ratio,
+        })).collect::<Vec<_>>(),
+        "remove": remove,
+        "replace_all": replace_all,
+    });
     let (id, set) = (uuid.to_string(), set.clone());
-    sqlite_one_call(db, uuid, sql, binds, move |rows| {
+    sqlite_one_call(db, uuid, sql, binds, Some(("inv", bulk)), move |rows| {
         let bumped = row_value::<i64>(rows, "bumped")?;
         match (
             bumped,
@@ -1420,7 +1576,8 @@ async fn links_set_sqlite(
     let list = tessera_db::in_list(values.len());
     let u = || Val::S(uuid.to_string());
     let vals = || values.iter().map(|v| Val::S(v.clone()));
-    let mut binds = vec![Val::I(tessera_types::now_epoch_micros()), u(), Val::I(expected)];
+    let now = tessera_types::now_epoch_micros();
+    let mut binds = vec![Val::I(now), u(), Val::I(expected)];
     let changed = match (keep_unchanged, values.is_empty()) {
         (false, _) => "1".to_string(),
         (true, true) => {
@@ -1455,7 +1612,24 @@ async fn links_set_sqlite(
     sql.push_str("; SELECT generation AS current FROM resource_providers WHERE uuid = ?");
     binds.push(u());
     let id = uuid.to_string();
-    sqlite_one_call(db, uuid, sql, binds, move |rows| {
+    let kind = match table {
+        "rp_traits" => Some("traits"),
+        "rp_aggregates" => Some("aggregates"),
+        _ => None,
+    };
+    let bulk = kind.map(|k| {
+        (
+            k,
+            serde_json::json!({
+                "uuid": uuid,
+                "expected": expected,
+                "now": now,
+                "values": values,
+                "keep": keep_unchanged,
+            }),
+        )
+    });
+    sqlite_one_call(db, uuid, sql, binds, bulk, move |rows| {
         match (
             row_value::<i64>(rows, "bumped")?,
             row_value::<i64>(rows, "current")?,

@@ -755,6 +755,83 @@ async fn concurrent_writes_to_many_providers_each_get_their_own() {
             )
             .await;
         assert_eq!(v["allocation_requests"].as_array().unwrap().len(), 10, "{v}");
+        // A second round, each at once again, that takes rows away: other traits (some removed), another
+        // aggregate, and inventories replaced (MEMORY_MB removed from the even providers, DISK_GB alone on the
+        // odd ones).
+        let traits2 = |n: usize| match n % 3 {
+            0 => vec!["HW_CPU_X86_AVX2"],
+            1 => vec![],
+            _ => vec!["STORAGE_DISK_SSD"],
+        };
+        let inv2 = |n: usize| {
+            if n.is_multiple_of(2) {
+                json!({"VCPU": {"total": 100 + n}})
+            } else {
+                json!({"DISK_GB": {"total": 50 + n}})
+            }
+        };
+        let gen2 = |n: usize| gen1(n) + 1;
+        let body = |what: &str, n: usize| match what {
+            "traits" => json!({"traits": traits2(n)}),
+            "aggregates" => json!({"aggregates": [agg(n + 1)]}),
+            _ => json!({"inventories": inv2(n)}),
+        };
+        for (k, what) in ["traits", "aggregates", "inventories"].into_iter().enumerate() {
+            let puts = rps.iter().enumerate().map(|(n, rp)| {
+                let p = p.clone();
+                let path = format!("/resource_providers/{rp}/{what}");
+                let mut body = body(what, n);
+                body["resource_provider_generation"] = json!(gen2(n) + k);
+                async move { p.call("1.39", http::Method::PUT, &path, Some(body)).await }
+            });
+            for (n, (s, v, _)) in futures_util::future::join_all(puts).await.iter().enumerate() {
+                assert_eq!(*s, 200, "{what} {n}: {v}");
+                assert_eq!(
+                    v["resource_provider_generation"],
+                    gen2(n) + k + 1,
+                    "{what} {n}: {v}"
+                );
+            }
+        }
+        for (n, rp) in rps.iter().enumerate() {
+            let base = format!("/resource_providers/{rp}");
+            let v = p
+                .ok("1.39", http::Method::GET, &format!("{base}/inventories"), None)
+                .await;
+            let want = inv2(n);
+            assert_eq!(
+                v["inventories"].as_object().unwrap().len(),
+                1,
+                "provider {n}: {v}"
+            );
+            for (rc, i) in want.as_object().unwrap() {
+                assert_eq!(v["inventories"][rc]["total"], i["total"], "provider {n}: {v}");
+            }
+            let v = p
+                .ok("1.39", http::Method::GET, &format!("{base}/traits"), None)
+                .await;
+            assert_eq!(v["traits"], json!(traits2(n)), "provider {n}");
+            let v = p
+                .ok("1.39", http::Method::GET, &format!("{base}/aggregates"), None)
+                .await;
+            assert_eq!(v["aggregates"], json!([agg(n + 1)]), "provider {n}");
+            assert_eq!(v["resource_provider_generation"], gen2(n) + 3, "provider {n}");
+        }
+        for (q, want) in [("VCPU:1,MEMORY_MB:512", 0), ("VCPU:1", 10), ("DISK_GB:1", 10)] {
+            let v = p
+                .ok(
+                    "1.39",
+                    http::Method::GET,
+                    &format!("/allocation_candidates?resources={q}"),
+                    None,
+                )
+                .await;
+            assert_eq!(
+                v["allocation_requests"].as_array().unwrap().len(),
+                want,
+                "{q}: {v}"
+            );
+        }
         c.stop().await;
     });
 }
