@@ -29,6 +29,11 @@
 //! whole batch's would be prepared afresh every time — which measured slower than the calls it saves. (The
 //! tail goes with `COMMIT`, not with the last job, so that the cache holds two forms of each job's SQL, not
 //! four: each form is several prepared statements, and memory counts.)
+//!
+//! Better still, when the queue's tail has a bulk form ([`Tail::bulk`]) and a batch's jobs each offer a
+//! [`BulkPart`] with a key of their own, the batch is one set of statements that is the same for every batch
+//! (each kind of write over a JSON array of the jobs of that kind), judged per key: two calls, and the
+//! statements stay prepared.
 
 use crate::{Any, Db, DbError, Transaction};
 use sqlx::any::AnyRow;
