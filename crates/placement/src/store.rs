@@ -719,25 +719,26 @@ async fn pg_write(db: &Db, uuid: &str, job: serde_json::Value) -> Result<serde_j
     })
 }
 
+/// A new provider as the server-side writes take it (PostgreSQL's `placement_write`, SQLite's bulk batches).
+fn provider_args(p: &Provider) -> serde_json::Value {
+    serde_json::json!({
+        "uuid": p.uuid,
+        "name": p.name,
+        "generation": p.generation,
+        "parent": p.parent_uuid,
+        "root": p.root_uuid,
+        "created": p.created_at,
+        "updated": p.updated_at,
+    })
+}
+
 /// Insert a provider; a uuid or name already taken is a 409 naming which (looked up only then).
 pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
     if db.dialect() == tessera_db::Dialect::Postgres {
         // With its change record, combined with the other provider writes waiting (see `pg_write`).
-        let r = pg_write(
-            db,
-            &p.uuid,
-            serde_json::json!({
-                "k": "create",
-                "uuid": p.uuid,
-                "name": p.name,
-                "generation": p.generation,
-                "parent": p.parent_uuid,
-                "root": p.root_uuid,
-                "created": p.created_at,
-                "updated": p.updated_at,
-            }),
-        )
-        .await?;
+        let mut job = provider_args(p);
+        job["k"] = serde_json::json!("create");
+        let r = pg_write(db, &p.uuid, job).await?;
         if r["ok"].as_bool() == Some(true) {
             logged(db, 1);
             return Ok(());
@@ -757,20 +758,7 @@ pub async fn provider_create(db: &Db, p: &Provider) -> Result<()> {
             Val::I(p.updated_at),
         ];
         // A name with NUL in it stays out of bulk batches: it would pass through SQLite's JSON functions.
-        let bulk = (!p.name.contains('\0')).then(|| {
-            (
-                "create",
-                serde_json::json!({
-                    "uuid": p.uuid,
-                    "name": p.name,
-                    "generation": p.generation,
-                    "parent": p.parent_uuid,
-                    "root": p.root_uuid,
-                    "created": p.created_at,
-                    "updated": p.updated_at,
-                }),
-            )
-        });
+        let bulk = (!p.name.contains('\0')).then(|| ("create", provider_args(p)));
         return match sqlite_one_call(db, &p.uuid, sql, binds, bulk, |_| Ok(((), true))).await {
             Err(PlacementError::Db(e)) if e.is_unique_violation() => Err(duplicate(&taken(db, p).await?)),
             r => r,
