@@ -227,14 +227,17 @@ async fn run(
     slot: &mut Option<OwnedSemaphorePermit>,
     held: Option<&Held>,
 ) {
+    // A SQLite batch of several jobs, each with a bulk part of its own.
+    let bulk = match (held, tail.bulk) {
+        (Some(held), Some(bulk)) if batch.len() > 1 => bulk_parts(&batch).map(|parts| (held, bulk, parts)),
+        _ => None,
+    };
     // Some(committed) when the batch's outcome is settled; None: its jobs run again, each alone.
-    let settled = match (held, tail.statements, tail.bulk) {
-        (Some(held), _, Some(bulk)) if batch.len() > 1 && bulk_parts(&batch).is_some() => {
-            match in_bulk(db, held, bulk, &batch, slot).await {
-                Ok(true) => Some(true),
-                _ => None,
-            }
-        }
+    let settled = match (held, tail.statements, bulk) {
+        (_, _, Some((held, bulk, parts))) => match in_bulk(db, held, bulk, &batch, parts, slot).await {
+            Ok(true) => Some(true),
+            _ => None,
+        },
         (Some(held), Some(tail), _) if batch.iter().all(|(j, _)| j.statements().is_some()) => {
             match in_few_calls(db, held, tail, &batch, slot).await {
                 Ok(true) => Some(true),
@@ -382,17 +385,19 @@ fn bulk_parts(batch: &[Queued]) -> Option<Vec<BulkPart<'_>>> {
     (keys.len() == parts.len()).then_some(parts)
 }
 
-/// A batch on SQLite's writer in two calls (see [`Tail::bulk`]): `BEGIN IMMEDIATE` with the bulk statements,
-/// then, when each job judged the rows its key names a success, `COMMIT`. Otherwise `ROLLBACK`, and Ok(false)
-/// (a job failed) or Err (the statements did); either way the jobs then run again alone.
+/// A batch on SQLite's writer in two calls (see [`Tail::bulk`]; `parts`: its jobs', in order): `BEGIN
+/// IMMEDIATE` with the bulk statements, then, when each job judged the rows its key names a success, `COMMIT`.
+/// Otherwise `ROLLBACK`, and Ok(false) (a job failed) or Err (the statements did); either way the jobs then
+/// run again alone.
 async fn in_bulk(
     db: &Db,
     held: &Held,
     bulk: fn(&[BulkPart<'_>]) -> Statements,
     batch: &[Queued],
+    parts: Vec<BulkPart<'_>>,
     slot: &mut Option<OwnedSemaphorePermit>,
 ) -> Result<bool, DbError> {
-    let (Some(writer), Some(parts)) = (db.sqlite_writer(), bulk_parts(batch)) else {
+    let Some(writer) = db.sqlite_writer() else {
         return Ok(false);
     };
     let stmts = bulk(&parts);
