@@ -719,6 +719,23 @@ async fn pg_write(db: &Db, uuid: &str, job: serde_json::Value) -> Result<serde_j
     })
 }
 
+/// Inventory rows as the server-side writes take them (PostgreSQL's `placement_write`, SQLite's bulk batches).
+fn inventory_args(set: &BTreeMap<String, Inventory>) -> Vec<serde_json::Value> {
+    set.iter()
+        .map(|(rc, inv)| {
+            serde_json::json!({
+                "rc": rc,
+                "total": inv.total,
+                "reserved": inv.reserved,
+                "min_unit": inv.min_unit,
+                "max_unit": inv.max_unit,
+                "step_size": inv.step_size,
+                "allocation_ratio": inv.allocation_ratio,
+            })
+        })
+        .collect()
+}
+
 /// A new provider as the server-side writes take it (PostgreSQL's `placement_write`, SQLite's bulk batches).
 fn provider_args(p: &Provider) -> serde_json::Value {
     serde_json::json!({
@@ -1225,20 +1242,7 @@ async fn inventories_write_pg(
     remove: &BTreeSet<String>,
     replace_all: bool,
 ) -> Result<i64> {
-    let rows: Vec<serde_json::Value> = set
-        .iter()
-        .map(|(rc, inv)| {
-            serde_json::json!({
-                "rc": rc,
-                "total": inv.total,
-                "reserved": inv.reserved,
-                "min_unit": inv.min_unit,
-                "max_unit": inv.max_unit,
-                "step_size": inv.step_size,
-                "allocation_ratio": inv.allocation_ratio,
-            })
-        })
-        .collect();
+    let rows = inventory_args(set);
     let r = pg_write(
         db,
         uuid,
@@ -1515,15 +1519,7 @@ async fn inventories_write_sqlite(
         "uuid": uuid,
         "expected": expected,
         "now": now,
-        "set": set.iter().map(|(rc, inv)| serde_json::json!({
-            "rc": rc,
-            "total": inv.total,
-            "reserved": inv.reserved,
-            "min_unit": inv.min_unit,
-            "max_unit": inv.max_unit,
-            "step_size": inv.step_size,
-            "allocation_ratio": inv.allocation_ratio,
-        })).collect::<Vec<_>>(),
+        "set": inventory_args(set),
         "remove": remove,
         "replace_all": replace_all,
     });
