@@ -32,8 +32,10 @@
 //!
 //! Better still, when the queue's tail has a bulk form ([`Tail::bulk`]) and a batch's jobs each offer a
 //! [`BulkPart`] with a key of their own, the batch is one set of statements that is the same for every batch
-//! (each kind of write over a JSON array of the jobs of that kind), judged per key: two calls, and the
-//! statements stay prepared.
+//! (each kind of write over a JSON array of the jobs of that kind): one call, `BEGIN IMMEDIATE`, those
+//! statements and `COMMIT`, and the statements stay prepared. The statements themselves fail when a job would
+//! refuse (a refusal is an SQL error there, which rolls the batch back and sends its jobs to run alone), so
+//! that `COMMIT` can go in the same call; each job then judges the rows its key names, for its outcome.
 
 use crate::{Any, Db, DbError, Transaction};
 use sqlx::any::AnyRow;
@@ -134,7 +136,8 @@ pub struct Tail {
     /// On SQLite, a batch whose jobs all have [`BatchJob::bulk`] parts with distinct keys as statements:
     /// every job's writes and the tail, one statement per kind of write over all the jobs of that kind (the
     /// SQL the same whatever the batch holds, so it stays prepared). Each row it returns names its job in
-    /// [`BULK_KEY`]. The batch then takes two calls: `BEGIN IMMEDIATE` and these, then `COMMIT`.
+    /// [`BULK_KEY`]. The statements must fail (an SQL error) whenever a job would judge its rows a failure:
+    /// the batch is one call, `BEGIN IMMEDIATE`, these and `COMMIT`, and its jobs judge their rows after it.
     pub bulk: Option<fn(&[BulkPart<'_>]) -> Statements>,
 }
 
@@ -385,10 +388,10 @@ fn bulk_parts(batch: &[Queued]) -> Option<Vec<BulkPart<'_>>> {
     (keys.len() == parts.len()).then_some(parts)
 }
 
-/// A batch on SQLite's writer in two calls (see [`Tail::bulk`]; `parts`: its jobs', in order): `BEGIN
-/// IMMEDIATE` with the bulk statements, then, when each job judged the rows its key names a success, `COMMIT`.
-/// Otherwise `ROLLBACK`, and Ok(false) (a job failed) or Err (the statements did); either way the jobs then
-/// run again alone.
+/// A batch on SQLite's writer in one call (see [`Tail::bulk`]; `parts`: its jobs', in order): `BEGIN
+/// IMMEDIATE`, the bulk statements and `COMMIT`. The statements fail when a job would refuse, so a batch that
+/// ran has committed; its jobs then judge the rows their keys name, for their outcomes. An error (a refusal
+/// among them) rolls the batch back and answers Err; its jobs then run again alone.
 async fn in_bulk(
     db: &Db,
     held: &Held,
@@ -401,7 +404,10 @@ async fn in_bulk(
         return Ok(false);
     };
     let stmts = bulk(&parts);
-    let sql = format!("BEGIN IMMEDIATE; {}", stmts.sql);
+    let sql = format!(
+        "BEGIN IMMEDIATE; {}; COMMIT",
+        stmts.sql.trim_end().trim_end_matches(';')
+    );
     let mut held = held.lock().await;
     let conn = writer_conn(&mut held, writer).await?;
     let rows = match bind_vals(sqlx::query(&sql), &stmts.binds)
@@ -410,28 +416,28 @@ async fn in_bulk(
     {
         Ok(rows) => rows,
         Err(e) => {
+            // `COMMIT` comes last: whatever failed, nothing was committed.
             roll_back(&mut held, false).await;
             return Err(e.into());
         }
     };
+    drop(held);
+    slot.take();
     let mut by_key: std::collections::BTreeMap<String, Vec<&AnyRow>> = Default::default();
     for r in &rows {
         if let Ok(k) = r.try_get::<String, _>(BULK_KEY) {
             by_key.entry(k).or_default().push(r);
         }
     }
-    let succeeded = batch
-        .iter()
-        .zip(&parts)
-        .all(|((job, _), part)| job.judge(by_key.get(part.key).map_or(&[][..], |r| &r[..])));
-    if !succeeded {
-        roll_back(&mut held, true).await;
-        return Ok(false);
-    }
-    slot.take();
-    if let Err(e) = sqlx::query("COMMIT").execute(&mut **conn).await {
-        roll_back(&mut held, true).await;
-        return Err(e.into());
+    for ((job, _), part) in batch.iter().zip(&parts) {
+        if !job.judge(by_key.get(part.key).map_or(&[][..], |r| &r[..])) {
+            // The bulk statements should have failed instead: what the job wrote is committed, and its caller
+            // gets the outcome it judged.
+            tracing::error!(
+                key = part.key,
+                "a job of a committed bulk batch judged its rows a failure"
+            );
+        }
     }
     Ok(true)
 }
@@ -585,16 +591,18 @@ mod tests {
         bulk: None,
     };
 
-    /// The test's bulk batch: every job's row in one statement, then the tail's row in `m`, a "mark" for each.
+    /// The test's bulk batch: a job that would refuse fails it (a row into `refused`, which takes none), then
+    /// every job's row in one statement, then the tail's row in `m`, a "mark" for each.
     fn bulk(parts: &[BulkPart<'_>]) -> Statements {
         let args: Vec<&str> = parts.iter().map(|p| p.args).collect();
         let array = format!("[{}]", args.join(","));
         Statements {
             sql: format!(
-                "INSERT INTO t (v) SELECT value->>'v' FROM json_each(?) RETURNING CAST(v AS TEXT) AS {BULK_KEY}, v; \
+                "INSERT INTO refused (v) SELECT value->>'v' FROM json_each(?) WHERE value->>'v' % 64 = 13; \
+                 INSERT INTO t (v) SELECT value->>'v' FROM json_each(?) RETURNING CAST(v AS TEXT) AS {BULK_KEY}, v; \
                  INSERT INTO m (marks) SELECT group_concat('mark') FROM json_each(?)"
             ),
-            binds: vec![Val::S(array.clone()), Val::S(array)],
+            binds: vec![Val::S(array.clone()), Val::S(array.clone()), Val::S(array)],
         }
     }
 
@@ -604,7 +612,8 @@ mod tests {
         bulk: Some(bulk),
     };
 
-    /// A SQLite database with tables `t (v)` and `m (marks)`, and the directory that holds it.
+    /// A SQLite database with tables `t (v)`, `m (marks)` and `refused (v)` (which takes no row), and the
+    /// directory that holds it.
     async fn table_t() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::connect(&format!("sqlite:///{}/t.sqlite", dir.path().display()), 4)
@@ -613,6 +622,7 @@ mod tests {
         for q in [
             "CREATE TABLE t (v BIGINT NOT NULL CHECK (v % 64 <> 47))",
             "CREATE TABLE m (marks TEXT NOT NULL)",
+            "CREATE TABLE refused (v BIGINT CHECK (0))",
         ] {
             sqlx::query(q).execute(db.pool()).await.unwrap();
         }

@@ -153,9 +153,17 @@ fn sqlite_bulk(parts: &[tessera_db::BulkPart<'_>]) -> tessera_db::Statements {
         array("traits"),
         array("aggregates"),
     );
+    // Every write to an existing provider names its expected generation.
+    let checked: Vec<&str> = parts
+        .iter()
+        .filter(|p| p.kind != "create")
+        .map(|p| p.args)
+        .collect();
+    let checked = Val::S(format!("[{}]", checked.join(",")));
     let keys: Vec<&str> = parts.iter().map(|p| p.key).collect();
     let tail = sqlite_revision(&keys);
-    let mut binds = vec![create, inv.clone(), inv.clone(), inv.clone(), inv.clone(), inv];
+    let mut binds = vec![checked, inv.clone(), create];
+    binds.extend(std::iter::repeat_n(inv, 5));
     for links in [traits, aggregates] {
         binds.extend([links.clone(), links.clone(), links.clone(), links]);
     }
@@ -169,8 +177,11 @@ fn sqlite_bulk(parts: &[tessera_db::BulkPart<'_>]) -> tessera_db::Statements {
 
 static SQLITE_BULK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// The statements of [`sqlite_bulk`] (binds: the create array; the inventories array 5 times; the traits
-/// array 4 times; the aggregates array 4 times; every provider, twice).
+/// The statements of [`sqlite_bulk`] (binds: the inventories, traits and aggregates jobs in one array; the
+/// inventories array; the create array; the inventories array 5 times; the traits array 4 times; the
+/// aggregates array 4 times; every provider, twice). They fail first (a row into `temp.bulk_refusals`, which
+/// takes none) when a job would refuse — its provider missing or at another generation, or a class it removes
+/// still allocated — so that the batch's `COMMIT` can go with them (see `tessera_db::Tail::bulk`).
 fn sqlite_bulk_sql() -> String {
     let key = tessera_db::BULK_KEY;
     // A job's classes to remove: named in `remove`, or, replacing all, left out of `set`.
@@ -187,21 +198,30 @@ fn sqlite_bulk_sql() -> String {
              AND resource_providers.generation = j.value->>'expected'{cond} RETURNING uuid AS {key}, generation AS bumped"
         )
     };
+    // A job's removed classes that are still allocated.
+    let in_use = format!(
+        "SELECT a.resource_class FROM allocations a WHERE a.rp_uuid = j.value->>'uuid' AND a.used > 0 AND \
+         a.resource_class IN (SELECT i.resource_class FROM inventories i WHERE i.rp_uuid = j.value->>'uuid' AND {})",
+        removed("i.resource_class")
+    );
     let mut sql = vec![
+        "CREATE TEMP TABLE IF NOT EXISTS bulk_refusals (rp_uuid TEXT, CONSTRAINT refused CHECK (0))".to_string(),
+        format!(
+            "INSERT INTO temp.bulk_refusals (rp_uuid) SELECT c.value->>'uuid' FROM json_each(?) c WHERE \
+             (SELECT generation FROM resource_providers WHERE uuid = c.value->>'uuid') IS NOT c.value->>'expected' \
+             UNION ALL SELECT j.value->>'uuid' FROM json_each(?) j WHERE EXISTS ({in_use})"
+        ),
         format!(
             "INSERT INTO resource_providers ({RP_COLS}) SELECT j.value->>'uuid', j.value->>'name', \
              j.value->>'generation', j.value->>'parent', j.value->>'root', j.value->>'created', j.value->>'updated' \
              FROM json_each(?) j"
         ),
         format!(
-            "SELECT j.value->>'uuid' AS {key}, (SELECT a.resource_class FROM allocations a \
-             WHERE a.rp_uuid = j.value->>'uuid' AND a.used > 0 AND a.resource_class IN (SELECT i.resource_class \
-             FROM inventories i WHERE i.rp_uuid = j.value->>'uuid' AND {}) ORDER BY a.resource_class LIMIT 1) AS inuse, \
+            "SELECT j.value->>'uuid' AS {key}, ({in_use} ORDER BY a.resource_class LIMIT 1) AS inuse, \
              (SELECT group_concat(u.resource_class || '=' || u.s, ',') FROM (SELECT a.resource_class, SUM(a.used) AS s \
              FROM allocations a WHERE a.rp_uuid = j.value->>'uuid' AND a.resource_class IN \
              (SELECT value->>'rc' FROM json_each(j.value, '$.set')) GROUP BY a.resource_class) u) AS used \
-             FROM json_each(?) j",
-            removed("i.resource_class")
+             FROM json_each(?) j"
         ),
         format!(
             "DELETE FROM inventories WHERE rp_uuid IN (SELECT value->>'uuid' FROM json_each(?)) AND EXISTS \

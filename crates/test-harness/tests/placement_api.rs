@@ -817,7 +817,81 @@ async fn concurrent_writes_to_many_providers_each_get_their_own() {
             assert_eq!(v["aggregates"], json!([agg(n + 1)]), "provider {n}");
             assert_eq!(v["resource_provider_generation"], gen2(n) + 3, "provider {n}");
         }
-        for (q, want) in [("VCPU:1,MEMORY_MB:512", 0), ("VCPU:1", 10), ("DISK_GB:1", 10)] {
+        // A third round at once: the even providers' VCPU replaced by DISK_GB, where every other one has VCPU
+        // allocated. Those are refused (409 inventory.inuse) and keep their inventory; the rest go through.
+        let held = |n: usize| n.is_multiple_of(4);
+        for rp in rps.iter().enumerate().filter(|(n, _)| held(*n)).map(|(_, rp)| rp) {
+            let body = json!({"allocations": {rp.clone(): {"resources": {"VCPU": 1}}}, "project_id": uuid(),
+                "user_id": uuid(), "consumer_generation": null, "consumer_type": "INSTANCE"});
+            p.ok(
+                "1.38",
+                http::Method::PUT,
+                &format!("/allocations/{}", uuid()),
+                Some(body),
+            )
+            .await;
+        }
+        let mut gens = Vec::new();
+        for rp in &rps {
+            let v = p
+                .ok(
+                    "1.39",
+                    http::Method::GET,
+                    &format!("/resource_providers/{rp}"),
+                    None,
+                )
+                .await;
+            gens.push(v["generation"].as_i64().unwrap());
+        }
+        let evens: Vec<usize> = (0..rps.len()).filter(|n| n.is_multiple_of(2)).collect();
+        let puts = evens.iter().map(|&n| {
+            let p = p.clone();
+            let path = format!("/resource_providers/{}/inventories", rps[n]);
+            let body = json!({"resource_provider_generation": gens[n],
+                "inventories": {"DISK_GB": {"total": 70 + n}}});
+            async move { p.call("1.39", http::Method::PUT, &path, Some(body)).await }
+        });
+        for (&n, (s, v, _)) in evens.iter().zip(futures_util::future::join_all(puts).await) {
+            let v2 = p
+                .ok(
+                    "1.39",
+                    http::Method::GET,
+                    &format!("/resource_providers/{}/inventories", rps[n]),
+                    None,
+                )
+                .await;
+            if held(n) {
+                assert_eq!(
+                    (s, code(&v)),
+                    (409, "placement.inventory.inuse"),
+                    "provider {n}: {v}"
+                );
+                assert_eq!(
+                    v2["inventories"]["VCPU"]["total"],
+                    json!(100 + n),
+                    "provider {n}: {v2}"
+                );
+                assert_eq!(v2["resource_provider_generation"], gens[n], "provider {n}: {v2}");
+            } else {
+                assert_eq!(s, 200, "provider {n}: {v}");
+                assert_eq!(
+                    v2["inventories"],
+                    json!({"DISK_GB": v2["inventories"]["DISK_GB"]}),
+                    "{v2}"
+                );
+                assert_eq!(
+                    v2["inventories"]["DISK_GB"]["total"],
+                    json!(70 + n),
+                    "provider {n}: {v2}"
+                );
+                assert_eq!(
+                    v2["resource_provider_generation"],
+                    gens[n] + 1,
+                    "provider {n}: {v2}"
+                );
+            }
+        }
+        for (q, want) in [("VCPU:1,MEMORY_MB:512", 0), ("VCPU:1", 5), ("DISK_GB:1", 15)] {
             let v = p
                 .ok(
                     "1.39",
