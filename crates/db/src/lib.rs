@@ -204,9 +204,11 @@ impl Db {
             .connect(&sqlx_url)
             .await
             .map_err(connect_err)?;
-        // An in-memory database is private to its connection: no separate writer there.
+        // An in-memory database is private to its connection: no separate writer there. The writer connects
+        // at its first write (the pool above has opened the file already): a process that only reads a
+        // database (the identity database behind another role's token checks) keeps no writer thread.
         let writer = if dialect == Dialect::Sqlite && !sqlx_url.contains(":memory:") {
-            Some(options(1).connect(&sqlx_url).await.map_err(connect_err)?)
+            Some(options(1).connect_lazy(&sqlx_url).map_err(connect_err)?)
         } else {
             None
         };
