@@ -167,7 +167,7 @@ pub const OPTIONS: &[OptDef] = &[
     secret("identity_database", "connection", OptType::Str, "sqlite:///$state_path/identity.sqlite",
         "Database URL of the Identity service: sqlite:///PATH, postgresql://USER:PASS@HOST/DB or mysql://USER:PASS@HOST/DB (SQLAlchemy forms such as mysql+pymysql:// are accepted)."),
     opt("identity_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
-        "Maximum number of open database connections (on SQLite at most twice the CPUs)."),
+        "Maximum number of open database connections (on SQLite no more than the CPUs, or 2 if that is larger)."),
     // [token]
     opt("token", "expiration", OptType::Int { min: 60, max: 31_536_000 }, "3600",
         "Lifetime of a token, in seconds."),
@@ -241,7 +241,7 @@ pub const OPTIONS: &[OptDef] = &[
     secret("placement_database", "connection", OptType::Str, "sqlite:///$state_path/placement.sqlite",
         "Database URL of the Placement service."),
     opt("placement_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
-        "Connections kept to the placement database (on SQLite at most twice the CPUs)."),
+        "Connections kept to the placement database (on SQLite no more than the CPUs, or 2 if that is larger)."),
     // [network_agent]
     opt("network_agent", "data_plane", OptType::Enum(&["auto", "true", "false"]), "auto",
         "Wire the host (bridges, taps, DHCP, routers, security groups): auto (when it can: root, bridges and network namespaces), true (say why not when it cannot), false (report only; ports stay DOWN)."),
@@ -302,19 +302,19 @@ pub const OPTIONS: &[OptDef] = &[
     secret("network_database", "connection", OptType::Str, "sqlite:///$state_path/network.sqlite",
         "Database URL of the Networking service."),
     opt("network_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
-        "Connections kept to the network database (on SQLite at most twice the CPUs)."),
+        "Connections kept to the network database (on SQLite no more than the CPUs, or 2 if that is larger)."),
     // [image_database]
     secret("image_database", "connection", OptType::Str, "sqlite:///$state_path/image.sqlite",
         "Database URL of the Image service."),
     opt("image_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
-        "Maximum number of open database connections (on SQLite at most twice the CPUs)."),
+        "Maximum number of open database connections (on SQLite no more than the CPUs, or 2 if that is larger)."),
     // [database] / [api_database]: the cell and API databases of the compute service (used from the Cells v2 issue on).
     secret("database", "connection", OptType::Str, "sqlite:///$state_path/cell1.sqlite",
         "Database URL of this host's cell."),
     secret("api_database", "connection", OptType::Str, "sqlite:///$state_path/nova_api.sqlite",
         "Database URL of the API database."),
     opt("api_database", "max_pool_size", OptType::Int { min: 1, max: 1000 }, "8",
-        "Most connections one process holds open to the API database (on SQLite at most twice the CPUs)."),
+        "Most connections one process holds open to the API database (on SQLite no more than the CPUs, or 2 if that is larger)."),
     // [all_in_one]
     opt("all_in_one", "cells", OptType::Int { min: 0, max: 64 }, "1",
         "Number of cells (besides cell0) all-in-one runs, each with its own database and in-process bus (`inproc://cellN`), created as `manage cell_v2 create_cell` creates cells. Databases: cellN.sqlite beside the [database] connection's cell1.sqlite, or its database name with `_cellN` appended. 0 runs the control plane only, for cells whose conductors and compute hosts run as separate processes (`serve conductor`, `serve compute`) over RabbitMQ. `--cells` overrides it."),
