@@ -4,7 +4,8 @@
 # URL to .test-databases.env; or set TESSERA_TEST_POSTGRES_URL), a C compiler and python3-dev (uWSGI is built
 # by pip). The upstream service is installed from PyPI into bench/.venv-placement on first use.
 #
-#   bench/placement.sh [SIZES...]        (default: 1000 10000)
+#   [RUNS=K] bench/placement.sh [SIZES...]   (default: 1000 10000; K runs of each server, 3 by default,
+#                                           figures are their medians)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f .test-databases.env ] && source .test-databases.env

@@ -12,7 +12,9 @@ For each size (default 1,000 and 10,000 providers) and each server, on a fresh d
   - allocation writes: PUT /allocations/{consumer} (1.38, consumer_generation null) for 1,000 consumers,
     8 at a time from tessera-loadgen; consumers per second;
   - server RSS after all that (upstream: uWSGI master and workers together).
-Each server is started once the machine has gone quiet after the one before.
+Each server is started once the machine has gone quiet after the one before. The whole round is run RUNS times
+(default 3), each server in turn on a fresh database each time; every figure is the median of the runs, with
+the lowest and highest beside it.
 """
 
 import http.client
@@ -286,32 +288,38 @@ def main():
     global LOADGEN
     binary, LOADGEN, venv, admin_url = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     sizes = [int(s) for s in sys.argv[5:]] or [1000, 10000]
+    runs = max(1, int(os.environ.get("RUNS", "3")))
     work = tempfile.mkdtemp(prefix="tessera-bench-placement-")
     servers = [Upstream(venv, admin_url, work), Tessera(binary, "pg", admin_url, work),
                Tessera(binary, "sqlite", admin_url, work)]
     for n in sizes:
-        results = []
-        for s in servers:
-            print(f"== {n} providers: {s.name}", flush=True)
-            results.append(measure(s, n))
-        up = results[0]
-        print(f"\n{n} providers (candidates query: {QUERY})")
-        print(f"{'figure':44}" + "".join(f"{s.name:>52}" for s in servers))
+        # Each run measures every server once, in turn, so that whatever drifts on the machine meets them all.
+        results = [[] for _ in servers]
+        for run in range(runs):
+            for i, s in enumerate(servers):
+                print(f"== {n} providers, run {run + 1} of {runs}: {s.name}", flush=True)
+                results[i].append(measure(s, n))
+        print(f"\n{n} providers (candidates query: {QUERY}); the median of {runs} runs, each on a fresh database "
+              "[lowest–highest]")
+        print(f"{'figure':44}" + "".join(f"{s.name:>60}" for s in servers))
 
         def row(label, key, fmt, better_low=False):
+            up = statistics.median(key(r) for r in results[0])
             cells = []
-            for r in results:
-                v = key(r)
-                ratio = (key(up) / v if better_low else v / key(up)) if v and key(up) else 0
-                cells.append(f"{fmt(v)}" + ("" if r is up else f" ({ratio:.1f}×)"))
-            print(f"{label:44}" + "".join(f"{c:>52}" for c in cells))
+            for i, rs in enumerate(results):
+                vals = [key(r) for r in rs]
+                v = statistics.median(vals)
+                ratio = (up / v if better_low else v / up) if v and up else 0
+                spread = f" [{fmt(min(vals))}–{fmt(max(vals))}]" if len(vals) > 1 else ""
+                cells.append(f"{fmt(v)}" + ("" if i == 0 else f" ({ratio:.1f}×)") + spread)
+            print(f"{label:44}" + "".join(f"{c:>60}" for c in cells))
 
         row("provider creation (providers/s)", lambda r: r["create"], lambda v: f"{v:.0f}")
         row("candidates, limit=50: p50 (ms)", lambda r: r["lim"][0], lambda v: f"{v:.1f}", True)
         row("candidates, limit=50: p95 (ms)", lambda r: r["lim"][1], lambda v: f"{v:.1f}", True)
         row("candidates, no limit: p50 (ms)", lambda r: r["nolim"][0], lambda v: f"{v:.1f}", True)
         row("candidates, no limit: p95 (ms)", lambda r: r["nolim"][1], lambda v: f"{v:.1f}", True)
-        row("candidates returned without limit", lambda r: r["nolim"][2], lambda v: f"{v}")
+        row("candidates returned without limit", lambda r: r["nolim"][2], lambda v: f"{v:.0f}")
         row("allocation writes, 1,000 consumers (/s)", lambda r: r["alloc"], lambda v: f"{v:.0f}")
         row("server RSS after the run (MB)", lambda r: r["rss"], lambda v: f"{v:.1f}", True)
         print(flush=True)
