@@ -181,7 +181,8 @@ static SQLITE_BULK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// inventories array; the create array; the inventories array 5 times; the traits array 4 times; the
 /// aggregates array 4 times; every provider, twice). They fail first (a row into `temp.bulk_refusals`, which
 /// takes none) when a job would refuse — its provider missing or at another generation, or a class it removes
-/// still allocated — so that the batch's `COMMIT` can go with them (see `tessera_db::Tail::bulk`).
+/// still allocated — so that the batch's `COMMIT` can go with them (see `tessera_db::Tail::bulk`). A batch that
+/// commits has no class in use, so its rows carry no `inuse` column (the judge reads it as none).
 fn sqlite_bulk_sql() -> String {
     let key = tessera_db::BULK_KEY;
     // A job's classes to remove: named in `remove`, or, replacing all, left out of `set`.
@@ -217,8 +218,7 @@ fn sqlite_bulk_sql() -> String {
              FROM json_each(?) j"
         ),
         format!(
-            "SELECT j.value->>'uuid' AS {key}, ({in_use} ORDER BY a.resource_class LIMIT 1) AS inuse, \
-             (SELECT group_concat(u.resource_class || '=' || u.s, ',') FROM (SELECT a.resource_class, SUM(a.used) AS s \
+            "SELECT j.value->>'uuid' AS {key}, (SELECT group_concat(u.resource_class || '=' || u.s, ',') FROM (SELECT a.resource_class, SUM(a.used) AS s \
              FROM allocations a WHERE a.rp_uuid = j.value->>'uuid' AND a.resource_class IN \
              (SELECT value->>'rc' FROM json_each(j.value, '$.set')) GROUP BY a.resource_class) u) AS used \
              FROM json_each(?) j"
